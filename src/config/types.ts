@@ -1,0 +1,100 @@
+/**
+ * The validated, normalised configuration (DESIGN.md §4). YAML keys are snake_case; here they are
+ * camelCase, durations are milliseconds, addresses are parsed endpoints, paths are absolute.
+ */
+import type {Endpoint} from '../net/endpoint.js'
+
+export type Protocol = 'tcp' | 'udp'
+export type BalanceMethod = 'roundrobin' | 'leastconn' | 'source' | 'random'
+export type ProxyProtocolVersion = 'v1' | 'v2'
+export type UdpFlowKey = 'address' | 'address-port'
+
+export interface AdminConfig {
+  /** Unix socket path, when the config names one. */
+  socket?: string
+  /** Optional TCP admin listener; requires tokenFile. */
+  listen?: Endpoint
+  tokenFile?: string
+}
+
+export interface UdpListenerOptions {
+  idleTimeoutMs: number
+  key: UdpFlowKey
+  maxFlows: number
+  /** SO_RCVBUF for the listener socket (FIELD-NOTES: the 208 KiB default overflows under bursts). */
+  recvBufferSize: number
+}
+
+export interface ListenerConfig {
+  name: string
+  protocol: Protocol
+  bind: Endpoint
+  backend: string
+  udp: UdpListenerOptions
+  /** New sessions beyond this many live ones are refused (0 = unlimited). */
+  maxConnections: number
+  /** TCP: close a session after this long with no bytes from the client (0 = never). */
+  clientTimeoutMs: number
+}
+
+export interface ServerConfig {
+  address: Endpoint
+  weight: number
+}
+
+export interface HealthConfig {
+  check: 'tcp' | 'none'
+  intervalMs: number
+  timeoutMs: number
+  rise: number
+  fall: number
+}
+
+export interface BackendConfig {
+  name: string
+  balance: BalanceMethod
+  servers: ServerConfig[]
+  health?: HealthConfig
+  proxyProtocol?: ProxyProtocolVersion
+  fallback: 'default' | 'reject'
+  connectTimeoutMs: number
+  /** TCP: close a session after this long with no bytes from the server (0 = never). */
+  serverTimeoutMs: number
+}
+
+export interface RuleSpec {
+  source: string
+  to?: string
+  mirror?: string
+  record?: string
+  listener?: string
+  /** Absolute epoch ms. */
+  expiresAt?: number
+  note?: string
+}
+
+export interface Config {
+  /** Absolute path of the file it was read from (for reload and error messages). */
+  file: string
+  admin: AdminConfig
+  /** Absolute path of the runtime-rule state file, when configured. */
+  state?: string
+  listeners: ListenerConfig[]
+  backends: Map<string, BackendConfig>
+  rules: RuleSpec[]
+  /** Largest size of one recording file in bytes (`capture.max_size`). */
+  captureMaxBytes: number
+  /** Largest buffer of one mirrored session in bytes (`capture.mirror_buffer`). */
+  mirrorBufferBytes: number
+}
+
+export const DEFAULTS = {
+  udpIdleTimeoutMs: 300_000,
+  udpMaxFlows: 10_000,
+  udpKey: 'address-port' as UdpFlowKey,
+  udpRecvBufferSize: 4 * 1024 * 1024,
+  connectTimeoutMs: 5_000,
+  health: {check: 'tcp' as const, intervalMs: 2_000, timeoutMs: 1_000, rise: 2, fall: 3},
+  captureMaxBytes: 100 * 1024 * 1024,
+  mirrorBufferBytes: 1024 * 1024,
+}

@@ -1,0 +1,340 @@
+/**
+ * The config file's schema (DESIGN.md §4) in zod, plus the checks that span several entries
+ * (duplicate names and binds, PROXY v1 on UDP). Values come out parsed — durations in ms, sizes in
+ * bytes, endpoints, canonical rule sources — but still in the file's snake_case shape; load.ts maps
+ * them onto Config and places every problem at a line and column.
+ *
+ *   plain JS from YAML → configSchema(known).safeParse → crossCheck → RawConfig | SchemaProblem[]
+ */
+import {z} from 'zod'
+import {DEFAULTS} from './types.js'
+import {parseDuration} from './duration.js'
+import {parseSize} from './size.js'
+import {formatEndpoint, parseEndpoint, type Endpoint} from '../net/endpoint.js'
+import {formatAddressBytes, addressBytes, formatPrefix, parseCidr} from '../rules/cidr.js'
+import {DivertError, isDivertError} from '../errors.js'
+
+export type ConfigPath = (string | number)[]
+
+export interface SchemaProblem {
+  path: ConfigPath
+  /** What is wrong and what was expected, without the path. */
+  message: string
+  /** Point at the key itself rather than its value (unknown keys). */
+  atKey?: boolean
+}
+
+/** Names defined in the file, read before validation so references can be checked field by field. */
+export interface KnownNames {
+  backends: string[]
+  listeners: string[]
+}
+
+const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]*$/
+const NAME_EXPECTED = 'a name of letters, digits, "_", "." or "-" that starts with a letter or digit'
+
+/** `backends.staging.servers[0].address`; keys that are not identifier-like are quoted. */
+export function formatPath(path: readonly PropertyKey[]): string {
+  return path
+    .map((seg, i) => {
+      if (typeof seg === 'number') return `[${seg}]`
+      const key = String(seg)
+      if (!/^[A-Za-z_][A-Za-z0-9_-]*$/.test(key)) return `[${JSON.stringify(key)}]`
+      return i === 0 ? key : `.${key}`
+    })
+    .join('')
+}
+
+/** How a wrong value is named in messages: `"abc"`, `300`, `a list`, `a mapping`, `nothing`. */
+export function describeValue(v: unknown): string {
+  if (v === null || v === undefined) return 'nothing'
+  if (typeof v === 'string') return JSON.stringify(v.length > 60 ? `${v.slice(0, 57)}...` : v)
+  if (Array.isArray(v)) return v.length === 0 ? 'an empty list' : 'a list'
+  if (typeof v === 'object') return Object.keys(v).length === 0 ? 'an empty mapping' : 'a mapping'
+  return String(v)
+}
+
+function expecting(expected: string): {errorMap: z.ZodErrorMap} {
+  return {
+    errorMap: (iss, ctx) => ({
+      message: iss.code === 'invalid_type' && ctx.data === undefined
+        ? `is missing; expected ${expected}`
+        : `got ${describeValue(ctx.data)}; expected ${expected}`,
+    }),
+  }
+}
+
+/**
+ * A `.strict()` object whose unknown-key issue carries the allowed keys as its message
+ * (comma-separated); issuesToProblems turns it into one problem per unknown key.
+ */
+function strictObject<T extends z.ZodRawShape>(shape: T, expected: string) {
+  const allowed = Object.keys(shape).join(', ')
+  const {errorMap} = expecting(expected)
+  return z
+    .object(shape, {errorMap: (iss, ctx) => (iss.code === 'unrecognized_keys' ? {message: allowed} : errorMap(iss, ctx))})
+    .strict()
+}
+
+/** Runs a divert parser on a scalar inside zod; its DivertError message becomes the issue. */
+function scalar<T>(expected: string, parse: (v: string | number, where: string) => T, numbers = false) {
+  return z.unknown().transform((v, ctx): T => {
+    const where = formatPath(ctx.path)
+    if (typeof v !== 'string' && !(numbers && typeof v === 'number')) {
+      ctx.addIssue({code: 'custom', message: v === undefined ? `is missing; expected ${expected}` : `got ${describeValue(v)}; expected ${expected}`})
+      return z.NEVER
+    }
+    try {
+      return parse(v, where)
+    } catch (error) {
+      if (!isDivertError(error)) throw error
+      ctx.addIssue({code: 'custom', message: error.message.startsWith(`${where}: `) ? error.message.slice(where.length + 2) : error.message})
+      return z.NEVER
+    }
+  })
+}
+
+function duration(positive = false) {
+  return scalar(positive ? 'a duration above 0, e.g. 10s' : 'a duration, e.g. 300ms, 10s, 5m (0 = none)', (v, where) => {
+    const ms = parseDuration(v, where)
+    if (positive && ms <= 0) throw new DivertError('INVALID_DURATION', `${where}: ${describeValue(v)} is zero; expected a duration above 0, e.g. 10s`)
+    return ms
+  }, true)
+}
+
+function size() {
+  return scalar('a size, e.g. 64KiB, 1MiB, 100MB', (v, where) => {
+    const bytes = parseSize(v, where)
+    if (bytes <= 0) throw new DivertError('INVALID_ARGUMENT', `${where}: ${describeValue(v)} is zero; expected a size above 0, e.g. 1MiB`)
+    return bytes
+  }, true)
+}
+
+const endpoint = (example: string) =>
+  scalar<Endpoint>(`IP:port, e.g. ${example}`, (v) => parseEndpoint(String(v), 'address'))
+
+const int = (min: number, max: number, expected: string) =>
+  z.number(expecting(expected)).int().min(min).max(max)
+
+const name = () => z.string(expecting(NAME_EXPECTED)).regex(NAME_RE)
+
+const path = (what: string) => z.string(expecting(`a file path for ${what}`)).min(1)
+
+function ref(kind: 'backend' | 'listener', known: string[]) {
+  const list = known.length ? `one of: ${known.join(', ')}` : `a ${kind} defined under ${kind}s (none is)`
+  return z.string(expecting(`the name of a ${kind}: ${list}`))
+    .refine((n) => known.includes(n), (n) => ({message: `no ${kind} is named "${n}"; expected ${list}`}))
+}
+
+function adminSchema() {
+  return strictObject({
+    socket: path('the admin unix socket').optional(),
+    listen: endpoint('127.0.0.1:7070').optional(),
+    token_file: path('the admin bearer token').optional(),
+  }, 'a mapping with socket, listen, token_file').superRefine((a, ctx) => {
+    // DESIGN.md §5: a TCP admin listener answers only with a bearer token.
+    if (a.listen !== undefined && a.token_file === undefined) {
+      ctx.addIssue({code: 'custom', path: ['listen'], message: 'needs admin.token_file (a TCP admin listener requires a bearer token); expected token_file next to listen, or no listen'})
+    }
+  })
+}
+
+function captureSchema() {
+  return strictObject({
+    max_size: size().default(DEFAULTS.captureMaxBytes),
+    mirror_buffer: size().default(DEFAULTS.mirrorBufferBytes),
+  }, 'a mapping with max_size, mirror_buffer')
+}
+
+function listenerSchema(known: KnownNames) {
+  return strictObject({
+    name: name(),
+    protocol: z.enum(['tcp', 'udp'], expecting('tcp or udp')).default('tcp'),
+    bind: endpoint('0.0.0.0:23 or [::]:23'),
+    backend: ref('backend', known.backends),
+    max_connections: int(0, Number.MAX_SAFE_INTEGER, 'an integer ≥ 0 (0 = unlimited)').default(0),
+    timeouts: strictObject({client: duration().default(0)}, 'a mapping like { client: 10m }').optional(),
+    udp: strictObject({
+      idle_timeout: duration(true).default(DEFAULTS.udpIdleTimeoutMs),
+      key: z.enum(['address', 'address-port'], expecting('address or address-port')).default(DEFAULTS.udpKey),
+      max_flows: int(1, Number.MAX_SAFE_INTEGER, 'an integer ≥ 1').default(DEFAULTS.udpMaxFlows),
+      recv_buffer: size().default(DEFAULTS.udpRecvBufferSize),
+    }, 'a mapping like { idle_timeout: 300s, key: address-port, max_flows: 10000 }').optional(),
+  }, 'a listener: a mapping with name, protocol, bind, backend').superRefine((l, ctx) => {
+    if (l.protocol === 'tcp' && l.udp !== undefined) {
+      ctx.addIssue({code: 'custom', path: ['udp'], message: 'is only allowed on a udp listener; expected protocol: udp, or no udp block'})
+    }
+  })
+}
+
+function healthSchema() {
+  const d = DEFAULTS.health
+  return strictObject({
+    check: z.enum(['tcp', 'none'], expecting('tcp or none')).default(d.check),
+    interval: duration(true).default(d.intervalMs),
+    timeout: duration(true).default(d.timeoutMs),
+    rise: int(1, 1000, 'an integer from 1 to 1000').default(d.rise),
+    fall: int(1, 1000, 'an integer from 1 to 1000').default(d.fall),
+  }, 'a mapping like { check: tcp, interval: 2s, timeout: 1s, rise: 2, fall: 3 }')
+}
+
+function backendSchema() {
+  const server = strictObject({
+    address: endpoint('127.0.0.1:8080 or [::1]:8080'),
+    weight: int(1, 256, 'an integer from 1 to 256').default(1),
+  }, 'a server: a mapping like { address: 127.0.0.1:8080, weight: 1 }')
+  return strictObject({
+    balance: z.enum(['roundrobin', 'leastconn', 'source', 'random'], expecting('roundrobin, leastconn, source or random')).default('roundrobin'),
+    servers: z.array(server, expecting('a list of at least one server')).min(1),
+    health: healthSchema().optional(),
+    proxy_protocol: z.enum(['v1', 'v2'], expecting('v1 or v2')).optional(),
+    fallback: z.enum(['default', 'reject'], expecting('default or reject')).default('default'),
+    timeouts: strictObject({
+      connect: duration(true).default(DEFAULTS.connectTimeoutMs),
+      server: duration().default(0),
+    }, 'a mapping like { connect: 5s, server: 0 }').optional(),
+  }, 'a backend: a mapping with servers')
+}
+
+function ruleSchema(known: KnownNames) {
+  return strictObject({
+    source: scalar('an IP or CIDR, e.g. 192.168.100.7 or 2001:db8::/64', (v) => formatPrefix(parseCidr(String(v)))),
+    to: ref('backend', known.backends).optional(),
+    mirror: ref('backend', known.backends).optional(),
+    record: path('the pcap recording').optional(),
+    listener: ref('listener', known.listeners).optional(),
+    // RFC 3339 §5.6 date-time (the ISO-8601 profile); a zone is required so expiry does not depend on the host's TZ.
+    expires: z.string(expecting('an ISO-8601 date-time with a zone, e.g. 2026-12-01T00:00:00Z'))
+      .datetime({offset: true})
+      .transform((s) => Date.parse(s))
+      .optional(),
+    note: z.string(expecting('text')).optional(),
+  }, 'a rule: a mapping with source and at least one of to, mirror, record').superRefine((r, ctx) => {
+    if (r.to === undefined && r.mirror === undefined && r.record === undefined) {
+      ctx.addIssue({code: 'custom', message: 'has no action; expected at least one of to, mirror, record'})
+    }
+  })
+}
+
+/** Optional sections may be left empty (`rules:` with every entry commented out): null means absent. */
+export function configSchema(known: KnownNames) {
+  return strictObject({
+    admin: adminSchema().nullish(),
+    state: path('the runtime-rule state').nullish(),
+    capture: captureSchema().nullish(),
+    listeners: z.array(listenerSchema(known), expecting('a list of at least one listener')).min(1),
+    backends: z.record(name(), backendSchema(), expecting('a mapping of backend name to backend'))
+      .refine((b) => Object.keys(b).length > 0, {message: 'is empty; expected at least one backend'}),
+    rules: z.array(ruleSchema(known), expecting('a list of rules')).nullish(),
+  }, 'a mapping with listeners and backends')
+}
+
+export type RawConfig = z.output<ReturnType<typeof configSchema>>
+
+/** Reads backend and listener names from the unvalidated document, tolerating any shape. */
+export function knownNames(doc: unknown): KnownNames {
+  const root = isRecord(doc) ? doc : {}
+  const backends = isRecord(root.backends) ? Object.keys(root.backends) : []
+  const listeners = Array.isArray(root.listeners)
+    ? root.listeners.flatMap((l: unknown) => (isRecord(l) && typeof l.name === 'string' ? [l.name] : []))
+    : []
+  return {backends, listeners}
+}
+
+function isRecord(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v)
+}
+
+/** One problem per path (zod may report several for one value), unknown keys split per key. */
+export function issuesToProblems(issues: z.ZodIssue[]): SchemaProblem[] {
+  const out: SchemaProblem[] = []
+  const seen = new Set<string>()
+  const add = (p: SchemaProblem): void => {
+    const key = formatPath(p.path)
+    if (!seen.has(key)) out.push(p)
+    seen.add(key)
+  }
+  for (const iss of issues) {
+    if (iss.code !== 'unrecognized_keys') {
+      add({path: iss.path, message: iss.message})
+      continue
+    }
+    const allowed = iss.message.split(', ')
+    for (const key of iss.keys) add({path: [...iss.path, key], message: unknownKeyMessage(key, allowed), atKey: true})
+  }
+  return out
+}
+
+function unknownKeyMessage(key: string, allowed: string[]): string {
+  const near = allowed.find((a) => editDistance(a, key.toLowerCase()) <= 2)
+  return `unknown key "${key}"${near ? ` (did you mean "${near}"?)` : ''}; expected one of: ${allowed.join(', ')}`
+}
+
+function editDistance(a: string, b: string): number {
+  let prev = Array.from({length: b.length + 1}, (_, j) => j)
+  for (let i = 1; i <= a.length; i++) {
+    const cur = [i]
+    for (let j = 1; j <= b.length; j++) {
+      cur[j] = Math.min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (a[i - 1] === b[j - 1] ? 0 : 1))
+    }
+    prev = cur
+  }
+  return prev[b.length]
+}
+
+/** Checks across entries, run once every entry is valid on its own. */
+export function crossCheck(cfg: RawConfig): SchemaProblem[] {
+  return [...duplicateListeners(cfg), ...udpProxyV1(cfg), ...duplicateRules(cfg)]
+}
+
+function duplicateListeners(cfg: RawConfig): SchemaProblem[] {
+  const out: SchemaProblem[] = []
+  const names = new Map<string, number>()
+  const binds = new Map<string, number>()
+  cfg.listeners.forEach((l, i) => {
+    const first = names.get(l.name)
+    if (first !== undefined) {
+      out.push({path: ['listeners', i, 'name'], message: `"${l.name}" is already the name of listeners[${first}]; expected a unique listener name`})
+    } else names.set(l.name, i)
+    // Port 0 asks the kernel for a fresh port each time, so two such listeners never collide.
+    if (l.bind.port === 0) return
+    const host = addressBytes(l.bind.host)
+    const key = `${l.protocol} ${host ? formatAddressBytes(host.family, host.bytes) : l.bind.host} ${l.bind.port}`
+    const other = binds.get(key)
+    if (other !== undefined) {
+      out.push({path: ['listeners', i, 'bind'], message: `${l.protocol} ${formatEndpoint(l.bind.host, l.bind.port)} is already bound by listener "${cfg.listeners[other].name}" (listeners[${other}]); expected a different address or port`})
+    } else binds.set(key, i)
+  })
+  return out
+}
+
+/** PROXY protocol v1 is a text line for TCP streams only (HAProxy proxy-protocol.txt §2.1); v2 carries UDP. */
+function udpProxyV1(cfg: RawConfig): SchemaProblem[] {
+  const isV1 = (b: string | undefined): boolean => b !== undefined && cfg.backends[b]?.proxy_protocol === 'v1'
+  const udpListeners = new Set(cfg.listeners.filter((l) => l.protocol === 'udp').map((l) => l.name))
+  const message = (b: string): string => `backend "${b}" sends PROXY protocol v1, which is TCP-only; expected a backend with proxy_protocol: v2 (or none) for a udp listener`
+  const out: SchemaProblem[] = []
+  cfg.listeners.forEach((l, i) => {
+    if (l.protocol === 'udp' && isV1(l.backend)) out.push({path: ['listeners', i, 'backend'], message: message(l.backend)})
+  })
+  cfg.rules?.forEach((r, i) => {
+    if (r.listener !== undefined && udpListeners.has(r.listener) && isV1(r.to)) out.push({path: ['rules', i, 'to'], message: message(r.to!)})
+  })
+  return out
+}
+
+function duplicateRules(cfg: RawConfig): SchemaProblem[] {
+  const out: SchemaProblem[] = []
+  const seen = new Map<string, number>()
+  cfg.rules?.forEach((r, i) => {
+    const key = `${r.source} ${r.listener ?? ''}`
+    const first = seen.get(key)
+    if (first === undefined) {
+      seen.set(key, i)
+      return
+    }
+    const scope = r.listener === undefined ? 'all listeners' : `listener "${r.listener}"`
+    out.push({path: ['rules', i, 'source'], message: `rules[${first}] already has source ${r.source} for ${scope}; expected one rule per source and listener scope`})
+  })
+  return out
+}

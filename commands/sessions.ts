@@ -1,0 +1,36 @@
+import {Flags} from '@oclif/core'
+import {DivertCommand} from '../src/cli/base.js'
+import {sessionsTable} from '../src/cli/render.js'
+import {watch} from '../src/cli/watch.js'
+import type {SessionView} from '../src/admin/protocol.js'
+
+export default class Sessions extends DivertCommand {
+  static summary = 'List live TCP connections and UDP flows: client, listener, backend, server, rule, bytes, age, idle.'
+  static examples = [
+    '<%= config.bin %> sessions',
+    '<%= config.bin %> sessions --source 192.168.100.0/24 --backend staging',
+    '<%= config.bin %> sessions --watch',
+    '<%= config.bin %> sessions --json',
+  ]
+
+  static flags = {
+    source: Flags.string({description: 'only clients in this IP/CIDR'}),
+    backend: Flags.string({description: 'only sessions on this backend'}),
+    listener: Flags.string({description: 'only sessions on this listener'}),
+    watch: Flags.boolean({char: 'w', description: 'refresh in place every --interval until Ctrl-C'}),
+    interval: Flags.integer({description: 'seconds between refreshes with --watch', default: 1, min: 1}),
+  }
+
+  async run(): Promise<SessionView[]> {
+    const {flags} = await this.parse(Sessions)
+    const client = this.adminClient(flags.admin)
+    const query = {source: flags.source, backend: flags.backend, listener: flags.listener}
+    if (flags.watch && !this.jsonEnabled()) {
+      await watch(() => client.sessions(query).then(sessionsTable), flags.interval * 1000)
+      return []
+    }
+    const sessions = await client.sessions(query)
+    this.log(sessionsTable(sessions))
+    return sessions
+  }
+}

@@ -1,0 +1,15 @@
+import {DivertCommand} from '../src/cli/base.js'
+import {statusText} from '../src/cli/render.js'
+import type {StatusView} from '../src/admin/protocol.js'
+
+export default class Status extends DivertCommand {
+  static summary = 'Show listeners, backends with per-server health, session and byte totals, and uptime.'
+  static examples = ['<%= config.bin %> status', '<%= config.bin %> status --json']
+
+  async run(): Promise<StatusView> {
+    const {flags} = await this.parse(Status)
+    const status = await this.adminClient(flags.admin).status()
+    this.log(statusText(status))
+    return status
+  }
+}

@@ -1,0 +1,110 @@
+/**
+ * AdminClient: the CLI's side of the admin API, over undici — a unix socket path, or an
+ * `http://host:port` TCP admin listener with a bearer token. Transport failures become the
+ * DivertErrors a user can act on (no daemon there, permission denied); error bodies are turned
+ * back into the daemon's own DivertError.
+ *
+ *   divert <command> ─▶ AdminClient ─undici─▶ daemon AdminServer
+ */
+import {Client} from 'undici'
+import {hostname, userInfo} from 'node:os'
+import {DivertError} from '../errors.js'
+import {isTcpTarget} from './paths.js'
+import type {
+  AddRuleRequest, AddRuleResult, BackendView, ExplainResult, KillResult, ReloadResult, RemoveRulesResult,
+  RuleView, SessionView, StatusView,
+} from './protocol.js'
+
+export interface SessionQuery {
+  source?: string
+  backend?: string
+  listener?: string
+}
+
+export class AdminClient {
+  private readonly client: Client
+  private readonly headers: Record<string, string>
+
+  constructor(readonly target: string, token?: string) {
+    this.client = isTcpTarget(target)
+      ? new Client(target, {connectTimeout: 5_000})
+      : new Client('http://divert', {socketPath: target, connectTimeout: 5_000})
+    this.headers = {'x-divert-client': clientName()}
+    if (token) this.headers.authorization = `Bearer ${token}`
+  }
+
+  close(): Promise<void> {
+    return this.client.close()
+  }
+
+  status(): Promise<StatusView> { return this.request('GET', '/status') }
+  rules(): Promise<RuleView[]> { return this.request('GET', '/rules') }
+  addRule(req: AddRuleRequest): Promise<AddRuleResult> { return this.request('POST', '/rules', req) }
+  removeRule(key: string, listener?: string): Promise<RemoveRulesResult> {
+    return this.request('DELETE', `/rules/${encodeURIComponent(key)}${query({listener})}`)
+  }
+
+  removeAllRules(): Promise<RemoveRulesResult> { return this.request('DELETE', '/rules?all=true') }
+  explain(ip: string, listener?: string): Promise<ExplainResult[]> { return this.request('GET', `/explain${query({ip, listener})}`) }
+  sessions(q: SessionQuery = {}): Promise<SessionView[]> { return this.request('GET', `/sessions${query({...q})}`) }
+  killSession(id: string): Promise<KillResult> { return this.request('DELETE', `/sessions/${encodeURIComponent(id)}`) }
+  killSessions(q: SessionQuery): Promise<KillResult> { return this.request('DELETE', `/sessions${query({...q})}`) }
+  backends(): Promise<BackendView[]> { return this.request('GET', '/backends') }
+  metrics(): Promise<string> { return this.request('GET', '/metrics') }
+  reload(): Promise<ReloadResult> { return this.request('POST', '/reload') }
+
+  async request<T>(method: 'GET' | 'POST' | 'DELETE', path: string, body?: unknown): Promise<T> {
+    let res
+    try {
+      res = await this.client.request({
+        method, path, headers: {...this.headers, ...(body === undefined ? {} : {'content-type': 'application/json'})},
+        body: body === undefined ? undefined : JSON.stringify(body),
+      })
+    } catch (error) {
+      throw this.transportError(error as NodeJS.ErrnoException)
+    }
+    const text = await res.body.text()
+    const isJson = String(res.headers['content-type'] ?? '').startsWith('application/json')
+    let data: unknown = text
+    if (isJson) {
+      try {
+        data = JSON.parse(text)
+      } catch {
+        throw new DivertError('ADMIN_PROTOCOL', `the admin API at ${this.target} sent malformed JSON (HTTP ${res.statusCode})`)
+      }
+    }
+    if (res.statusCode >= 400) {
+      if (isJson) throw DivertError.fromJSON(data)
+      throw new DivertError('ADMIN_PROTOCOL', `the admin API at ${this.target} answered HTTP ${res.statusCode}: ${text.slice(0, 200)}`)
+    }
+    return data as T
+  }
+
+  private transportError(error: NodeJS.ErrnoException): DivertError {
+    const code = error.code ?? (error.cause as NodeJS.ErrnoException | undefined)?.code
+    if (code === 'ENOENT' || code === 'ECONNREFUSED' || code === 'UND_ERR_CONNECT_TIMEOUT') {
+      return new DivertError('ADMIN_UNREACHABLE', `no divert daemon at ${this.target} — start one with \`divert start -c FILE\` (or point --admin / DIVERT_ADMIN at its socket)`, {cause: error})
+    }
+    if (code === 'EACCES' || code === 'EPERM') {
+      return new DivertError('ADMIN_PERMISSION', `permission denied on ${this.target}: the admin socket is owner-only — run as the user that started the daemon`, {cause: error})
+    }
+    return new DivertError('ADMIN_UNREACHABLE', `cannot reach the divert daemon at ${this.target}: ${error.message}`, {cause: error})
+  }
+}
+
+function query(params: Record<string, string | undefined>): string {
+  const q = new URLSearchParams()
+  for (const [k, v] of Object.entries(params)) if (v !== undefined && v !== '') q.set(k, v)
+  const s = q.toString()
+  return s ? `?${s}` : ''
+}
+
+function clientName(): string {
+  let user = 'unknown'
+  try {
+    user = userInfo().username
+  } catch {
+    // no passwd entry (containers): keep "unknown"
+  }
+  return `${user}@${hostname()} pid ${process.pid}`
+}

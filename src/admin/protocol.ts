@@ -1,0 +1,78 @@
+/**
+ * The admin API's request and response shapes (DESIGN.md §5): shared by the daemon's routes and the
+ * CLI's client, so both sides agree on field names (camelCase, stable for scripts).
+ */
+import type {RuleView} from '../rules/table.js'
+import type {SessionView} from '../session/registry.js'
+import type {BackendView} from '../backends/backend.js'
+
+export type {RuleView, SessionView, BackendView}
+
+export interface AddRuleRequest {
+  source: string
+  to?: string
+  mirror?: string
+  record?: string
+  listener?: string
+  /** Duration text (`30m`) after which the rule removes itself. */
+  for?: string
+  note?: string
+  existing?: 'keep' | 'kill'
+}
+
+export interface AddRuleResult {
+  rule: RuleView
+  replaced: RuleView | null
+  /** Live sessions from SOURCE (on the rule's listener scope) when the rule was added. */
+  existing: {policy: 'keep' | 'kill'; matched: number; killed: number}
+}
+
+export interface RemoveRulesResult {
+  removed: RuleView[]
+  /** A config rule that a runtime rule had shadowed and that applies again. */
+  restored: RuleView[]
+}
+
+export interface ExplainResult {
+  ip: string
+  listener: string
+  rule: RuleView | null
+  backend: string | null
+  server: string | null
+  mirror: string | null
+  record: string | null
+  fallbackFrom: string | null
+  refused: string | null
+  reasons: string[]
+}
+
+export interface ListenerView {
+  name: string
+  protocol: 'tcp' | 'udp'
+  bind: string
+  address: string
+  backend: string
+  sessions: number
+}
+
+export interface StatusView {
+  version: string
+  pid: number
+  configFile: string
+  startedAt: string
+  uptimeMs: number
+  listeners: ListenerView[]
+  backends: BackendView[]
+  totals: {activeSessions: number; sessions: number; bytesIn: number; bytesOut: number; rules: number; refused: number}
+}
+
+export interface KillResult {
+  killed: number
+}
+
+export interface ReloadResult {
+  configFile: string
+  listeners: {added: string[]; removed: string[]; changed: string[]}
+  backends: {added: string[]; removed: string[]; changed: string[]}
+  rules: number
+}

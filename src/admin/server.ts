@@ -1,0 +1,194 @@
+/**
+ * AdminServer: the daemon's HTTP/1.1 + JSON admin API (DESIGN.md §5) on a unix socket created
+ * owner-only (0600), and optionally on TCP where every request needs `Authorization: Bearer TOKEN`.
+ * It parses and bounds requests and maps errors to `{error, code, status}`; what each route does
+ * lives in routes.ts. Nothing an admin client sends can throw past this file or disturb traffic.
+ *
+ *   CLI (undici) ─HTTP─▶ AdminServer ─▶ routes ─▶ Control (daemon's owners)
+ */
+import http from 'node:http'
+import net from 'node:net'
+import {createHash, timingSafeEqual} from 'node:crypto'
+import {chmodSync, lstatSync, unlinkSync} from 'node:fs'
+import type {Logger} from 'pino'
+import {DivertError, isDivertError} from '../errors.js'
+import type {Endpoint} from '../net/endpoint.js'
+import {endpointString} from '../net/endpoint.js'
+import {routeRequest, type Control, type RequestContext} from './routes.js'
+
+export const BODY_LIMIT = 64 * 1024
+
+export interface AdminServerOptions {
+  control: Control
+  logger: Logger
+  socket?: string
+  tcp?: {listen: Endpoint; token: string}
+  bodyLimit?: number
+}
+
+export class AdminServer {
+  private readonly servers: http.Server[] = []
+  private readonly opts: AdminServerOptions
+
+  constructor(opts: AdminServerOptions) {
+    this.opts = opts
+  }
+
+  async listen(): Promise<void> {
+    if (this.opts.socket) await this.listenUnix(this.opts.socket)
+    if (this.opts.tcp) await this.listenTcp(this.opts.tcp.listen, this.opts.tcp.token)
+  }
+
+  async close(): Promise<void> {
+    await Promise.all(this.servers.map((s) => new Promise<void>((resolve) => {
+      s.close(() => resolve())
+      s.closeAllConnections()
+    })))
+    if (this.opts.socket) {
+      try {
+        unlinkSync(this.opts.socket)
+      } catch {
+        // already gone
+      }
+    }
+  }
+
+  tcpAddress(): net.AddressInfo | undefined {
+    const s = this.servers.find((x) => typeof x.address() === 'object')
+    return s?.address() as net.AddressInfo | undefined
+  }
+
+  private create(auth?: (req: http.IncomingMessage) => boolean): http.Server {
+    const server = http.createServer({requestTimeout: 30_000, headersTimeout: 10_000}, (req, res) => {
+      void this.handle(req, res, auth)
+    })
+    server.on('clientError', (_err, socket) => {
+      if (socket.writable) socket.end('HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n')
+      else socket.destroy()
+    })
+    this.servers.push(server)
+    return server
+  }
+
+  private async listenUnix(path: string): Promise<void> {
+    await removeStaleSocket(path)
+    const server = this.create()
+    // umask at bind(2) time makes the socket 0600 from birth: no window in which others could connect.
+    const old = process.umask(0o177)
+    try {
+      await listen(server, {path}, `admin socket ${path}`)
+    } finally {
+      process.umask(old)
+    }
+    chmodSync(path, 0o600)
+  }
+
+  private async listenTcp(at: Endpoint, token: string): Promise<void> {
+    const expected = digest(token)
+    const auth = (req: http.IncomingMessage): boolean => {
+      const m = /^Bearer\s+(.+)$/i.exec(req.headers.authorization ?? '')
+      // Compare digests so timingSafeEqual sees equal lengths and the token's length does not leak.
+      return m !== null && timingSafeEqual(digest(m[1].trim()), expected)
+    }
+    await listen(this.create(auth), {host: at.host, port: at.port}, `admin listener ${endpointString(at)}`)
+  }
+
+  private async handle(req: http.IncomingMessage, res: http.ServerResponse, auth?: (req: http.IncomingMessage) => boolean): Promise<void> {
+    try {
+      if (auth && !auth(req)) {
+        res.setHeader('WWW-Authenticate', 'Bearer')
+        throw new DivertError('ADMIN_UNAUTHORIZED', 'this admin listener needs "Authorization: Bearer <token>" with the token from admin.token_file')
+      }
+      const url = new URL(req.url ?? '/', 'http://divert')
+      const body = await readBody(req, this.opts.bodyLimit ?? BODY_LIMIT)
+      const ctx: RequestContext = {method: req.method ?? 'GET', url, body, who: whoIsAsking(req, Boolean(auth))}
+      const out = await routeRequest(this.opts.control, ctx)
+      if (typeof out === 'string') send(res, 200, out, 'text/plain; version=0.0.4; charset=utf-8')
+      else send(res, 200, JSON.stringify(out), 'application/json')
+    } catch (error) {
+      const e = isDivertError(error) ? error : new DivertError('INTERNAL', `internal error: ${(error as Error)?.message ?? String(error)}`, {cause: error})
+      if (!isDivertError(error)) this.opts.logger.error({err: error, url: req.url, method: req.method}, 'admin request failed')
+      if (e.code === 'DIVERT_ERR_ADMIN_METHOD' && e.details?.allow) res.setHeader('Allow', String(e.details.allow))
+      send(res, e.status, JSON.stringify(e.toJSON()), 'application/json')
+      if (e.code === 'DIVERT_ERR_ADMIN_BODY_TOO_LARGE') req.destroy()
+    }
+  }
+}
+
+function send(res: http.ServerResponse, status: number, body: string, type: string): void {
+  if (res.headersSent) return void res.end()
+  res.writeHead(status, {'Content-Type': type, 'Content-Length': Buffer.byteLength(body), 'Cache-Control': 'no-store'})
+  res.end(body)
+}
+
+function readBody(req: http.IncomingMessage, limit: number): Promise<unknown> {
+  return new Promise((resolve, reject) => {
+    const declared = Number(req.headers['content-length'] ?? 0)
+    if (declared > limit) return reject(tooLarge(limit))
+    const chunks: Buffer[] = []
+    let size = 0
+    req.on('data', (c: Buffer) => {
+      size += c.length
+      if (size > limit) {
+        req.removeAllListeners('data')
+        reject(tooLarge(limit))
+        return
+      }
+      chunks.push(c)
+    })
+    req.on('error', reject)
+    req.on('end', () => {
+      if (size === 0) return resolve(undefined)
+      const text = Buffer.concat(chunks).toString('utf8')
+      try {
+        resolve(JSON.parse(text))
+      } catch (error) {
+        reject(new DivertError('ADMIN_BAD_REQUEST', `request body is not JSON: ${(error as Error).message}`))
+      }
+    })
+  })
+}
+
+function tooLarge(limit: number): DivertError {
+  return new DivertError('ADMIN_BODY_TOO_LARGE', `request body is larger than ${limit} bytes`)
+}
+
+function digest(s: string): Buffer {
+  return createHash('sha256').update(s).digest()
+}
+
+/** Who made an admin change, for the audit log. Unix clients say who they are; the socket is owner-only anyway. */
+function whoIsAsking(req: http.IncomingMessage, tcp: boolean): string {
+  const said = String(req.headers['x-divert-client'] ?? '').slice(0, 200)
+  const where = tcp ? `tcp ${req.socket.remoteAddress}:${req.socket.remotePort}` : 'unix socket'
+  return said ? `${said} via ${where}` : where
+}
+
+function listen(server: http.Server, opts: net.ListenOptions, what: string): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const onError = (error: NodeJS.ErrnoException): void => {
+      reject(new DivertError('LISTEN_FAILED', `cannot listen on ${what}: ${error.code === 'EADDRINUSE' ? 'already in use' : error.message}`, {cause: error}))
+    }
+    server.once('error', onError)
+    server.listen(opts, () => {
+      server.off('error', onError)
+      resolve()
+    })
+  })
+}
+
+/** A socket file left by a daemon that died is removed; one that answers means a daemon is running. */
+async function removeStaleSocket(path: string): Promise<void> {
+  const alive = await new Promise<boolean | 'missing'>((resolve) => {
+    const s = net.connect({path})
+    s.once('connect', () => {
+      s.destroy()
+      resolve(true)
+    })
+    s.once('error', (e: NodeJS.ErrnoException) => resolve(e.code === 'ENOENT' ? 'missing' : false))
+  })
+  if (alive === true) throw new DivertError('LISTEN_FAILED', `another divert daemon is already listening on ${path}: stop it, or give this one another --admin path`)
+  if (alive !== false) return
+  if (!lstatSync(path).isSocket()) throw new DivertError('LISTEN_FAILED', `${path} exists and is not a socket: give the admin socket another path`)
+  unlinkSync(path)
+}

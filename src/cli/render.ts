@@ -1,0 +1,122 @@
+/**
+ * Pure renderers: admin API data → the text a human reads (tables via cli-table3). No I/O here;
+ * commands print what these return.
+ */
+import Table from 'cli-table3'
+import {formatDuration} from '../config/duration.js'
+import type {AddRuleResult, ExplainResult, ReloadResult, RemoveRulesResult, RuleView, SessionView, StatusView} from '../admin/protocol.js'
+
+const plain = {head: [], border: []}
+
+export function table(head: string[], rows: Array<Array<string | number>>): string {
+  const t = new Table({head, style: plain, wordWrap: true})
+  t.push(...rows.map((r) => r.map(String)))
+  return t.toString()
+}
+
+export function formatBytes(n: number): string {
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB']
+  let v = n
+  let i = 0
+  while (v >= 1024 && i < units.length - 1) {
+    v /= 1024
+    i++
+  }
+  return i === 0 ? `${n} B` : `${v.toFixed(v < 10 ? 1 : 0)} ${units[i]}`
+}
+
+export function ruleActions(r: Pick<RuleView, 'to' | 'mirror' | 'record'>): string {
+  return [r.to && `to ${r.to}`, r.mirror && `mirror ${r.mirror}`, r.record && `record ${r.record}`].filter(Boolean).join(', ')
+}
+
+export function expiresIn(expiresAt: string | null, now = Date.now()): string {
+  if (!expiresAt) return 'never'
+  const left = Date.parse(expiresAt) - now
+  return left <= 0 ? 'expiring' : `in ${formatDuration(left)}`
+}
+
+export function rulesTable(rules: RuleView[], now = Date.now()): string {
+  if (rules.length === 0) return 'no rules: every client goes to its listener\'s default backend'
+  return table(['id', 'source', 'actions', 'listener', 'expires', 'hits', 'origin', 'note'], rules.map((r) => [
+    r.id, r.source, ruleActions(r), r.listener ?? '*', expiresIn(r.expiresAt, now), r.hits, r.origin, r.note ?? '',
+  ]))
+}
+
+export function sessionsTable(sessions: SessionView[]): string {
+  if (sessions.length === 0) return 'no live sessions'
+  return table(['id', 'proto', 'client', 'listener', 'backend', 'server', 'rule', 'in', 'out', 'age', 'idle', 'taps'], sessions.map((s) => [
+    s.id, s.protocol, s.client, s.listener, s.backend, s.server, s.rule ?? '-',
+    traffic(s.bytesIn, s.packetsIn), traffic(s.bytesOut, s.packetsOut), formatDuration(s.ageMs), formatDuration(s.idleMs), tapsText(s.taps),
+  ]))
+}
+
+function traffic(bytes: number, packets?: number): string {
+  return packets === undefined ? formatBytes(bytes) : `${formatBytes(bytes)} / ${packets} pkt`
+}
+
+function tapsText(taps?: Record<string, unknown>): string {
+  if (!taps) return ''
+  return Object.entries(taps).map(([name, v]) => {
+    const o = (v ?? {}) as Record<string, unknown>
+    const dropped = typeof o.dropped === 'number' && o.dropped > 0 ? `, ${formatBytes(o.dropped)} dropped` : ''
+    return `${name}: ${String(o.state ?? '?')}${dropped}`
+  }).join('; ')
+}
+
+export function explainText(results: ExplainResult[]): string {
+  return results.map((r) => {
+    const verdict = r.refused
+      ? `refused: ${r.refused}`
+      : `→ backend ${r.backend}, server ${r.server}${r.fallbackFrom ? ` (fallback from ${r.fallbackFrom})` : ''}`
+    const extras = [r.mirror && `mirror to ${r.mirror}`, r.record && `record to ${r.record}`].filter(Boolean).join(', ')
+    return [`${r.ip} on listener ${r.listener}: ${verdict}${extras ? `; ${extras}` : ''}`, ...r.reasons.map((x) => `  - ${x}`)].join('\n')
+  }).join('\n')
+}
+
+export function statusText(s: StatusView): string {
+  const head = `divert ${s.version}, pid ${s.pid}, up ${formatDuration(s.uptimeMs)}, config ${s.configFile}\n` +
+    `sessions: ${s.totals.activeSessions} live, ${s.totals.sessions} total, ${s.totals.refused} refused; ` +
+    `bytes in ${formatBytes(s.totals.bytesIn)}, out ${formatBytes(s.totals.bytesOut)}; rules: ${s.totals.rules}`
+  const listeners = table(['listener', 'proto', 'bind', 'default backend', 'sessions'], s.listeners.map((l) => [l.name, l.protocol, l.address || l.bind, l.backend, l.sessions]))
+  const servers = table(['backend', 'balance', 'server', 'weight', 'health', 'active', 'total', 'last check'], s.backends.flatMap((b) => b.servers.map((srv) => [
+    b.name, b.balance, srv.address, srv.weight, srv.up ? 'up' : 'DOWN', srv.active, srv.total, lastCheck(srv.lastCheck),
+  ])))
+  return [head, '', listeners, '', servers].join('\n')
+}
+
+function lastCheck(c?: {ok: boolean; at: number | string; error?: string} | null): string {
+  if (!c) return '-'
+  return c.ok ? 'ok' : `failed: ${c.error ?? '?'}`
+}
+
+export function addRuleText(r: AddRuleResult): string {
+  const rule = r.rule
+  const scope = rule.listener ? ` on listener ${rule.listener}` : ''
+  const lines = [
+    r.replaced
+      ? `replaced rule ${r.replaced.id} (${ruleActions(r.replaced)}) for ${rule.source}${scope}: now ${ruleActions(rule)} [${rule.id}]`
+      : `added rule ${rule.id}: ${rule.source}${scope} → ${ruleActions(rule)}`,
+  ]
+  if (rule.expiresAt) lines.push(`expires ${expiresIn(rule.expiresAt)} (${rule.expiresAt})`)
+  const {policy, matched, killed} = r.existing
+  const n = (k: number): string => `${k} live session${k === 1 ? '' : 's'}`
+  if (policy === 'kill') lines.push(`closed ${n(killed)} from ${rule.source}: they reconnect into the new route`)
+  else if (matched > 0) lines.push(`${n(matched)} from ${rule.source} stay where they are; move them now with \`divert kill --source ${rule.source}\``)
+  return lines.join('\n')
+}
+
+export function removeText(r: RemoveRulesResult): string {
+  if (r.removed.length === 0) return 'no runtime rules to remove'
+  const lines = r.removed.map((x) => `removed rule ${x.id}: ${x.source}${x.listener ? ` on ${x.listener}` : ''} (${ruleActions(x)})`)
+  for (const x of r.restored) lines.push(`config rule ${x.id} for ${x.source} applies again (${ruleActions(x)})`)
+  lines.push('live sessions keep their backend; `divert kill --source SOURCE` moves them now')
+  return lines.join('\n')
+}
+
+export function reloadText(r: ReloadResult): string {
+  const part = (what: string, d: {added: string[]; removed: string[]; changed: string[]}): string => {
+    const bits = [d.added.length && `added ${d.added.join(', ')}`, d.removed.length && `removed ${d.removed.join(', ')}`, d.changed.length && `changed ${d.changed.join(', ')}`].filter(Boolean)
+    return `${what}: ${bits.length ? bits.join('; ') : 'unchanged'}`
+  }
+  return [`reloaded ${r.configFile}`, part('listeners', r.listeners), part('backends', r.backends), `rules: ${r.rules}`].join('\n')
+}

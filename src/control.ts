@@ -1,0 +1,204 @@
+/**
+ * DaemonControl: what the admin API can do to a running daemon, as methods over its owners (rule
+ * table, registry, backends). Validates names against the live config, persists runtime rules before
+ * answering, and writes one audit line per change (what, by whom, when).
+ *
+ *   AdminServer routes ─▶ DaemonControl ─▶ RuleTable / SessionRegistry / Backends
+ */
+import {isAbsolute, resolve, dirname} from 'node:path'
+import {DivertError} from './errors.js'
+import {parseDuration} from './config/duration.js'
+import {formatPrefix, parseCidr} from './rules/cidr.js'
+import {RuleTable, type Rule} from './rules/table.js'
+import {isRefusal} from './rules/router.js'
+import type {SessionFilter} from './session/registry.js'
+import {formatEndpoint} from './net/endpoint.js'
+import {renderMetrics, type MetricFamily} from './admin/metrics.js'
+import type {Control} from './admin/routes.js'
+import type {
+  AddRuleRequest, AddRuleResult, BackendView, ExplainResult, KillResult, ReloadResult, RemoveRulesResult,
+  RuleView, SessionView, StatusView,
+} from './admin/protocol.js'
+import type {Daemon} from './daemon.js'
+import {VERSION} from './version.js'
+
+export class DaemonControl implements Control {
+  constructor(private readonly d: Daemon) {}
+
+  status(): StatusView {
+    const counters = this.d.registry.counters()
+    const sum = (f: (c: (typeof counters)[number]) => number): number => counters.reduce((a, c) => a + f(c), 0)
+    return {
+      version: VERSION, pid: process.pid, configFile: this.d.config.file, startedAt: new Date(this.d.startedAt).toISOString(),
+      uptimeMs: Date.now() - this.d.startedAt,
+      listeners: [...this.d.proxies.values()].map((p) => {
+        const a = p.address()
+        return {
+          name: p.config.name, protocol: p.config.protocol, bind: formatEndpoint(p.config.bind.host, p.config.bind.port),
+          address: a ? formatEndpoint(a.address, a.port) : '', backend: p.config.backend,
+          sessions: [...this.d.registry.matching({listener: p.config.name})].length,
+        }
+      }),
+      backends: this.backends(),
+      totals: {
+        activeSessions: this.d.registry.size, sessions: sum((c) => c.sessions), bytesIn: sum((c) => c.bytesIn + c.liveBytesIn),
+        bytesOut: sum((c) => c.bytesOut + c.liveBytesOut), rules: this.d.rules.size, refused: [...this.d.refused.values()].reduce((a, b) => a + b, 0),
+      },
+    }
+  }
+
+  rules(): RuleView[] {
+    return this.d.rules.snapshot().map((r) => RuleTable.view(r))
+  }
+
+  async addRule(req: AddRuleRequest, who: string): Promise<AddRuleResult> {
+    const prefix = parseCidr(req.source)
+    if (!req.to && !req.mirror && !req.record) {
+      throw new DivertError('INVALID_ARGUMENT', 'a rule needs at least one action: --to BACKEND, --mirror BACKEND or --record FILE')
+    }
+    for (const b of [req.to, req.mirror]) if (b) this.backendNamed(b)
+    if (req.listener) this.listenerNamed(req.listener)
+    const forMs = req.for === undefined ? undefined : parseDuration(req.for, '--for')
+    if (forMs === 0) throw new DivertError('INVALID_DURATION', '--for must be longer than 0')
+    const record = req.record ? absolute(req.record, dirname(this.d.config.file)) : undefined
+    if (record) await this.d.recordings.acquire(record, {maxBytes: this.d.config.captureMaxBytes, logger: this.d.logger})
+    const {rule, replaced} = this.d.rules.add({
+      source: req.source, to: req.to, mirror: req.mirror, record, listener: req.listener, note: req.note,
+      expiresAt: forMs === undefined ? undefined : Date.now() + forMs,
+    }, 'runtime')
+    if (replaced?.record) await this.d.recordings.release(replaced.record)
+    await this.persist()
+    this.d.scheduleExpiry()
+
+    const filter: SessionFilter = {source: prefix, listener: req.listener}
+    const matched = [...this.d.registry.matching(filter)].length
+    const policy = req.existing ?? 'keep'
+    const killed = policy === 'kill' ? this.d.registry.kill(filter, 'rule-changed') : 0
+    this.audit(replaced ? 'rule.replace' : 'rule.add', who, {rule: RuleTable.view(rule), replaced: replaced ? RuleTable.view(replaced) : null, existing: {policy, matched, killed}})
+    return {rule: RuleTable.view(rule), replaced: replaced ? RuleTable.view(replaced) : null, existing: {policy, matched, killed}}
+  }
+
+  async removeRule(key: string, listener: string | undefined, who: string): Promise<RemoveRulesResult> {
+    if (listener) this.listenerNamed(listener)
+    const removed = this.d.rules.remove(key, {listener})
+    return this.afterRemove([removed], who)
+  }
+
+  async removeAllRules(who: string): Promise<RemoveRulesResult> {
+    return this.afterRemove(this.d.rules.removeAll('runtime'), who)
+  }
+
+  private async afterRemove(removed: Rule[], who: string): Promise<RemoveRulesResult> {
+    await this.d.closeRecordings(removed)
+    await this.persist()
+    this.d.scheduleExpiry()
+    const restored = removed.map((r) => this.d.rules.find(r.source, r.listener)).filter((r): r is Rule => r !== undefined)
+    const views = {removed: removed.map((r) => RuleTable.view(r)), restored: restored.map((r) => RuleTable.view(r))}
+    this.audit('rule.remove', who, views)
+    return views
+  }
+
+  explain(ip: string, listener?: string): ExplainResult[] {
+    parseCidr(ip)
+    if (ip.includes('/')) throw new DivertError('INVALID_ADDRESS', `explain takes one IP address, not a prefix: "${ip}"`)
+    const listeners = listener ? [this.listenerNamed(listener)] : this.d.config.listeners
+    return listeners.map((l) => {
+      const d = this.d.router.decide(l, ip, {countHit: false})
+      const base = {ip, listener: l.name, rule: d.rule ? RuleTable.view(d.rule) : null, reasons: d.reasons, mirror: d.rule?.mirror ?? null, record: d.rule?.record ?? null}
+      if (isRefusal(d)) return {...base, backend: null, server: null, fallbackFrom: null, refused: d.refused}
+      return {...base, backend: d.backend.name, server: d.server.key, fallbackFrom: d.fallbackFrom ?? null, refused: null}
+    })
+  }
+
+  sessions(filter: SessionFilter): SessionView[] {
+    if (filter.backend) this.backendNamed(filter.backend)
+    if (filter.listener) this.listenerNamed(filter.listener)
+    return this.d.registry.snapshot(filter)
+  }
+
+  session(id: string): SessionView {
+    const s = this.d.registry.get(id)
+    if (!s) throw noSession(id)
+    return this.d.registry.view(s)
+  }
+
+  killSessions(filter: SessionFilter, who: string): KillResult {
+    if (filter.backend) this.backendNamed(filter.backend)
+    if (filter.listener) this.listenerNamed(filter.listener)
+    const killed = this.d.registry.kill(filter)
+    this.audit('sessions.kill', who, {filter: {...filter, source: filter.source ? formatPrefix(filter.source) : undefined}, killed})
+    return {killed}
+  }
+
+  killSession(id: string, who: string): KillResult {
+    const s = this.d.registry.get(id)
+    if (!s) throw noSession(id)
+    s.transport.kill('killed')
+    this.audit('sessions.kill', who, {session: id, killed: 1})
+    return {killed: 1}
+  }
+
+  backends(): BackendView[] {
+    return [...this.d.backends.values()].map((b) => b.snapshot())
+  }
+
+  metrics(): string {
+    return renderMetrics(collectMetrics(this.d))
+  }
+
+  reload(who: string): Promise<ReloadResult> {
+    return this.d.reload(who)
+  }
+
+  private async persist(): Promise<void> {
+    await this.d.saveState()
+  }
+
+  private backendNamed(name: string): void {
+    if (!this.d.backends.has(name)) {
+      throw new DivertError('BACKEND_UNKNOWN', `unknown backend "${name}" (known: ${[...this.d.backends.keys()].join(', ')})`, {details: {known: [...this.d.backends.keys()]}})
+    }
+  }
+
+  private listenerNamed(name: string): {name: string; backend: string} {
+    const l = this.d.config.listeners.find((x) => x.name === name)
+    if (!l) {
+      const known = this.d.config.listeners.map((x) => x.name)
+      throw new DivertError('LISTENER_UNKNOWN', `unknown listener "${name}" (known: ${known.join(', ')})`, {details: {known}})
+    }
+    return l
+  }
+
+  private audit(action: string, who: string, what: Record<string, unknown>): void {
+    this.d.logger.info({audit: true, action, by: who, at: new Date().toISOString(), ...what}, `audit: ${action} by ${who}`)
+  }
+}
+
+function collectMetrics(d: Daemon): MetricFamily[] {
+  const counters = d.registry.counters()
+  const lb = (c: {listener: string; backend: string}): Record<string, string> => ({listener: c.listener, backend: c.backend})
+  const rules = d.rules.snapshot()
+  const servers = [...d.backends.values()].flatMap((b) => b.servers.map((s) => ({backend: b.name, s})))
+  return [
+    {name: 'divert_up', help: 'Seconds since the daemon started.', type: 'gauge', samples: [{value: (Date.now() - d.startedAt) / 1000}]},
+    {name: 'divert_sessions_active', help: 'Live sessions (TCP connections and UDP flows).', type: 'gauge', samples: counters.map((c) => ({labels: lb(c), value: c.active}))},
+    {name: 'divert_sessions_total', help: 'Sessions started.', type: 'counter', samples: counters.map((c) => ({labels: lb(c), value: c.sessions}))},
+    {name: 'divert_sessions_closed_total', help: 'Sessions ended, by cause.', type: 'counter', samples: counters.flatMap((c) => Object.entries(c.closedBy).map(([cause, n]) => ({labels: {...lb(c), cause}, value: n})))},
+    {name: 'divert_sessions_refused_total', help: 'New sessions refused (no server up, limits).', type: 'counter', samples: [...d.refused.entries()].map(([listener, n]) => ({labels: {listener}, value: n}))},
+    {name: 'divert_bytes_in_total', help: 'Bytes received from clients.', type: 'counter', samples: counters.map((c) => ({labels: lb(c), value: c.bytesIn + c.liveBytesIn}))},
+    {name: 'divert_bytes_out_total', help: 'Bytes sent to clients.', type: 'counter', samples: counters.map((c) => ({labels: lb(c), value: c.bytesOut + c.liveBytesOut}))},
+    {name: 'divert_rules', help: 'Rules in the table, by origin.', type: 'gauge', samples: (['config', 'runtime'] as const).map((o) => ({labels: {origin: o}, value: rules.filter((r) => r.origin === o).length}))},
+    {name: 'divert_rule_hits_total', help: 'New sessions each rule matched.', type: 'counter', samples: rules.map((r) => ({labels: {rule: r.id, source: r.source}, value: r.hits}))},
+    {name: 'divert_server_up', help: 'Server health: 1 up, 0 down.', type: 'gauge', samples: servers.map(({backend, s}) => ({labels: {backend, server: s.key}, value: s.up ? 1 : 0}))},
+    {name: 'divert_server_sessions_active', help: 'Live sessions per server.', type: 'gauge', samples: servers.map(({backend, s}) => ({labels: {backend, server: s.key}, value: s.active}))},
+    {name: 'divert_server_sessions_total', help: 'Sessions given to each server.', type: 'counter', samples: servers.map(({backend, s}) => ({labels: {backend, server: s.key}, value: s.total}))},
+  ]
+}
+
+function absolute(p: string, base: string): string {
+  return isAbsolute(p) ? p : resolve(base, p)
+}
+
+function noSession(id: string): DivertError {
+  return new DivertError('SESSION_NOT_FOUND', `no live session "${id}" (it may have ended): list them with \`divert sessions\``)
+}

@@ -1,0 +1,247 @@
+/**
+ * UdpProxy: one UDP listener with per-client session persistence. A flow is the datagrams of one
+ * client (address+port, or address only with `udp.key: address`) on this listener; it is decided
+ * once, like a TCP connection, and then keeps its server and its own connected upstream socket for
+ * its whole life. Replies read on that socket go back to the client from the listener's socket, so
+ * the client always hears from the address it sent to (FIELD-NOTES: a proxy that mixes clients or
+ * re-creates flows breaks OpenVPN and hides it by "floating").
+ *
+ *   client ─▶ listener socket ─flow key─▶ UdpFlow ─connected socket─▶ server
+ *   client ◀─ listener socket ◀────────── UdpFlow ◀──────────────────  server
+ *
+ * Idle flows are closed by the registry's coarse tick, not by a timer per flow.
+ */
+import dgram from 'node:dgram'
+import type {AddressInfo} from 'node:net'
+import type {ListenerConfig} from '../config/types.js'
+import {DivertError} from '../errors.js'
+import type {Server} from '../backends/backend.js'
+import {encodeProxyV2} from '../backends/proxy-protocol.js'
+import {isRefusal, type Decision} from '../rules/router.js'
+import {normalizeAddress} from '../rules/cidr.js'
+import type {Session, SessionTransport} from '../session/registry.js'
+import type {CloseCause, Peer, SessionMeta, Tap} from '../session/types.js'
+import {endpointPeer} from './connector.js'
+import {endpointString, formatEndpoint} from './endpoint.js'
+import type {ProxyContext} from './tcp-proxy.js'
+
+/** Refusals are logged at most once per this period per listener, never per packet. */
+const REFUSAL_LOG_INTERVAL_MS = 10_000
+/** Datagrams held per flow while its upstream socket connects (a few ms); more are dropped. */
+const CONNECT_QUEUE_MAX = 64
+
+export class UdpProxy {
+  /** Replaced on reload when only options changed (same bind, same protocol). */
+  config: ListenerConfig
+  private readonly ctx: ProxyContext
+  private readonly socket: dgram.Socket
+  private readonly flows = new Map<string, UdpFlow>()
+  private draining = false
+  private lastRefusalLog = 0
+  private refusedSinceLog = 0
+  refusedFlows = 0
+
+  constructor(config: ListenerConfig, ctx: ProxyContext) {
+    this.config = config
+    this.ctx = ctx
+    this.socket = dgram.createSocket({type: config.bind.family === 6 ? 'udp6' : 'udp4', ipv6Only: false})
+    this.socket.on('message', (msg, rinfo) => this.onMessage(msg, rinfo))
+    this.socket.on('error', (error) => ctx.logger.error({err: error, listener: config.name}, 'udp listener error'))
+  }
+
+  listen(): Promise<void> {
+    const {bind, name} = this.config
+    return new Promise((resolve, reject) => {
+      const onError = (error: NodeJS.ErrnoException): void => {
+        const why = error.code === 'EADDRINUSE' ? 'the address is already in use' : error.code === 'EACCES' ? 'permission denied (ports below 1024 need root or CAP_NET_BIND_SERVICE)' : error.message
+        reject(new DivertError('LISTEN_FAILED', `listener ${name} cannot bind udp ${endpointString(bind)}: ${why}`, {cause: error}))
+      }
+      this.socket.once('error', onError)
+      this.socket.bind({address: bind.host, port: bind.port, exclusive: true}, () => {
+        this.socket.off('error', onError)
+        this.tuneBuffer()
+        resolve()
+      })
+    })
+  }
+
+  address(): AddressInfo | undefined {
+    try {
+      return this.socket.address()
+    } catch {
+      return undefined
+    }
+  }
+
+  /** Stops opening new flows (drain); live flows go on until they end or destroy(). */
+  async close(): Promise<void> {
+    this.draining = true
+  }
+
+  /** Closes every flow and the listener socket. */
+  destroy(): void {
+    for (const f of [...this.flows.values()]) f.kill('shutdown')
+    try {
+      this.socket.close()
+    } catch {
+      // already closed
+    }
+  }
+
+  get flowCount(): number {
+    return this.flows.size
+  }
+
+  /** @internal */
+  reply(msg: Buffer, flow: UdpFlow): void {
+    this.socket.send(msg, flow.clientPort, flow.clientRaw)
+  }
+
+  /** @internal */
+  forget(flow: UdpFlow): void {
+    if (this.flows.get(flow.key) === flow) this.flows.delete(flow.key)
+  }
+
+  private onMessage(msg: Buffer, rinfo: dgram.RemoteInfo): void {
+    const key = this.config.udp.key === 'address' ? rinfo.address : `${rinfo.address}|${rinfo.port}`
+    const flow = this.flows.get(key) ?? this.open(key, rinfo)
+    flow?.fromClient(msg, rinfo)
+  }
+
+  private open(key: string, rinfo: dgram.RemoteInfo): UdpFlow | undefined {
+    const address = normalizeAddress(rinfo.address)
+    const peer: Peer = {address, port: rinfo.port, family: address.includes(':') ? 6 : 4}
+    if (this.draining) return undefined
+    if (this.flows.size >= this.config.udp.maxFlows) return this.refuse(peer, `udp.max_flows (${this.config.udp.maxFlows}) reached`)
+    const decision = this.ctx.router.decide(this.config, address)
+    if (isRefusal(decision)) return this.refuse(peer, decision.refused)
+    const flow = new UdpFlow(this, this.ctx, key, rinfo, peer, decision)
+    this.flows.set(key, flow)
+    return flow
+  }
+
+  private refuse(peer: Peer, reason: string): undefined {
+    this.refusedFlows++
+    this.refusedSinceLog++
+    this.ctx.onRefused?.(this.config.name, reason)
+    const now = this.ctx.registry.coarseNow
+    if (now - this.lastRefusalLog >= REFUSAL_LOG_INTERVAL_MS) {
+      this.ctx.logger.warn({listener: this.config.name, client: formatEndpoint(peer.address, peer.port), reason, refusedSinceLastLog: this.refusedSinceLog}, 'udp flow refused')
+      this.lastRefusalLog = now
+      this.refusedSinceLog = 0
+    }
+    return undefined
+  }
+
+  private tuneBuffer(): void {
+    const want = this.config.udp.recvBufferSize
+    try {
+      this.socket.setRecvBufferSize(want)
+      const got = this.socket.getRecvBufferSize()
+      // Linux doubles the value it stores and caps it at net.core.rmem_max (socket(7)).
+      if (got < want) this.ctx.logger.warn({listener: this.config.name, wanted: want, got}, 'udp receive buffer capped by the kernel: raise net.core.rmem_max for bursts of new clients')
+    } catch (error) {
+      this.ctx.logger.warn({listener: this.config.name, err: error}, 'could not set the udp receive buffer size')
+    }
+  }
+}
+
+/** One client's flow: its upstream socket, counters and session record. */
+class UdpFlow implements SessionTransport {
+  readonly key: string
+  clientRaw: string
+  clientPort: number
+  private readonly upstream: dgram.Socket
+  private readonly session: Session
+  private readonly server: Server
+  private readonly tap?: Tap
+  private readonly header?: Buffer
+  private inBytes = 0
+  private outBytes = 0
+  private inPackets = 0
+  private outPackets = 0
+  private upstreamErrors = 0
+  private closed = false
+  /** Datagrams that arrived before the upstream socket finished connecting. */
+  private queue?: Buffer[] = []
+
+  constructor(private readonly proxy: UdpProxy, private readonly ctx: ProxyContext, key: string, rinfo: dgram.RemoteInfo, peer: Peer, decision: Decision) {
+    this.key = key
+    this.clientRaw = rinfo.address
+    this.clientPort = rinfo.port
+    this.server = decision.server
+    this.server.acquire()
+    const to = this.server.address
+    const serverPeer = endpointPeer(to)
+    this.upstream = dgram.createSocket(to.family === 6 ? 'udp6' : 'udp4')
+    this.upstream.on('message', (msg) => this.fromServer(msg))
+    // ICMP port unreachable arrives as ECONNREFUSED on a connected socket: count it, keep the flow.
+    this.upstream.on('error', () => this.upstreamErrors++)
+    this.upstream.connect(to.port, to.host, () => this.flush())
+    this.session = ctx.registry.add({
+      protocol: 'udp', listener: proxy.config.name, client: peer, backend: decision.backend.name, server: serverPeer,
+      rule: decision.rule?.id, transport: this,
+    })
+    const meta: SessionMeta = {id: this.session.id, protocol: 'udp', listener: proxy.config.name, backend: decision.backend.name, rule: decision.rule?.id, client: peer, server: serverPeer, startedAt: this.session.startedAt}
+    this.tap = ctx.tapsFor?.(decision, meta)
+    if (this.tap) this.session.taps = [this.tap]
+    if (decision.backend.config.proxyProtocol === 'v2') {
+      const local = proxy.address()
+      const dst = local ? {address: normalizeAddress(local.address), port: local.port} : serverPeer
+      this.header = encodeProxyV2(peer, dst, 'dgram')
+    }
+  }
+
+  fromClient(msg: Buffer, rinfo: dgram.RemoteInfo): void {
+    // With `udp.key: address` a client that moved to another port (re-NAT) is answered at its new port.
+    this.clientPort = rinfo.port
+    this.inBytes += msg.length
+    this.inPackets++
+    this.tap?.clientData?.(msg)
+    if (this.queue) {
+      // dgram connect() completes asynchronously and a send without a port before then throws.
+      if (this.queue.length < CONNECT_QUEUE_MAX) this.queue.push(msg)
+      else this.upstreamErrors++
+      return
+    }
+    this.forward(msg)
+  }
+
+  private forward(msg: Buffer): void {
+    // HAProxy proxy-protocol.txt §2.2: over DGRAM the header precedes every datagram.
+    this.upstream.send(this.header ? [this.header, msg] : msg, this.onSendError)
+  }
+
+  private flush(): void {
+    const queued = this.queue ?? []
+    this.queue = undefined
+    if (this.closed) return
+    for (const m of queued) this.forward(m)
+  }
+
+  private readonly onSendError = (error: Error | null): void => {
+    if (error) this.upstreamErrors++
+  }
+
+  private fromServer(msg: Buffer): void {
+    this.outBytes += msg.length
+    this.outPackets++
+    this.tap?.serverData?.(msg)
+    this.proxy.reply(msg, this)
+  }
+
+  // SessionTransport
+  bytesIn(): number { return this.inBytes }
+  bytesOut(): number { return this.outBytes }
+  packetsIn(): number { return this.inPackets }
+  packetsOut(): number { return this.outPackets }
+
+  kill(cause: CloseCause): void {
+    if (this.closed) return
+    this.closed = true
+    this.proxy.forget(this)
+    this.upstream.close()
+    this.server.release()
+    this.ctx.registry.close(this.session, cause, false, this.upstreamErrors ? {upstreamErrors: this.upstreamErrors} : undefined)
+  }
+}

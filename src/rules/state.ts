@@ -1,0 +1,117 @@
+/**
+ * StateStore: runtime rules on disk, so `divert add` survives a restart (HAProxy's runtime ACL
+ * changes do not — FIELD-NOTES). Writes are atomic: temp file in the same directory, fsync, rename,
+ * fsync of the directory (so the rename itself is durable, see rename(2) and fsync(2) notes on
+ * directories). A crash leaves either the old or the new file, never a torn one. Saves are
+ * serialised and coalesced: callers await the save that includes their change.
+ *
+ *   RuleTable (runtime rules) ─save()─▶ STATE.tmp-PID ─fsync─rename─▶ STATE
+ */
+import {promises as fs} from 'node:fs'
+import {basename, dirname, join} from 'node:path'
+import {DivertError} from '../errors.js'
+import type {RuleSpec} from '../config/types.js'
+
+export interface StoredRule extends RuleSpec {
+  id: string
+  createdAt: number
+}
+
+interface StateFile {
+  version: 1
+  rules: StoredRule[]
+}
+
+export interface LoadResult {
+  rules: StoredRule[]
+  /** Set when the file was corrupt: where it was moved. */
+  movedAside?: string
+  problem?: string
+}
+
+export class StateStore {
+  private pending?: Promise<void>
+  private queued?: {rules: StoredRule[]; waiters: Array<{resolve: () => void; reject: (e: unknown) => void}>}
+
+  constructor(readonly path: string) {}
+
+  /** Reads the state file. Missing → no rules. Corrupt → moved aside (never dropped) and reported. */
+  async load(): Promise<LoadResult> {
+    let text: string
+    try {
+      text = await fs.readFile(this.path, 'utf8')
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code === 'ENOENT') return {rules: []}
+      throw new DivertError('STATE_CORRUPT', `cannot read state file ${this.path}: ${(error as Error).message}`, {cause: error})
+    }
+    const problem = validate(text)
+    if (problem === undefined) return {rules: (JSON.parse(text) as StateFile).rules}
+    const aside = `${this.path}.corrupt-${new Date().toISOString().replace(/[:.]/g, '-')}`
+    await fs.rename(this.path, aside)
+    return {rules: [], movedAside: aside, problem}
+  }
+
+  /** Persists `rules` (the full runtime set); resolves once they are durably on disk. */
+  save(rules: StoredRule[]): Promise<void> {
+    return new Promise((resolve, reject) => {
+      if (this.queued) {
+        this.queued.rules = rules
+        this.queued.waiters.push({resolve, reject})
+        return
+      }
+      this.queued = {rules, waiters: [{resolve, reject}]}
+      void this.drain()
+    })
+  }
+
+  private async drain(): Promise<void> {
+    if (this.pending) await this.pending.catch(() => undefined)
+    const job = this.queued
+    if (!job) return
+    this.queued = undefined
+    this.pending = this.write(job.rules)
+    try {
+      await this.pending
+      for (const w of job.waiters) w.resolve()
+    } catch (error) {
+      const e = new DivertError('STATE_WRITE', `cannot write state file ${this.path}: ${(error as Error).message}`, {cause: error})
+      for (const w of job.waiters) w.reject(e)
+    } finally {
+      this.pending = undefined
+      if (this.queued) void this.drain()
+    }
+  }
+
+  private async write(rules: StoredRule[]): Promise<void> {
+    const dir = dirname(this.path)
+    const tmp = join(dir, `.${basename(this.path)}.tmp-${process.pid}`)
+    const body = JSON.stringify({version: 1, rules} satisfies StateFile, null, 2) + '\n'
+    const fh = await fs.open(tmp, 'w', 0o600)
+    try {
+      await fh.writeFile(body)
+      await fh.sync()
+    } finally {
+      await fh.close()
+    }
+    await fs.rename(tmp, this.path)
+    const dh = await fs.open(dir, 'r')
+    try {
+      await dh.sync()
+    } finally {
+      await dh.close()
+    }
+  }
+}
+
+function validate(text: string): string | undefined {
+  let data: unknown
+  try {
+    data = JSON.parse(text)
+  } catch (error) {
+    return `not JSON (${(error as Error).message})`
+  }
+  const d = data as Partial<StateFile>
+  if (!d || typeof d !== 'object' || d.version !== 1 || !Array.isArray(d.rules)) return 'expected {"version": 1, "rules": [...]}'
+  const bad = d.rules.findIndex((r) => !r || typeof r !== 'object' || typeof r.source !== 'string' || typeof r.id !== 'string')
+  return bad >= 0 ? `rules[${bad}] has no source or id` : undefined
+}

@@ -1,0 +1,4 @@
+/** divert's version, from package.json (dist/src/version.js → ../../package.json). */
+import {createRequire} from 'node:module'
+
+export const VERSION: string = (createRequire(import.meta.url)('../../package.json') as {version: string}).version

@@ -64,7 +64,7 @@ export class Daemon {
   private constructor(readonly opts: DaemonOptions) {
     const now = opts.now ?? Date.now
     this.startedAt = now()
-    this.rules = new RuleTable({now})
+    this.rules = new RuleTable({now, configFile: opts.configFile})
     this.registry = new SessionRegistry({logger: opts.logger, now})
     this.router = new Router({rules: this.rules, backends: this.backends})
     this.recordings = new RecordingSet()
@@ -89,7 +89,7 @@ export class Daemon {
     this.config = await loadConfig(this.opts.configFile)
     this.backends = buildBackends(this.config)
     this.router.state = {rules: this.rules, backends: this.backends}
-    for (const spec of this.config.rules) this.rules.add(spec, 'config')
+    this.rules.replaceConfigRules(this.config.rules)
     await this.restoreState()
     await this.openRecordings(this.rules.snapshot())
     this.startHealth()
@@ -119,7 +119,7 @@ export class Daemon {
     const mirrorServer = d.mirror?.pick(meta.client.address)
     if (d.mirror && mirrorServer) {
       taps.push(createMirrorTap(meta, {backend: d.mirror.name, server: mirrorServer.address, proxyProtocol: d.mirror.config.proxyProtocol}, {
-        bufferBytes: this.config.mirrorBufferBytes, logger: this.logger,
+        bufferBytes: this.config.mirrorBufferBytes, logger: this.logger, local: meta.local,
       }))
     }
     const recording = d.record ? this.recordings.get(d.record) : undefined

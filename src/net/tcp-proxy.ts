@@ -17,6 +17,7 @@ import type {Session, SessionRegistry, SessionTransport} from '../session/regist
 import type {CloseCause, Peer, SessionMeta, Tap} from '../session/types.js'
 import {endpointPeer, remotePeer, localPeer, tcpConnector, type Connector} from './connector.js'
 import {endpointString, formatEndpoint} from './endpoint.js'
+import {RefusalLog} from './refusals.js'
 
 export interface ProxyContext {
   router: Router
@@ -35,6 +36,9 @@ export class TcpProxy {
   private readonly ctx: ProxyContext
   private readonly server: net.Server
   private readonly connect: Connector
+  private readonly refusals: RefusalLog
+  /** Live connections of this listener (for max_connections). */
+  live = 0
 
   constructor(config: ListenerConfig, ctx: ProxyContext) {
     this.config = config
@@ -42,6 +46,7 @@ export class TcpProxy {
     this.connect = ctx.connect ?? tcpConnector
     this.server = net.createServer({allowHalfOpen: true, noDelay: true}, (socket) => this.accept(socket))
     this.server.on('error', (error) => ctx.logger.error({err: error, listener: config.name}, 'listener error'))
+    this.refusals = new RefusalLog(config.name, ctx.logger, Date.now, ctx.onRefused)
   }
 
   /** Binds the listener; a port in use or a permission error names the address. */
@@ -76,17 +81,20 @@ export class TcpProxy {
     client.on('error', noop) // replaced by the connection's handler; guards the refusal path
     const peer = remotePeer(client)
     if (!peer) return void client.destroy()
+    const max = this.config.maxConnections
+    if (max > 0 && this.live >= max) return this.refuse(client, peer, `max_connections (${max}) reached`)
     const decision = this.ctx.router.decide(this.config, peer.address)
-    if (isRefusal(decision)) {
-      this.ctx.onRefused?.(this.config.name, decision.refused)
-      this.ctx.logger.warn({listener: this.config.name, client: formatEndpoint(peer.address, peer.port), rule: decision.rule?.id ?? null, reason: decision.refused}, 'session refused')
-      client.destroy()
-      return
-    }
+    if (isRefusal(decision)) return this.refuse(client, peer, decision.refused, decision.rule?.id)
     if (decision.fallbackFrom) {
       this.ctx.logger.warn({listener: this.config.name, client: formatEndpoint(peer.address, peer.port), rule: decision.rule?.id ?? null, from: decision.fallbackFrom, to: decision.backend.name}, 'backend down: falling back to the default backend')
     }
+    this.live++
     new TcpConnection(this, client, peer, decision)
+  }
+
+  private refuse(client: net.Socket, peer: Peer, reason: string, rule?: string): void {
+    this.refusals.refuse(peer, reason, rule)
+    client.destroy()
   }
 
   /** @internal used by TcpConnection */
@@ -115,7 +123,7 @@ class TcpConnection implements SessionTransport {
   /** Who half-closed first: the cause of a clean end. */
   private firstFin?: CloseCause
 
-  constructor(proxy: TcpProxy, private readonly client: net.Socket, peer: Peer, decision: Decision) {
+  constructor(private readonly proxy: TcpProxy, private readonly client: net.Socket, peer: Peer, decision: Decision) {
     this.ctx = proxy.context
     this.server = decision.server
     this.server.acquire()
@@ -126,12 +134,13 @@ class TcpConnection implements SessionTransport {
       protocol: 'tcp', listener: proxy.config.name, client: peer, backend: backend.name, server: serverPeer,
       rule: decision.rule?.id, transport: this,
     })
-    const meta: SessionMeta = {id: this.session.id, protocol: 'tcp', listener: proxy.config.name, backend: backend.name, rule: decision.rule?.id, client: peer, server: serverPeer, startedAt: this.session.startedAt}
+    const local = localPeer(client) ?? peer
+    const meta: SessionMeta = {id: this.session.id, protocol: 'tcp', listener: proxy.config.name, backend: backend.name, rule: decision.rule?.id, client: peer, server: serverPeer, local, startedAt: this.session.startedAt}
     this.tap = this.ctx.tapsFor?.(decision, meta)
     if (this.tap) this.session.taps = [this.tap]
 
     const pp = backend.config.proxyProtocol
-    if (pp) this.upstream.write(proxyHeader(pp, peer, localPeer(client) ?? peer))
+    if (pp) this.upstream.write(proxyHeader(pp, peer, local))
     this.upstream.setTimeout(backend.config.connectTimeoutMs)
     this.wire()
   }
@@ -197,6 +206,7 @@ class TcpConnection implements SessionTransport {
 
   private onSocketClose(): void {
     if (--this.open > 0) return
+    this.proxy.live--
     this.server.release()
     const cause = this.cause ?? this.firstFin ?? 'client-closed'
     this.ctx.registry.close(this.session, cause, this.reset, this.error ? {error: this.error} : undefined)

@@ -22,11 +22,10 @@ import {normalizeAddress} from '../rules/cidr.js'
 import type {Session, SessionTransport} from '../session/registry.js'
 import type {CloseCause, Peer, SessionMeta, Tap} from '../session/types.js'
 import {endpointPeer} from './connector.js'
-import {endpointString, formatEndpoint} from './endpoint.js'
+import {endpointString} from './endpoint.js'
+import {RefusalLog} from './refusals.js'
 import type {ProxyContext} from './tcp-proxy.js'
 
-/** Refusals are logged at most once per this period per listener, never per packet. */
-const REFUSAL_LOG_INTERVAL_MS = 10_000
 /** Datagrams held per flow while its upstream socket connects (a few ms); more are dropped. */
 const CONNECT_QUEUE_MAX = 64
 
@@ -37,9 +36,7 @@ export class UdpProxy {
   private readonly socket: dgram.Socket
   private readonly flows = new Map<string, UdpFlow>()
   private draining = false
-  private lastRefusalLog = 0
-  private refusedSinceLog = 0
-  refusedFlows = 0
+  private readonly refusals: RefusalLog
 
   constructor(config: ListenerConfig, ctx: ProxyContext) {
     this.config = config
@@ -47,6 +44,11 @@ export class UdpProxy {
     this.socket = dgram.createSocket({type: config.bind.family === 6 ? 'udp6' : 'udp4', ipv6Only: false})
     this.socket.on('message', (msg, rinfo) => this.onMessage(msg, rinfo))
     this.socket.on('error', (error) => ctx.logger.error({err: error, listener: config.name}, 'udp listener error'))
+    this.refusals = new RefusalLog(config.name, ctx.logger, () => ctx.registry.coarseNow, ctx.onRefused)
+  }
+
+  get refusedFlows(): number {
+    return this.refusals.total
   }
 
   listen(): Promise<void> {
@@ -88,6 +90,14 @@ export class UdpProxy {
     }
   }
 
+  /** The bound address as a Peer (a wildcard bind names the wildcard: Node has no IP_PKTINFO). */
+  localPeer(): Peer | undefined {
+    const a = this.address()
+    if (!a) return undefined
+    const address = normalizeAddress(a.address)
+    return {address, port: a.port, family: address.includes(':') ? 6 : 4}
+  }
+
   get flowCount(): number {
     return this.flows.size
   }
@@ -113,23 +123,17 @@ export class UdpProxy {
     const peer: Peer = {address, port: rinfo.port, family: address.includes(':') ? 6 : 4}
     if (this.draining) return undefined
     if (this.flows.size >= this.config.udp.maxFlows) return this.refuse(peer, `udp.max_flows (${this.config.udp.maxFlows}) reached`)
+    const max = this.config.maxConnections
+    if (max > 0 && this.flows.size >= max) return this.refuse(peer, `max_connections (${max}) reached`)
     const decision = this.ctx.router.decide(this.config, address)
-    if (isRefusal(decision)) return this.refuse(peer, decision.refused)
+    if (isRefusal(decision)) return this.refuse(peer, decision.refused, decision.rule?.id)
     const flow = new UdpFlow(this, this.ctx, key, rinfo, peer, decision)
     this.flows.set(key, flow)
     return flow
   }
 
-  private refuse(peer: Peer, reason: string): undefined {
-    this.refusedFlows++
-    this.refusedSinceLog++
-    this.ctx.onRefused?.(this.config.name, reason)
-    const now = this.ctx.registry.coarseNow
-    if (now - this.lastRefusalLog >= REFUSAL_LOG_INTERVAL_MS) {
-      this.ctx.logger.warn({listener: this.config.name, client: formatEndpoint(peer.address, peer.port), reason, refusedSinceLastLog: this.refusedSinceLog}, 'udp flow refused')
-      this.lastRefusalLog = now
-      this.refusedSinceLog = 0
-    }
+  private refuse(peer: Peer, reason: string, rule?: string): undefined {
+    this.refusals.refuse(peer, reason, rule)
     return undefined
   }
 
@@ -182,14 +186,11 @@ class UdpFlow implements SessionTransport {
       protocol: 'udp', listener: proxy.config.name, client: peer, backend: decision.backend.name, server: serverPeer,
       rule: decision.rule?.id, transport: this,
     })
-    const meta: SessionMeta = {id: this.session.id, protocol: 'udp', listener: proxy.config.name, backend: decision.backend.name, rule: decision.rule?.id, client: peer, server: serverPeer, startedAt: this.session.startedAt}
+    const local = proxy.localPeer() ?? serverPeer
+    const meta: SessionMeta = {id: this.session.id, protocol: 'udp', listener: proxy.config.name, backend: decision.backend.name, rule: decision.rule?.id, client: peer, server: serverPeer, local, startedAt: this.session.startedAt}
     this.tap = ctx.tapsFor?.(decision, meta)
     if (this.tap) this.session.taps = [this.tap]
-    if (decision.backend.config.proxyProtocol === 'v2') {
-      const local = proxy.address()
-      const dst = local ? {address: normalizeAddress(local.address), port: local.port} : serverPeer
-      this.header = encodeProxyV2(peer, dst, 'dgram')
-    }
+    if (decision.backend.config.proxyProtocol === 'v2') this.header = encodeProxyV2(peer, local, 'dgram')
   }
 
   fromClient(msg: Buffer, rinfo: dgram.RemoteInfo): void {

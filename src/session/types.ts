@@ -24,6 +24,8 @@ export interface SessionMeta {
   client: Peer
   /** The real backend server the session was sent to. */
   server: Peer
+  /** The listener address the client reached (the destination a PROXY header names). */
+  local?: Peer
   startedAt: number
 }
 

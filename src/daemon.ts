@@ -28,6 +28,7 @@ import {prepareSocketDir, resolveAdminTarget} from './admin/paths.js'
 import {RecordingSet} from './capture/recorder.js'
 import {createMirrorTap} from './capture/mirror.js'
 import {DaemonControl} from './control.js'
+import {capacity, raiseFdLimit, type FdLimits} from './fdlimit.js'
 import type {ReloadResult} from './admin/protocol.js'
 
 export interface DaemonOptions {
@@ -39,6 +40,8 @@ export interface DaemonOptions {
   connect?: Connector
   now?: () => number
   tickMs?: number
+  /** Test seam: skip touching the real open-files limit. */
+  fdLimits?: FdLimits
 }
 
 export type ListenerProxy = TcpProxy | UdpProxy
@@ -55,6 +58,7 @@ export class Daemon {
   readonly refused = new Map<string, number>()
   adminSocket?: string
   state?: StateStore
+  capacity?: {openFiles: number; tcpSessions: number; udpFlows: number}
   private admin?: AdminServer
   private checkers: HealthChecker[] = []
   private ticker?: NodeJS.Timeout
@@ -87,6 +91,7 @@ export class Daemon {
 
   private async boot(): Promise<void> {
     this.config = await loadConfig(this.opts.configFile)
+    this.checkFdLimit()
     this.backends = buildBackends(this.config)
     this.router.state = {rules: this.rules, backends: this.backends}
     this.rules.replaceConfigRules(this.config.rules)
@@ -100,8 +105,18 @@ export class Daemon {
     this.scheduleExpiry()
     this.logger.info({
       listeners: [...this.proxies.values()].map((p) => `${p.config.name} ${p.config.protocol} ${endpointString(p.config.bind)}`),
-      admin: this.adminSocket, rules: this.rules.size,
+      admin: this.adminSocket, rules: this.rules.size, capacity: this.capacity,
     }, 'divert ready')
+  }
+
+  /** Raises the open-files soft limit where allowed and says how many sessions fit. */
+  private checkFdLimit(): void {
+    const fds = this.opts.fdLimits ?? raiseFdLimit()
+    const fit = capacity(fds)
+    this.capacity = {openFiles: fds.soft, tcpSessions: fit.tcp, udpFlows: fit.udp}
+    const fields = {openFiles: fds.soft, hardLimit: fds.hard, raisedFrom: fds.raisedFrom, tcpSessions: fit.tcp, udpFlows: fit.udp}
+    if (fds.problem) this.logger.warn({...fields, problem: fds.problem}, `open-files limit is ${fds.soft}: room for about ${fit.tcp} TCP sessions or ${fit.udp} UDP flows (${fds.problem}; raise it with ulimit -n or LimitNOFILE=)`)
+    else this.logger.info(fields, `open-files limit ${fds.soft}${fds.raisedFrom ? ` (raised from ${fds.raisedFrom})` : ''}: room for about ${fit.tcp} TCP sessions or ${fit.udp} UDP flows`)
   }
 
   createProxy(l: ListenerConfig): ListenerProxy {

@@ -172,6 +172,7 @@ function normalise(raw: RawConfig, file: string): Config {
     rules: (raw.rules ?? []).map((r) => ruleOf(r, fromDir)),
     captureMaxBytes: raw.capture?.max_size ?? DEFAULTS.captureMaxBytes,
     mirrorBufferBytes: raw.capture?.mirror_buffer ?? DEFAULTS.mirrorBufferBytes,
+    maxConnections: raw.limits?.max_connections ?? 0,
   })
 }
 
@@ -189,6 +190,7 @@ function listenerOf(l: RawConfig['listeners'][number]): ListenerConfig {
     },
     maxConnections: l.max_connections,
     clientTimeoutMs: l.timeouts?.client ?? 0,
+    perSource: {maxConnections: l.per_source?.max_connections ?? 0, ratePerSec: l.per_source?.rate ?? 0},
   }
 }
 

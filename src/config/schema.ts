@@ -154,6 +154,10 @@ function listenerSchema(known: KnownNames) {
     backend: ref('backend', known.backends),
     max_connections: int(0, Number.MAX_SAFE_INTEGER, 'an integer ≥ 0 (0 = unlimited)').default(0),
     timeouts: strictObject({client: duration().default(0)}, 'a mapping like { client: 10m }').optional(),
+    per_source: strictObject({
+      max_connections: int(0, Number.MAX_SAFE_INTEGER, 'an integer ≥ 0 (0 = unlimited)').default(0),
+      rate: z.number({invalid_type_error: 'a number of new sessions per second (0 = unlimited)'}).min(0, 'a number ≥ 0 (0 = unlimited)').finite().default(0),
+    }, 'a mapping like { max_connections: 100, rate: 20 }').optional(),
     udp: strictObject({
       idle_timeout: duration(true).default(DEFAULTS.udpIdleTimeoutMs),
       key: z.enum(['address', 'address-port'], expecting('address or address-port')).default(DEFAULTS.udpKey),
@@ -222,6 +226,9 @@ export function configSchema(known: KnownNames) {
     admin: adminSchema().nullish(),
     state: path('the runtime-rule state').nullish(),
     capture: captureSchema().nullish(),
+    limits: strictObject({
+      max_connections: int(0, Number.MAX_SAFE_INTEGER, 'an integer ≥ 0 (0 = unlimited)').default(0),
+    }, 'a mapping like { max_connections: 50000 }').nullish(),
     listeners: z.array(listenerSchema(known), expecting('a list of at least one listener')).min(1),
     backends: z.record(name(), backendSchema(), expecting('a mapping of backend name to backend'))
       .refine((b) => Object.keys(b).length > 0, {message: 'is empty; expected at least one backend'}),

@@ -35,6 +35,8 @@ export interface ListenerConfig {
   maxConnections: number
   /** TCP: close a session after this long with no bytes from the client (0 = never). */
   clientTimeoutMs: number
+  /** Limits per client address on this listener (0 = unlimited). */
+  perSource: {maxConnections: number; ratePerSec: number}
 }
 
 export interface ServerConfig {
@@ -86,6 +88,8 @@ export interface Config {
   captureMaxBytes: number
   /** Largest buffer of one mirrored session in bytes (`capture.mirror_buffer`). */
   mirrorBufferBytes: number
+  /** Live sessions over all listeners (`limits.max_connections`, 0 = unlimited). */
+  maxConnections: number
 }
 
 export const DEFAULTS = {

@@ -54,11 +54,11 @@ describe('parseConfig: valid input', () => {
       state: at('divert-state.json'),
       listeners: [
         {
-          name: 'telnet', protocol: 'tcp', bind: lo(2323), backend: 'prod', maxConnections: 100, clientTimeoutMs: 600_000,
+          name: 'telnet', protocol: 'tcp', bind: lo(2323), backend: 'prod', maxConnections: 100, clientTimeoutMs: 600_000, perSource: {maxConnections: 0, ratePerSec: 0},
           udp: {idleTimeoutMs: 300_000, key: 'address-port', maxFlows: 10_000, recvBufferSize: 4 * 1024 * 1024},
         },
         {
-          name: 'vpn', protocol: 'udp', bind: {host: '::1', port: 1194, family: 6}, backend: 'vpn-prod', maxConnections: 0, clientTimeoutMs: 0,
+          name: 'vpn', protocol: 'udp', bind: {host: '::1', port: 1194, family: 6}, backend: 'vpn-prod', maxConnections: 0, clientTimeoutMs: 0, perSource: {maxConnections: 0, ratePerSec: 0},
           udp: {idleTimeoutMs: 120_000, key: 'address', maxFlows: 10_000, recvBufferSize: 4 * 1024 * 1024},
         },
       ],
@@ -86,6 +86,7 @@ describe('parseConfig: valid input', () => {
       ],
       captureMaxBytes: 100_000_000,
       mirrorBufferBytes: 64 * 1024,
+      maxConnections: 0,
     }
     assert.deepEqual(c, expected)
   })
@@ -96,7 +97,7 @@ describe('parseConfig: valid input', () => {
       file: '/etc/divert/divert.yaml',
       admin: {},
       listeners: [{
-        name: 'telnet', protocol: 'tcp', bind: lo(2323), backend: 'prod', maxConnections: 0, clientTimeoutMs: 0,
+        name: 'telnet', protocol: 'tcp', bind: lo(2323), backend: 'prod', maxConnections: 0, clientTimeoutMs: 0, perSource: {maxConnections: 0, ratePerSec: 0},
         udp: {idleTimeoutMs: DEFAULTS.udpIdleTimeoutMs, key: DEFAULTS.udpKey, maxFlows: DEFAULTS.udpMaxFlows, recvBufferSize: DEFAULTS.udpRecvBufferSize},
       }],
       backends: new Map([['prod', {
@@ -106,6 +107,7 @@ describe('parseConfig: valid input', () => {
       rules: [],
       captureMaxBytes: DEFAULTS.captureMaxBytes,
       mirrorBufferBytes: DEFAULTS.mirrorBufferBytes,
+      maxConnections: 0,
     } satisfies Config)
   })
 
@@ -261,11 +263,11 @@ backends:
 listners: []
 `
     const e = invalid(text,
-      /divert\.yaml:5:5: listeners\[0\]\.colour: unknown key "colour"; expected one of: name, protocol, bind, backend, max_connections, timeouts, udp$/m,
+      /divert\.yaml:5:5: listeners\[0\]\.colour: unknown key "colour"; expected one of: name, protocol, bind, backend, max_connections, timeouts, per_source, udp$/m,
       /divert\.yaml:6:12: listeners\[0\]\.udp\.idle: unknown key "idle"; expected one of: idle_timeout, key, max_flows, recv_buffer$/m,
       /divert\.yaml:10:43: backends\.prod\.servers\[0\]\.wieght: unknown key "wieght" \(did you mean "weight"\?\); expected one of: address, weight$/m,
       /divert\.yaml:11:15: backends\.prod\.health\.intervall: unknown key "intervall" \(did you mean "interval"\?\); expected one of: check, interval, timeout, rise, fall$/m,
-      /divert\.yaml:12:1: listners: unknown key "listners" \(did you mean "listeners"\?\); expected one of: admin, state, capture, listeners, backends, rules$/m,
+      /divert\.yaml:12:1: listners: unknown key "listners" \(did you mean "listeners"\?\); expected one of: admin, state, capture, limits, listeners, backends, rules$/m,
     )
     assert.equal(problems(e).length, 5, e.message)
   })

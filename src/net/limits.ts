@@ -1,0 +1,86 @@
+/**
+ * Admission limits for new sessions, shared by the TCP and UDP proxies: a global cap over all
+ * listeners, a cap per listener, and per client address a cap on live sessions and on the rate of new
+ * ones (a token bucket: `rate` per second, bursts up to `rate`). Like HAProxy's maxconn and
+ * `src_conn_cur`/`src_conn_rate` stick-table checks, but without a table to configure.
+ *
+ *   new session ─▶ admit() ─ ok ─▶ router …   session end ─▶ release()
+ *                     └─ reason ─▶ RefusalLog
+ */
+import type {ListenerConfig} from '../config/types.js'
+
+export interface GlobalLimit {
+  live: number
+  max: number
+}
+
+interface Bucket {
+  live: number
+  tokens: number
+  last: number
+}
+
+export class Admission {
+  private readonly sources = new Map<string, Bucket>()
+  /** Live sessions of this listener. */
+  live = 0
+
+  constructor(
+    private readonly config: () => ListenerConfig,
+    private readonly global: GlobalLimit,
+    private readonly now: () => number,
+  ) {}
+
+  /** Takes a slot for a new session from `address`, or says why not. */
+  admit(address: string): string | undefined {
+    const cfg = this.config()
+    if (this.global.max > 0 && this.global.live >= this.global.max) return `limits.max_connections (${this.global.max}) reached`
+    if (cfg.maxConnections > 0 && this.live >= cfg.maxConnections) return `max_connections (${cfg.maxConnections}) of listener ${cfg.name} reached`
+    const {maxConnections: perSource, ratePerSec} = cfg.perSource
+    if (perSource > 0 || ratePerSec > 0) {
+      const reason = this.admitSource(address, perSource, ratePerSec)
+      if (reason) return reason
+    }
+    this.live++
+    this.global.live++
+    return undefined
+  }
+
+  release(address: string): void {
+    this.live--
+    this.global.live--
+    const b = this.sources.get(address)
+    if (b) b.live--
+  }
+
+  /** Forgets sources with no live session and a full bucket (called from the coarse tick). */
+  sweep(): void {
+    const rate = this.config().perSource.ratePerSec
+    const now = this.now()
+    for (const [address, b] of this.sources) {
+      if (b.live <= 0 && (rate === 0 || b.tokens + ((now - b.last) / 1000) * rate >= rate)) this.sources.delete(address)
+    }
+  }
+
+  get trackedSources(): number {
+    return this.sources.size
+  }
+
+  private admitSource(address: string, perSource: number, rate: number): string | undefined {
+    const now = this.now()
+    let b = this.sources.get(address)
+    if (!b) {
+      b = {live: 0, tokens: rate, last: now}
+      this.sources.set(address, b)
+    }
+    if (perSource > 0 && b.live >= perSource) return `per_source.max_connections (${perSource}) reached for ${address}`
+    if (rate > 0) {
+      b.tokens = Math.min(rate, b.tokens + ((now - b.last) / 1000) * rate)
+      b.last = now
+      if (b.tokens < 1) return `per_source.rate (${rate}/s) exceeded by ${address}`
+      b.tokens -= 1
+    }
+    b.live++
+    return undefined
+  }
+}

@@ -104,7 +104,8 @@ export class UdpProxy {
 
   /** @internal */
   reply(msg: Buffer, flow: UdpFlow): void {
-    this.socket.send(msg, flow.clientPort, flow.clientRaw)
+    // With a callback a failed send is reported there, not as a listener 'error' logged per datagram.
+    this.socket.send(msg, flow.clientPort, flow.clientRaw, flow.onReplyError)
   }
 
   /** @internal */
@@ -129,7 +130,8 @@ export class UdpProxy {
     if (isRefusal(decision)) return this.refuse(peer, decision.refused, decision.rule?.id)
     const flow = new UdpFlow(this, this.ctx, key, rinfo, peer, decision)
     this.flows.set(key, flow)
-    return flow
+    flow.connect()
+    return flow.live ? flow : undefined
   }
 
   private refuse(peer: Peer, reason: string, rule?: string): undefined {
@@ -165,6 +167,8 @@ class UdpFlow implements SessionTransport {
   private inPackets = 0
   private outPackets = 0
   private upstreamErrors = 0
+  private replyErrors = 0
+  private connectError?: string
   private closed = false
   /** Datagrams that arrived before the upstream socket finished connecting. */
   private queue?: Buffer[] = []
@@ -181,7 +185,6 @@ class UdpFlow implements SessionTransport {
     this.upstream.on('message', (msg) => this.fromServer(msg))
     // ICMP port unreachable arrives as ECONNREFUSED on a connected socket: count it, keep the flow.
     this.upstream.on('error', () => this.upstreamErrors++)
-    this.upstream.connect(to.port, to.host, () => this.flush())
     this.session = ctx.registry.add({
       protocol: 'udp', listener: proxy.config.name, client: peer, backend: decision.backend.name, server: serverPeer,
       rule: decision.rule?.id, transport: this,
@@ -191,6 +194,31 @@ class UdpFlow implements SessionTransport {
     this.tap = ctx.tapsFor?.(decision, meta)
     if (this.tap) this.session.taps = [this.tap]
     if (decision.backend.config.proxyProtocol === 'v2') this.header = encodeProxyV2(peer, local, 'dgram')
+  }
+
+  get live(): boolean {
+    return !this.closed
+  }
+
+  /** Connects the upstream socket; a failure (no route, bad port) ends this flow, never the daemon. */
+  connect(): void {
+    const {host, port} = this.server.address
+    try {
+      // A failed connect calls the callback with the error instead of emitting 'connect' (lib/dgram.js
+      // doConnect); sending on the still-unconnected socket would then throw out of the event loop.
+      this.upstream.connect(port, host, (error?: Error) => (error ? this.connectFailed(error) : this.flush()))
+    } catch (error) {
+      this.connectFailed(error as Error)
+    }
+  }
+
+  private connectFailed(error: NodeJS.ErrnoException): void {
+    this.connectError = error.code ?? error.message
+    this.kill('connect-failed')
+  }
+
+  readonly onReplyError = (error: Error | null): void => {
+    if (error) this.replyErrors++
   }
 
   fromClient(msg: Buffer, rinfo: dgram.RemoteInfo): void {
@@ -243,6 +271,14 @@ class UdpFlow implements SessionTransport {
     this.proxy.forget(this)
     this.upstream.close()
     this.server.release()
-    this.ctx.registry.close(this.session, cause, false, this.upstreamErrors ? {upstreamErrors: this.upstreamErrors} : undefined)
+    this.ctx.registry.close(this.session, cause, false, this.closeDetails())
+  }
+
+  private closeDetails(): Record<string, unknown> | undefined {
+    const d: Record<string, unknown> = {}
+    if (this.upstreamErrors) d.upstreamErrors = this.upstreamErrors
+    if (this.replyErrors) d.replyErrors = this.replyErrors
+    if (this.connectError) d.error = this.connectError
+    return Object.keys(d).length > 0 ? d : undefined
   }
 }

@@ -28,6 +28,7 @@ import {prepareSocketDir, resolveAdminTarget} from './admin/paths.js'
 import {RecordingSet} from './capture/recorder.js'
 import {createMirrorTap} from './capture/mirror.js'
 import {DaemonControl} from './control.js'
+import type {GlobalLimit} from './net/limits.js'
 import {capacity, raiseFdLimit, type FdLimits} from './fdlimit.js'
 import type {ReloadResult} from './admin/protocol.js'
 
@@ -56,6 +57,8 @@ export class Daemon {
   readonly proxies = new Map<string, ListenerProxy>()
   readonly startedAt: number
   readonly refused = new Map<string, number>()
+  /** Live sessions over all listeners against `limits.max_connections`. */
+  readonly globalLimit: GlobalLimit = {live: 0, max: 0}
   adminSocket?: string
   state?: StateStore
   capacity?: {openFiles: number; tcpSessions: number; udpFlows: number}
@@ -64,6 +67,7 @@ export class Daemon {
   private ticker?: NodeJS.Timeout
   private expiryTimer?: NodeJS.Timeout
   private stopping?: Promise<void>
+  private reloading: Promise<unknown> = Promise.resolve()
 
   private constructor(readonly opts: DaemonOptions) {
     const now = opts.now ?? Date.now
@@ -91,6 +95,7 @@ export class Daemon {
 
   private async boot(): Promise<void> {
     this.config = await loadConfig(this.opts.configFile)
+    this.globalLimit.max = this.config.maxConnections
     this.checkFdLimit()
     this.backends = buildBackends(this.config)
     this.router.state = {rules: this.rules, backends: this.backends}
@@ -121,7 +126,7 @@ export class Daemon {
 
   createProxy(l: ListenerConfig): ListenerProxy {
     const ctx = {
-      router: this.router, registry: this.registry, logger: this.logger.child({listener: l.name}), connect: this.opts.connect,
+      router: this.router, registry: this.registry, logger: this.logger.child({listener: l.name}), connect: this.opts.connect, global: this.globalLimit,
       tapsFor: (d: Decision, meta: SessionMeta) => this.tapsFor(d, meta),
       onRefused: (listener: string) => this.refused.set(listener, (this.refused.get(listener) ?? 0) + 1),
     }
@@ -181,9 +186,10 @@ export class Daemon {
     for (const r of rules) if (r.record) await this.recordings.release(r.record)
   }
 
+  /** Starts a checker for every backend that has a health check and no checker yet. */
   private startHealth(): void {
     for (const b of this.backends.values()) {
-      if (!b.config.health || b.config.health.check === 'none') continue
+      if (!b.config.health || b.config.health.check === 'none' || this.checkers.some((c) => c.backend === b)) continue
       const checker = new HealthChecker(b, {check: tcpConnectCheck, logger: this.logger})
       checker.start()
       this.checkers.push(checker)
@@ -208,6 +214,7 @@ export class Daemon {
       return [l.clientTimeoutMs, this.backends.get(s.backend)?.config.serverTimeoutMs ?? 0]
     }
     for (const {session, cause} of this.registry.tick(limits)) session.transport.kill(cause)
+    for (const p of this.proxies.values()) p.sweep()
   }
 
   /** One timer for the next rule expiry; re-armed whenever rules change. */
@@ -230,74 +237,100 @@ export class Daemon {
   /**
    * Re-reads the config file and applies it without dropping live sessions: listeners are added,
    * closed or rebound, backends whose config changed are rebuilt (live sessions keep their server),
-   * config rules are replaced, runtime rules stay. Any error leaves the running config untouched.
+   * config rules are replaced, runtime rules stay. Everything that can fail — parsing, the names
+   * runtime rules use, the config rules, their recordings, binding new addresses — happens before
+   * anything changes, so an error leaves the running config untouched; then the new state is swapped
+   * in without an await in between, so no new session sees half of each. Reloads run one at a time.
    */
-  async reload(who: string): Promise<ReloadResult> {
+  reload(who: string): Promise<ReloadResult> {
+    const run = this.reloading.catch(() => undefined).then(() => this.applyReload(who))
+    this.reloading = run
+    return run
+  }
+
+  private async applyReload(who: string): Promise<ReloadResult> {
     const next = await loadConfig(this.config.file)
     const backends = new Map<string, Backend>()
     for (const b of next.backends.values()) {
       const old = this.backends.get(b.name)
       backends.set(b.name, old && sameJson(old.config, b) ? old : new Backend(b))
     }
+    this.checkRuntimeRules(next, backends)
+    // A scratch table validates the new config rules (duplicates, sources) before the real one changes.
+    new RuleTable({configFile: next.file}).replaceConfigRules(next.rules)
+    const plan = planListeners(this.proxies, next)
+    const opened = await this.acquireRecordings(next.rules)
+    const fresh = new Map<string, ListenerProxy>()
+    try {
+      for (const l of plan.bind) fresh.set(l.name, this.createProxy(l))
+      await bindAll([...fresh.values()])
+    } catch (error) {
+      for (const path of opened) await this.recordings.release(path)
+      throw error
+    }
+    const oldConfigRules = this.rules.snapshot().filter((r) => r.origin === 'config')
+    const result: ReloadResult = {
+      configFile: next.file, listeners: this.commitListeners(plan, fresh), backends: diffNames(this.backends, backends, (a, b) => a === b), rules: 0,
+    }
+    this.rules.replaceConfigRules(next.rules)
+    this.backends = backends
+    this.router.state = {rules: this.rules, backends}
+    this.config = next
+    result.rules = this.rules.size
+    this.restartHealth()
+    this.scheduleExpiry()
+    for (const p of plan.retire) await closeProxy(p)
+    await this.closeRecordings(oldConfigRules)
+    this.logger.info({audit: true, action: 'config.reload', by: who, ...result}, 'config reloaded')
+    return result
+  }
+
+  /** A runtime rule must keep its backends and listener: refuse a config that drops them, naming the rule. */
+  private checkRuntimeRules(next: Config, backends: Map<string, Backend>): void {
     for (const r of this.rules.snapshot().filter((x) => x.origin === 'runtime')) {
       const missing = [r.to, r.mirror].find((b) => b && !backends.has(b))
       if (missing) throw new DivertError('CONFIG_INVALID', `${next.file}: backend "${missing}" is gone but runtime rule ${r.id} (${r.source}) uses it: remove the rule first (divert rm ${r.id}) or keep the backend`)
       if (r.listener && !next.listeners.some((l) => l.name === r.listener)) throw new DivertError('CONFIG_INVALID', `${next.file}: listener "${r.listener}" is gone but runtime rule ${r.id} (${r.source}) is scoped to it: remove the rule first (divert rm ${r.id})`)
     }
-    const listeners = await this.swapListeners(next)
-    const oldConfigRules = this.rules.snapshot().filter((r) => r.origin === 'config')
-    this.rules.replaceConfigRules(next.rules)
-    await this.openRecordings(this.rules.snapshot().filter((r) => r.origin === 'config'))
-    await this.closeRecordings(oldConfigRules)
-    const changed = diffNames(this.backends, backends, (a, b) => a === b)
-    this.backends = backends
-    this.router.state = {rules: this.rules, backends}
-    this.config = next
-    for (const c of this.checkers) c.stop()
-    this.checkers = []
-    this.startHealth()
-    this.scheduleExpiry()
-    const result: ReloadResult = {configFile: next.file, listeners, backends: changed, rules: this.rules.size}
-    this.logger.info({audit: true, action: 'config.reload', by: who, ...result}, 'config reloaded')
-    return result
   }
 
-  /** Binds new and moved listeners first (so a failure changes nothing), then retires the old ones. */
-  private async swapListeners(next: Config): Promise<ReloadResult['listeners']> {
-    const fresh = new Map<string, ListenerProxy>()
-    const retire: ListenerProxy[] = []
-    for (const l of next.listeners) {
-      const old = this.proxies.get(l.name)
-      if (old && old.config.protocol === l.protocol && sameJson(old.config.bind, l.bind)) {
-        old.config = l
-        continue
-      }
-      fresh.set(l.name, this.createProxy(l))
-      if (old) retire.push(old)
-    }
-    for (const [name, p] of this.proxies) if (!next.listeners.some((l) => l.name === name)) retire.push(p)
-    const bound: ListenerProxy[] = []
+  /** Opens (or takes another reference on) every recording the rules name; all or nothing. */
+  private async acquireRecordings(rules: Array<{record?: string}>): Promise<string[]> {
+    const opened: string[] = []
     try {
-      // A moved listener keeps serving on its old address until the new one is bound.
-      for (const p of fresh.values()) {
-        await p.listen()
-        bound.push(p)
+      for (const r of rules) {
+        if (!r.record) continue
+        await this.recordings.acquire(r.record, {maxBytes: this.config.captureMaxBytes, logger: this.logger})
+        opened.push(r.record)
       }
     } catch (error) {
-      for (const p of bound) await closeProxy(p)
+      for (const path of opened) await this.recordings.release(path)
       throw error
     }
+    return opened
+  }
+
+  /** Puts the freshly bound listeners in place and gives kept ones their new options (same bind). */
+  private commitListeners(plan: ListenerPlan, fresh: Map<string, ListenerProxy>): ReloadResult['listeners'] {
     const result = {added: [] as string[], removed: [] as string[], changed: [] as string[]}
-    for (const p of retire) {
-      await closeProxy(p)
-      this.proxies.delete(p.config.name)
+    for (const [proxy, l] of plan.keep) proxy.config = l
+    for (const p of plan.retire) {
+      if (this.proxies.get(p.config.name) === p) this.proxies.delete(p.config.name)
       if (!fresh.has(p.config.name)) result.removed.push(p.config.name)
     }
     for (const [name, p] of fresh) {
-      result[retire.some((r) => r.config.name === name) ? 'changed' : 'added'].push(name)
+      result[plan.retire.some((r) => r.config.name === name) ? 'changed' : 'added'].push(name)
       this.proxies.set(name, p)
     }
     return result
+  }
+
+  /** Checkers of backends kept as they were go on (their rise/fall counts stay); the others restart. */
+  private restartHealth(): void {
+    const keep = this.checkers.filter((c) => this.backends.get(c.backend.name) === c.backend)
+    for (const c of this.checkers) if (!keep.includes(c)) c.stop()
+    this.checkers = keep
+    this.startHealth()
   }
 
   /** SIGINT/SIGTERM: stop accepting, drain for drainMs, close what is left. Idempotent. */
@@ -351,6 +384,63 @@ function diffNames<T>(before: Map<string, T>, after: Map<string, T>, same: (a: T
     added: [...after.keys()].filter((k) => !before.has(k)),
     removed: [...before.keys()].filter((k) => !after.has(k)),
     changed: [...after.keys()].filter((k) => before.has(k) && !same(before.get(k)!, after.get(k)!)),
+  }
+}
+
+interface ListenerPlan {
+  /** Listeners to bind: new names, or a name whose protocol or address changed. */
+  bind: ListenerConfig[]
+  /** Running listeners that stay bound and take the new options. */
+  keep: Array<[ListenerProxy, ListenerConfig]>
+  /** Running listeners to close once the new state is in place (removed, or moved). */
+  retire: ListenerProxy[]
+}
+
+/**
+ * Which listeners a new config binds, keeps and retires. A new address that overlaps one still bound
+ * (a rename on the same port, 127.0.0.1:23 → 0.0.0.0:23) cannot be bound while the old one serves,
+ * and a reload never drops a listening address before its replacement is bound: say so plainly
+ * instead of a bare EADDRINUSE.
+ */
+function planListeners(proxies: Map<string, ListenerProxy>, next: Config): ListenerPlan {
+  const plan: ListenerPlan = {bind: [], keep: [], retire: []}
+  for (const l of next.listeners) {
+    const old = proxies.get(l.name)
+    if (old && old.config.protocol === l.protocol && sameJson(old.config.bind, l.bind)) {
+      plan.keep.push([old, l])
+      continue
+    }
+    const clash = [...proxies.values()].find((p) => overlaps(p.config, l))
+    if (clash) {
+      const what = clash.config.name === l.name ? `listener ${l.name} moves from ${endpointString(clash.config.bind)} to ${endpointString(l.bind)}` : `listener ${l.name} (${endpointString(l.bind)}) needs the address listener ${clash.config.name} holds (${endpointString(clash.config.bind)})`
+      throw new DivertError('CONFIG_INVALID', `${next.file}: ${what}; both cannot be bound at once and a reload binds the new address before it closes the old: use another port, or reload in two steps (first without ${clash.config.name}), or restart the daemon`)
+    }
+    plan.bind.push(l)
+    if (old) plan.retire.push(old)
+  }
+  for (const [name, p] of proxies) if (!next.listeners.some((l) => l.name === name)) plan.retire.push(p)
+  return plan
+}
+
+/** Whether two binds of the same protocol contend for one port ("[::]" is dual stack: it takes v4 too). */
+function overlaps(a: ListenerConfig, b: ListenerConfig): boolean {
+  if (a.protocol !== b.protocol || a.bind.port === 0 || a.bind.port !== b.bind.port) return false
+  const [x, y] = [a.bind.host, b.bind.host]
+  if (x === y || x === '::' || y === '::') return true
+  return (x === '0.0.0.0' || y === '0.0.0.0') && a.bind.family === b.bind.family
+}
+
+/** Binds every proxy or none: on a failure the ones already bound are closed again. */
+async function bindAll(proxies: ListenerProxy[]): Promise<void> {
+  const bound: ListenerProxy[] = []
+  try {
+    for (const p of proxies) {
+      await p.listen()
+      bound.push(p)
+    }
+  } catch (error) {
+    for (const p of bound) await closeProxy(p)
+    throw error
   }
 }
 

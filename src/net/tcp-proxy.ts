@@ -18,6 +18,7 @@ import type {CloseCause, Peer, SessionMeta, Tap} from '../session/types.js'
 import {endpointPeer, remotePeer, localPeer, tcpConnector, type Connector} from './connector.js'
 import {endpointString, formatEndpoint} from './endpoint.js'
 import {RefusalLog} from './refusals.js'
+import {Admission, type GlobalLimit} from './limits.js'
 
 export interface ProxyContext {
   router: Router
@@ -26,6 +27,8 @@ export interface ProxyContext {
   connect?: Connector
   /** Builds the mirror/record taps a decision asks for. */
   tapsFor?: (decision: Decision, meta: SessionMeta) => Tap | undefined
+  /** The session cap over all listeners (`limits.max_connections`). */
+  global?: GlobalLimit
   /** Counts sessions refused (no server, limits) per listener, for /metrics. */
   onRefused?: (listener: string, reason: string) => void
 }
@@ -37,8 +40,8 @@ export class TcpProxy {
   private readonly server: net.Server
   private readonly connect: Connector
   private readonly refusals: RefusalLog
-  /** Live connections of this listener (for max_connections). */
-  live = 0
+  /** @internal global, per-listener and per-source limits; TcpConnection releases its slot. */
+  readonly admission: Admission
 
   constructor(config: ListenerConfig, ctx: ProxyContext) {
     this.config = config
@@ -47,6 +50,12 @@ export class TcpProxy {
     this.server = net.createServer({allowHalfOpen: true, noDelay: true}, (socket) => this.accept(socket))
     this.server.on('error', (error) => ctx.logger.error({err: error, listener: config.name}, 'listener error'))
     this.refusals = new RefusalLog(config.name, ctx.logger, Date.now, ctx.onRefused)
+    this.admission = new Admission(() => this.config, ctx.global ?? {live: 0, max: 0}, Date.now)
+  }
+
+  /** The coarse tick's work for this listener: forget idle per-source limit state. */
+  sweep(): void {
+    this.admission.sweep()
   }
 
   /** Binds the listener; a port in use or a permission error names the address. */
@@ -81,14 +90,16 @@ export class TcpProxy {
     client.on('error', noop) // replaced by the connection's handler; guards the refusal path
     const peer = remotePeer(client)
     if (!peer) return void client.destroy()
-    const max = this.config.maxConnections
-    if (max > 0 && this.live >= max) return this.refuse(client, peer, `max_connections (${max}) reached`)
+    const limited = this.admission.admit(peer.address)
+    if (limited) return this.refuse(client, peer, limited)
     const decision = this.ctx.router.decide(this.config, peer.address)
-    if (isRefusal(decision)) return this.refuse(client, peer, decision.refused, decision.rule?.id)
+    if (isRefusal(decision)) {
+      this.admission.release(peer.address)
+      return this.refuse(client, peer, decision.refused, decision.rule?.id)
+    }
     if (decision.fallbackFrom) {
       this.ctx.logger.warn({listener: this.config.name, client: formatEndpoint(peer.address, peer.port), rule: decision.rule?.id ?? null, from: decision.fallbackFrom, to: decision.backend.name}, 'backend down: falling back to the default backend')
     }
-    this.live++
     new TcpConnection(this, client, peer, decision)
   }
 
@@ -206,7 +217,7 @@ class TcpConnection implements SessionTransport {
 
   private onSocketClose(): void {
     if (--this.open > 0) return
-    this.proxy.live--
+    this.proxy.admission.release(this.session.client.address)
     this.server.release()
     const cause = this.cause ?? this.firstFin ?? 'client-closed'
     this.ctx.registry.close(this.session, cause, this.reset, this.error ? {error: this.error} : undefined)

@@ -24,6 +24,7 @@ import type {CloseCause, Peer, SessionMeta, Tap} from '../session/types.js'
 import {endpointPeer} from './connector.js'
 import {endpointString} from './endpoint.js'
 import {RefusalLog} from './refusals.js'
+import {Admission} from './limits.js'
 import type {ProxyContext} from './tcp-proxy.js'
 
 /** Datagrams held per flow while its upstream socket connects (a few ms); more are dropped. */
@@ -37,6 +38,7 @@ export class UdpProxy {
   private readonly flows = new Map<string, UdpFlow>()
   private draining = false
   private readonly refusals: RefusalLog
+  private readonly admission: Admission
 
   constructor(config: ListenerConfig, ctx: ProxyContext) {
     this.config = config
@@ -45,6 +47,7 @@ export class UdpProxy {
     this.socket.on('message', (msg, rinfo) => this.onMessage(msg, rinfo))
     this.socket.on('error', (error) => ctx.logger.error({err: error, listener: config.name}, 'udp listener error'))
     this.refusals = new RefusalLog(config.name, ctx.logger, () => ctx.registry.coarseNow, ctx.onRefused)
+    this.admission = new Admission(() => this.config, ctx.global ?? {live: 0, max: 0}, () => ctx.registry.coarseNow)
   }
 
   get refusedFlows(): number {
@@ -111,6 +114,12 @@ export class UdpProxy {
   /** @internal */
   forget(flow: UdpFlow): void {
     if (this.flows.get(flow.key) === flow) this.flows.delete(flow.key)
+    this.admission.release(flow.address)
+  }
+
+  /** The coarse tick's work for this listener: forget idle per-source limit state. */
+  sweep(): void {
+    this.admission.sweep()
   }
 
   private onMessage(msg: Buffer, rinfo: dgram.RemoteInfo): void {
@@ -124,10 +133,13 @@ export class UdpProxy {
     const peer: Peer = {address, port: rinfo.port, family: address.includes(':') ? 6 : 4}
     if (this.draining) return undefined
     if (this.flows.size >= this.config.udp.maxFlows) return this.refuse(peer, `udp.max_flows (${this.config.udp.maxFlows}) reached`)
-    const max = this.config.maxConnections
-    if (max > 0 && this.flows.size >= max) return this.refuse(peer, `max_connections (${max}) reached`)
+    const limited = this.admission.admit(address)
+    if (limited) return this.refuse(peer, limited)
     const decision = this.ctx.router.decide(this.config, address)
-    if (isRefusal(decision)) return this.refuse(peer, decision.refused, decision.rule?.id)
+    if (isRefusal(decision)) {
+      this.admission.release(address)
+      return this.refuse(peer, decision.refused, decision.rule?.id)
+    }
     const flow = new UdpFlow(this, this.ctx, key, rinfo, peer, decision)
     this.flows.set(key, flow)
     flow.connect()
@@ -155,6 +167,8 @@ export class UdpProxy {
 /** One client's flow: its upstream socket, counters and session record. */
 class UdpFlow implements SessionTransport {
   readonly key: string
+  /** The client's normalised address (per-source limits are keyed by it). */
+  readonly address: string
   clientRaw: string
   clientPort: number
   private readonly upstream: dgram.Socket
@@ -175,6 +189,7 @@ class UdpFlow implements SessionTransport {
 
   constructor(private readonly proxy: UdpProxy, private readonly ctx: ProxyContext, key: string, rinfo: dgram.RemoteInfo, peer: Peer, decision: Decision) {
     this.key = key
+    this.address = peer.address
     this.clientRaw = rinfo.address
     this.clientPort = rinfo.port
     this.server = decision.server

@@ -94,10 +94,17 @@ function scalar<T>(expected: string, parse: (v: string | number, where: string) 
   })
 }
 
+/**
+ * Config durations end up as timer delays, and Node runs a timer longer than 2^31-1 ms after 1 ms
+ * instead (timers docs, setTimeout): `health: {interval: 30d}` would probe in a busy loop.
+ */
+const MAX_TIMER_MS = 2 ** 31 - 1
+
 function duration(positive = false) {
   return scalar(positive ? 'a duration above 0, e.g. 10s' : 'a duration, e.g. 300ms, 10s, 5m (0 = none)', (v, where) => {
     const ms = parseDuration(v, where)
     if (positive && ms <= 0) throw new DivertError('INVALID_DURATION', `${where}: ${describeValue(v)} is zero; expected a duration above 0, e.g. 10s`)
+    if (ms > MAX_TIMER_MS) throw new DivertError('INVALID_DURATION', `${where}: ${describeValue(v)} is longer than 24d20h (2^31-1 ms, the longest timer Node runs); expected a shorter duration`)
     return ms
   }, true)
 }
@@ -112,6 +119,14 @@ function size() {
 
 const endpoint = (example: string) =>
   scalar<Endpoint>(`IP:port, e.g. ${example}`, (v) => parseEndpoint(String(v), 'address'))
+
+/** A server to connect to: port 0 is only meaningful for binding, never as a destination. */
+const destination = (example: string) =>
+  scalar<Endpoint>(`IP:port, e.g. ${example}`, (v) => {
+    const e = parseEndpoint(String(v), 'address')
+    if (e.port === 0) throw new DivertError('INVALID_ADDRESS', `address "${String(v)}": port 0 cannot be connected to; give the server's real port`)
+    return e
+  })
 
 const int = (min: number, max: number, expected: string) =>
   z.number(expecting(expected)).int().min(min).max(max)
@@ -184,7 +199,7 @@ function healthSchema() {
 
 function backendSchema() {
   const server = strictObject({
-    address: endpoint('127.0.0.1:8080 or [::1]:8080'),
+    address: destination('127.0.0.1:8080 or [::1]:8080'),
     weight: int(1, 256, 'an integer from 1 to 256').default(1),
   }, 'a server: a mapping like { address: 127.0.0.1:8080, weight: 1 }')
   return strictObject({

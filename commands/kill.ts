@@ -11,13 +11,14 @@ export default class Kill extends DivertCommand {
   static flags = {
     source: Flags.string({description: 'close every session from this IP/CIDR'}),
     backend: Flags.string({description: 'with --source: only sessions on this backend'}),
+    listener: Flags.string({description: 'with --source: only sessions on this listener'}),
   }
 
   async run(): Promise<KillResult> {
     const {args, flags} = await this.parse(Kill)
     if (!args.id === !flags.source) throw new DivertError('INVALID_ARGUMENT', 'give either a SESSION-ID or --source CIDR')
     const client = this.adminClient(flags.admin)
-    const result = args.id ? await client.killSession(args.id) : await client.killSessions({source: flags.source, backend: flags.backend})
+    const result = args.id ? await client.killSession(args.id) : await client.killSessions({source: flags.source, backend: flags.backend, listener: flags.listener})
     this.log(`closed ${result.killed} session${result.killed === 1 ? '' : 's'}`)
     return result
   }

@@ -5,7 +5,7 @@ import {renderReplay} from '../src/cli/render-replay.js'
 import {formatBytes} from '../src/cli/render.js'
 import {parseDuration} from '../src/config/duration.js'
 import {parseEndpoint} from '../src/net/endpoint.js'
-import {runReplay, type ReplayReport} from '../src/capture/replay.js'
+import {parseSpeed, runReplay, type ReplayReport} from '../src/capture/replay.js'
 
 export default class Replay extends DivertCommand {
   static summary = 'Replay the client side of a pcap capture (divert\'s own or tcpdump\'s) against a server, optionally comparing its answers.'
@@ -40,7 +40,7 @@ Exit status 1 when a flow failed or, with --compare, answered differently.`
     const onSigint = (): void => abort.abort()
     process.once('SIGINT', onSigint)
     const report = await runReplay({
-      file: args.file, to: parseEndpoint(flags.to, '--to'), source: flags.source, speed: Number(flags.speed), fast: flags.fast,
+      file: args.file, to: parseEndpoint(flags.to, '--to'), source: flags.source, speed: parseSpeed(flags.speed), fast: flags.fast,
       loop: flags.loop, compare: flags.compare, waitMs: parseDuration(flags.wait, '--wait'), signal: abort.signal,
       onProgress: (p) => bar.update(p.flowsDone, p.flowsTotal, {sent: formatBytes(p.bytesSent), received: formatBytes(p.bytesReceived)}),
     }).finally(() => {

@@ -60,11 +60,17 @@ export class DaemonControl implements Control {
     if (req.listener) this.listenerNamed(req.listener)
     const forMs = req.for === undefined ? undefined : parseDuration(req.for, '--for')
     if (forMs === 0) throw new DivertError('INVALID_DURATION', '--for must be longer than 0')
+    const expiresAt = forMs === undefined ? undefined : Date.now() + forMs
+    // Checked before anything changes: a rule ending past the last Date (ECMA-262 TimeClip: 8.64e15 ms,
+    // year 275760) could be added but never shown (toISOString throws).
+    if (expiresAt !== undefined && !Number.isFinite(new Date(expiresAt).getTime())) {
+      throw new DivertError('INVALID_DURATION', `--for "${req.for}" ends after the last date a rule can carry (year 275760): give a shorter duration`)
+    }
     const record = req.record ? absolute(req.record, dirname(this.d.config.file)) : undefined
     if (record) await this.d.recordings.acquire(record, {maxBytes: this.d.config.captureMaxBytes, logger: this.d.logger})
     const {rule, replaced} = this.d.rules.add({
       source: req.source, to: req.to, mirror: req.mirror, record, listener: req.listener, note: req.note,
-      expiresAt: forMs === undefined ? undefined : Date.now() + forMs,
+      expiresAt,
     }, 'runtime')
     if (replaced?.record) await this.d.recordings.release(replaced.record)
     await this.persist()
@@ -92,10 +98,17 @@ export class DaemonControl implements Control {
     await this.d.closeRecordings(removed)
     await this.persist()
     this.d.scheduleExpiry()
-    const restored = removed.map((r) => this.d.rules.find(r.source, r.listener)).filter((r): r is Rule => r !== undefined)
-    const views = {removed: removed.map((r) => RuleTable.view(r)), restored: restored.map((r) => RuleTable.view(r))}
-    this.audit('rule.remove', who, views)
-    return views
+    const result: RemoveRulesResult = {removed: [], restored: []}
+    for (const r of removed) {
+      const back = this.d.rules.find(r.source, r.listener)
+      const rule = RuleTable.view(r)
+      const restored = back ? RuleTable.view(back) : null
+      result.removed.push(rule)
+      if (restored) result.restored.push(restored)
+      // One audit line per rule, like add: `rm --all` is as traceable as `rm SOURCE`.
+      this.audit('rule.remove', who, {rule, restored})
+    }
+    return result
   }
 
   explain(ip: string, listener?: string): ExplainResult[] {

@@ -31,7 +31,7 @@ export const ERROR_CATALOG = {
   ADMIN_PROTOCOL: {status: 502, exit: 5, summary: 'the admin API answered something the CLI does not understand'},
   PCAP_FORMAT: {status: 400, exit: 2, summary: 'a capture file is not classic pcap (e.g. pcapng), or has an unsupported link type'},
   PCAP_CORRUPT: {status: 400, exit: 2, summary: 'a capture file is truncated or corrupt'},
-  RECORD_FAILED: {status: 500, exit: 4, summary: 'a recording could not be opened or written'},
+  RECORD_FAILED: {status: 400, exit: 4, summary: 'a recording could not be opened (missing directory, permissions, not a file) or written'},
   REPLAY_FAILED: {status: 500, exit: 4, summary: 'replay could not connect to or talk with the target'},
   INTERNAL: {status: 500, exit: 1, summary: 'an unexpected internal error (a bug: please report it)'},
 } as const

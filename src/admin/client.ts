@@ -27,8 +27,8 @@ export class AdminClient {
 
   constructor(readonly target: string, token?: string) {
     this.client = isTcpTarget(target)
-      ? new Client(target, {connectTimeout: 5_000})
-      : new Client('http://divert', {socketPath: target, connectTimeout: 5_000})
+      ? new Client(target, {connectTimeout: 5_000, headersTimeout: 30_000, bodyTimeout: 30_000})
+      : new Client('http://divert', {socketPath: target, connectTimeout: 5_000, headersTimeout: 30_000, bodyTimeout: 30_000})
     this.headers = {'x-divert-client': clientName()}
     if (token) this.headers.authorization = `Bearer ${token}`
   }
@@ -82,6 +82,9 @@ export class AdminClient {
 
   private transportError(error: NodeJS.ErrnoException): DivertError {
     const code = error.code ?? (error.cause as NodeJS.ErrnoException | undefined)?.code
+    if (code === 'UND_ERR_HEADERS_TIMEOUT' || code === 'UND_ERR_BODY_TIMEOUT') {
+      return new DivertError('ADMIN_UNREACHABLE', `the divert daemon at ${this.target} did not answer within 30s: it may be overloaded or stuck`, {cause: error})
+    }
     if (code === 'ENOENT' || code === 'ECONNREFUSED' || code === 'UND_ERR_CONNECT_TIMEOUT') {
       return new DivertError('ADMIN_UNREACHABLE', `no divert daemon at ${this.target} — start one with \`divert start -c FILE\` (or point --admin / DIVERT_ADMIN at its socket)`, {cause: error})
     }

@@ -96,7 +96,8 @@ function addRuleRequest(body: unknown): AddRuleRequest {
   if (typeof b.source !== 'string' || b.source === '') throw bad('field "source" (an IP or CIDR) is required')
   if (b.existing !== undefined && b.existing !== 'keep' && b.existing !== 'kill') throw bad('field "existing" must be "keep" or "kill"')
   const out: Record<string, unknown> = {}
-  for (const k of allowed) if (typeof b[k] === 'string') out[k] = b[k]
+  // An empty string means "not given", as a missing field does: it is neither validated nor stored.
+  for (const k of allowed) if (typeof b[k] === 'string' && b[k] !== '') out[k] = b[k]
   return out as unknown as AddRuleRequest
 }
 

@@ -59,13 +59,15 @@ export class AdminServer {
   }
 
   private create(auth?: (req: http.IncomingMessage) => boolean): http.Server {
-    const server = http.createServer({requestTimeout: 30_000, headersTimeout: 10_000}, (req, res) => {
+    // requireHostHeader off: Host means nothing on a unix socket, and Node's own 400 for a missing one
+    // would have no JSON body.
+    const server = http.createServer({requestTimeout: 30_000, headersTimeout: 10_000, requireHostHeader: false}, (req, res) => {
       void this.handle(req, res, auth)
     })
-    server.on('clientError', (_err, socket) => {
-      if (socket.writable) socket.end('HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n')
-      else socket.destroy()
-    })
+    // An Expect other than 100-continue: RFC 9110 §10.1.1 lets a server answer 417 or ignore it. Node's
+    // automatic 417 has no JSON body, so the request is served as if the header were absent.
+    server.on('checkExpectation', (req: http.IncomingMessage, res: http.ServerResponse) => void this.handle(req, res, auth))
+    server.on('clientError', (err: NodeJS.ErrnoException, socket: net.Socket) => badHttp(err, socket))
     this.servers.push(server)
     return server
   }
@@ -99,7 +101,7 @@ export class AdminServer {
         res.setHeader('WWW-Authenticate', 'Bearer')
         throw new DivertError('ADMIN_UNAUTHORIZED', 'this admin listener needs "Authorization: Bearer <token>" with the token from admin.token_file')
       }
-      const url = new URL(req.url ?? '/', 'http://divert')
+      const url = requestUrl(req.url)
       const body = await readBody(req, this.opts.bodyLimit ?? BODY_LIMIT)
       const ctx: RequestContext = {method: req.method ?? 'GET', url, body, who: whoIsAsking(req, Boolean(auth))}
       const out = await routeRequest(this.opts.control, ctx)
@@ -109,9 +111,34 @@ export class AdminServer {
       const e = isDivertError(error) ? error : new DivertError('INTERNAL', `internal error: ${(error as Error)?.message ?? String(error)}`, {cause: error})
       if (!isDivertError(error)) this.opts.logger.error({err: error, url: req.url, method: req.method}, 'admin request failed')
       if (e.code === 'DIVERT_ERR_ADMIN_METHOD' && e.details?.allow) res.setHeader('Allow', String(e.details.allow))
+      // The rest of an oversized body stays unread, so this connection cannot carry another request:
+      // say so (RFC 9112 §9.6) and close it once the answer is out, not before.
+      const tooLarge = e.code === 'DIVERT_ERR_ADMIN_BODY_TOO_LARGE'
+      if (tooLarge && !res.headersSent) res.setHeader('Connection', 'close')
       send(res, e.status, JSON.stringify(e.toJSON()), 'application/json')
-      if (e.code === 'DIVERT_ERR_ADMIN_BODY_TOO_LARGE') req.destroy()
+      if (tooLarge) res.once('finish', () => req.destroy())
     }
+  }
+}
+
+/**
+ * Bytes that are not HTTP never reach a route: Node hands them to 'clientError' with no response
+ * object, so the answer is written on the socket by hand (Node http docs, Event 'clientError') — still
+ * the `{error, code, status}` body every other error gets.
+ */
+function badHttp(err: NodeJS.ErrnoException, socket: net.Socket): void {
+  if (err.code === 'ECONNRESET' || !socket.writable) return void socket.destroy()
+  const why = err.code === 'HPE_HEADER_OVERFLOW' ? 'the request headers are too large' : err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 'the request took too long to arrive' : err.message
+  const body = JSON.stringify(new DivertError('ADMIN_BAD_REQUEST', `malformed HTTP request (${why}): the admin API speaks HTTP/1.1 with JSON bodies`).toJSON())
+  socket.end(`HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`)
+}
+
+/** Node's parser accepts request-targets that WHATWG URL rejects (`GET http://[ HTTP/1.1`): a 400, not a 500. */
+function requestUrl(target = '/'): URL {
+  try {
+    return new URL(target, 'http://divert')
+  } catch {
+    throw new DivertError('ADMIN_BAD_REQUEST', `request target ${JSON.stringify(target.slice(0, 200))} is not a valid URL path`)
   }
 }
 

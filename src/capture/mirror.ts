@@ -52,6 +52,23 @@ export function createMirrorTap(meta: SessionMeta, target: MirrorTarget, opts: M
   return mirror.tap()
 }
 
+/**
+ * The mirror tap of a session whose mirror backend has no server up when the session starts: it
+ * counts what would have been copied and shows `failed`, so `divert sessions` tells the user the
+ * mirror is not working instead of showing nothing.
+ */
+export function createUnavailableMirrorTap(backend: string, opts: Pick<MirrorOptions, 'onDrop'> = {}): Tap {
+  let dropped = 0
+  const drop = (chunk: Buffer): void => {
+    dropped += chunk.length
+    opts.onDrop?.(chunk.length)
+  }
+  return {
+    clientData: drop,
+    describe: () => ({mirror: {backend, server: null, state: 'failed' satisfies MirrorState, bytes: 0, dropped, error: 'NO_SERVER'}}),
+  }
+}
+
 abstract class Mirror {
   protected state: MirrorState = 'connecting'
   protected bytes = 0

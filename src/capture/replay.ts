@@ -194,6 +194,15 @@ function settings(opts: ReplayOptions): Settings {
 
 const badOption = (message: string): DivertError => new DivertError('INVALID_ARGUMENT', message)
 
+/** `--speed` as typed → the pace multiplier; the error quotes the text, not what Number() made of it. */
+export function parseSpeed(text: string): number {
+  const speed = Number(text)
+  if (text.trim() === '' || !(Number.isFinite(speed) && speed > 0)) {
+    throw badOption(`--speed "${text}" must be a number above 0 (e.g. 0.5 for half speed, 10 for ten times faster)`)
+  }
+  return speed
+}
+
 export function selectFlows(flows: Flow[], prefix?: Prefix): Flow[] {
   return prefix ? flows.filter((f) => prefixContains(prefix, f.client.address)) : flows
 }

@@ -6,7 +6,7 @@
 import {Command, Flags} from '@oclif/core'
 import {AdminClient} from '../admin/client.js'
 import {resolveAdminTarget} from '../admin/paths.js'
-import {isDivertError} from '../errors.js'
+import {DivertError, isDivertError} from '../errors.js'
 
 export abstract class DivertCommand extends Command {
   static enableJsonFlag = true
@@ -31,14 +31,27 @@ export abstract class DivertCommand extends Command {
     return super.finally(err)
   }
 
-  protected async catch(err: Error & {exitCode?: number; oclif?: {exit?: number}}): Promise<void> {
-    if (!isDivertError(err)) {
-      if (err.oclif) return super.catch(err)
-      process.stderr.write(`divert: internal error: ${err.message}${process.env.DEBUG ? `\n${err.stack}` : ''}\n`)
-      return this.exit(1)
+  protected async catch(err: Error & {code?: string; oclif?: {exit?: number}}): Promise<void> {
+    // this.exit() inside run() is control flow, not a failure to report.
+    if (err.code === 'EEXIT') throw err
+    const e = this.asDivertError(err)
+    if (this.jsonEnabled()) this.logJson(e.toJSON())
+    else process.stderr.write(`divert: ${e.message}${e.code === 'DIVERT_ERR_INTERNAL' && process.env.DEBUG ? `\n${err.stack}` : ''}\n`)
+    return this.exit(e.exitCode)
+  }
+
+  /**
+   * Every failure leaves as a DivertError, so `--json` always prints `{error, code, status}`: oclif's
+   * own errors (a missing argument, a bad flag value) would otherwise be serialised whole — parser
+   * state and all — and exit 1 instead of the usage status 2.
+   */
+  private asDivertError(err: Error & {oclif?: {exit?: number}}): DivertError {
+    if (isDivertError(err)) return err
+    if (err.oclif) {
+      const lines = err.message.split('\n').map((l) => l.trim()).filter((l) => l !== '' && !l.startsWith('See more help'))
+      const text = lines.reduce((all, l) => (all === '' ? l : `${all}${/[:;.]$/.test(all) ? ' ' : ': '}${l}`), '')
+      return new DivertError('INVALID_ARGUMENT', `${text} (see \`divert ${this.id ?? ''} --help\`)`.replace(/ {2,}/g, ' '), {cause: err})
     }
-    if (this.jsonEnabled()) this.logJson(err.toJSON())
-    else process.stderr.write(`divert: ${err.message}\n`)
-    return this.exit(err.exitCode)
+    return new DivertError('INTERNAL', `internal error: ${err.message}`, {cause: err})
   }
 }

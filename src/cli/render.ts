@@ -101,7 +101,10 @@ export function addRuleText(r: AddRuleResult): string {
   const {policy, matched, killed} = r.existing
   const n = (k: number): string => `${k} live session${k === 1 ? '' : 's'}`
   if (policy === 'kill') lines.push(`closed ${n(killed)} from ${rule.source}: they reconnect into the new route`)
-  else if (matched > 0) lines.push(`${n(matched)} from ${rule.source} stay where they are; move them now with \`divert kill --source ${rule.source}\``)
+  else if (matched > 0) {
+    const [stay, them] = matched === 1 ? ['stays where it is', 'it'] : ['stay where they are', 'them']
+    lines.push(`${n(matched)} from ${rule.source} ${stay}; move ${them} now with \`divert kill --source ${rule.source}${rule.listener ? ` --listener ${rule.listener}` : ''}\``)
+  }
   return lines.join('\n')
 }
 
@@ -109,7 +112,9 @@ export function removeText(r: RemoveRulesResult): string {
   if (r.removed.length === 0) return 'no runtime rules to remove'
   const lines = r.removed.map((x) => `removed rule ${x.id}: ${x.source}${x.listener ? ` on ${x.listener}` : ''} (${ruleActions(x)})`)
   for (const x of r.restored) lines.push(`config rule ${x.id} for ${x.source} applies again (${ruleActions(x)})`)
-  lines.push('live sessions keep their backend; `divert kill --source SOURCE` moves them now')
+  const only = r.removed.length === 1 ? r.removed[0] : undefined
+  const kill = only ? `divert kill --source ${only.source}${only.listener ? ` --listener ${only.listener}` : ''}` : 'divert kill --source SOURCE'
+  lines.push(`live sessions keep their backend; \`${kill}\` moves them now`)
   return lines.join('\n')
 }
 

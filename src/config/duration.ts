@@ -5,7 +5,8 @@ const UNIT_MS: Record<string, number> = {ms: 1, s: 1000, m: 60_000, h: 3_600_000
 
 export function parseDuration(text: string | number, where = 'duration'): number {
   if (typeof text === 'number') {
-    if (Number.isFinite(text) && text >= 0) return text
+    // A bare number is milliseconds; timers and Date arithmetic want whole, exactly representable ones.
+    if (Number.isFinite(text) && text >= 0 && Number.isSafeInteger(Math.round(text))) return Math.round(text)
     throw new DivertError('INVALID_DURATION', `${where}: ${text} is not a duration (expected e.g. 300ms, 10s, 5m)`)
   }
   const s = text.trim()
@@ -20,7 +21,12 @@ export function parseDuration(text: string | number, where = 'duration'): number
   if (s.length === 0 || consumed !== s.length) {
     throw new DivertError('INVALID_DURATION', `${where}: "${text}" is not a duration (expected a number with a unit: 300ms, 10s, 5m, 2h, 1d)`)
   }
-  return Math.round(total)
+  const ms = Math.round(total)
+  // "9999…9d" parses to Infinity or to a float that is no longer a whole number of milliseconds.
+  if (!Number.isSafeInteger(ms)) {
+    throw new DivertError('INVALID_DURATION', `${where}: "${text}" is too long to be a duration (expected e.g. 300ms, 10s, 5m, 2h, 1d)`)
+  }
+  return ms
 }
 
 export function formatDuration(ms: number): string {

@@ -207,7 +207,7 @@ export class RuleTable {
       const file = this.configFile ?? 'the config file'
       throw new DivertError(
         'RULE_FROM_CONFIG',
-        `rule ${rule.id} (${describe(rule)}) comes from ${file}: edit the file and run \`divert reload\``,
+        `rule ${rule.id} (${describe(rule)}) cannot be removed at runtime: it comes from ${file} — edit the file and run \`divert reload\``,
         {details: {id: rule.id, source: rule.source, file: this.configFile}},
       )
     }

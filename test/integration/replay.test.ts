@@ -2,7 +2,6 @@ import {test, describe, before, after} from 'node:test'
 import assert from 'node:assert/strict'
 import net from 'node:net'
 import dgram from 'node:dgram'
-import {spawn, spawnSync, type ChildProcess} from 'node:child_process'
 import {once} from 'node:events'
 import {mkdtempSync, rmSync, writeFileSync} from 'node:fs'
 import {tmpdir} from 'node:os'
@@ -16,6 +15,7 @@ import {renderReplay} from '../../src/cli/render-replay.js'
 import {DivertError} from '../../src/errors.js'
 import {parseEndpoint} from '../../src/net/endpoint.js'
 import {capture, decoded, TcpConversation, udpSegment, type Addr, type Segment} from '../helpers/frames.js'
+import {hasCommand, markerLine, printed, sendMarker, startTcpdump, stopTcpdump, type Tcpdump} from '../helpers/capture.js'
 
 const T0 = 1_700_000_000_000_000
 const DEVICE: Addr = {address: '192.0.2.10', port: 40001}
@@ -345,61 +345,16 @@ describe('runReplay against loopback servers', () => {
 })
 
 describe('replay of a live tcpdump capture', () => {
-  const tcpdump = spawnSync('sh', ['-c', 'command -v tcpdump']).status === 0
+  const tcpdump = hasCommand('tcpdump')
   /** A bound on waiting for tcpdump to write the marker (a failure bound, not a readiness sleep). */
   const MARKER_WAIT_MS = 10_000
-
-  type Dump = ChildProcess & {name: string; file: string; lines: string[]; stderr_: string}
-
-  /** Starts tcpdump on a filter; resolves once it prints "listening on" (its ready line). */
-  async function startTcpdump(name: string, file: string, args: string[]): Promise<Dump> {
-    const child = spawn('tcpdump', ['-U', '--immediate-mode', '-l', '--print', '-n', '-w', file, ...args], {stdio: ['ignore', 'pipe', 'pipe']}) as Dump
-    Object.assign(child, {name, file, lines: [], stderr_: ''})
-    child.stdout!.setEncoding('utf8').on('data', (d: string) => child.lines.push(...d.split('\n')))
-    await new Promise<void>((resolve, reject) => {
-      child.stderr!.setEncoding('utf8').on('data', (d: string) => {
-        child.stderr_ += d
-        if (child.stderr_.includes('listening on')) resolve()
-      })
-      child.on('exit', (code) => reject(new Error(`tcpdump exited (${code}) before it was ready: ${child.stderr_.trim()}`)))
-      child.on('error', reject)
-    })
-    return child
-  }
-
-  /** Resolves true once tcpdump has printed (and so, with -U, written) a line matching `re`; false after `ms`. */
-  function printed(child: Dump, re: RegExp, ms: number): Promise<boolean> {
-    return new Promise((resolve) => {
-      const done = (seen: boolean): void => {
-        clearTimeout(timer)
-        child.stdout!.off('data', check)
-        resolve(seen)
-      }
-      const check = (): void => {
-        if (child.lines.some((l) => re.test(l))) done(true)
-      }
-      const timer = setTimeout(() => done(false), ms)
-      child.stdout!.on('data', check)
-      check()
-    })
-  }
-
-  /** SIGINT (tcpdump flushes and prints its counters), then whether the kernel dropped any packet. */
-  async function stop(child: Dump): Promise<number> {
-    if (child.exitCode === null) {
-      const exited = once(child, 'exit')
-      child.kill('SIGINT')
-      await exited
-    }
-    return Number(/(\d+) packets? dropped by kernel/.exec(child.stderr_)?.[1] ?? 0)
-  }
 
   test('tcpdump -i lo / -i any / nanosecond captures replay byte for byte', {skip: tcpdump ? false : 'tcpdump is not installed'}, async (t) => {
     const recorded = await tcpServer(echo)
     t.after(() => recorded.close())
     const port = recorded.port
     const filter = `port ${port}`
-    const dumps: Dump[] = []
+    const dumps: Tcpdump[] = []
     t.after(() => {
       for (const d of dumps) if (d.exitCode === null) d.kill('SIGKILL')
     })
@@ -424,13 +379,9 @@ describe('replay of a live tcpdump capture', () => {
     client.end()
     await once(client, 'close')
     // A marker datagram from another loopback address: once tcpdump prints it, every earlier packet is on disk.
-    const marker = dgram.createSocket('udp4')
-    marker.bind(0, '127.0.0.2')
-    await once(marker, 'listening')
-    await new Promise<void>((resolve) => marker.send('end-of-test', port, '127.0.0.1', () => resolve()))
-    marker.close()
-    const marked = await Promise.all(dumps.map((d) => printed(d, /127\.0\.0\.2\.\d+ > 127\.0\.0\.1\./, MARKER_WAIT_MS)))
-    const dropped = await Promise.all(dumps.map(stop))
+    await sendMarker(port, '127.0.0.2')
+    const marked = await Promise.all(dumps.map((d) => printed(d, markerLine('127.0.0.2'), MARKER_WAIT_MS)))
+    const dropped = await Promise.all(dumps.map(stopTcpdump))
 
     const target = await tcpServer(echo)
     t.after(() => target.close())

@@ -6,7 +6,7 @@
  *
  *   config ─▶ RuleTable + Backends + Registry ─▶ Router ─▶ Tcp/Udp proxies ◀─ AdminServer ◀─ CLI
  */
-import {readFileSync} from 'node:fs'
+import {lstatSync, readFileSync} from 'node:fs'
 import type {Logger} from 'pino'
 import {loadConfig} from './config/load.js'
 import type {Config, ListenerConfig} from './config/types.js'
@@ -26,7 +26,7 @@ import {endpointString} from './net/endpoint.js'
 import {AdminServer} from './admin/server.js'
 import {prepareSocketDir, resolveAdminTarget} from './admin/paths.js'
 import {RecordingSet} from './capture/recorder.js'
-import {createMirrorTap} from './capture/mirror.js'
+import {createMirrorTap, createUnavailableMirrorTap} from './capture/mirror.js'
 import {DaemonControl} from './control.js'
 import type {GlobalLimit} from './net/limits.js'
 import {capacity, raiseFdLimit, type FdLimits} from './fdlimit.js'
@@ -67,6 +67,7 @@ export class Daemon {
   private ticker?: NodeJS.Timeout
   private expiryTimer?: NodeJS.Timeout
   private stopping?: Promise<void>
+  private ready = false
   private reloading: Promise<unknown> = Promise.resolve()
 
   private constructor(readonly opts: DaemonOptions) {
@@ -112,6 +113,7 @@ export class Daemon {
       listeners: [...this.proxies.values()].map((p) => `${p.config.name} ${p.config.protocol} ${endpointString(p.config.bind)}`),
       admin: this.adminSocket, rules: this.rules.size, capacity: this.capacity,
     }, 'divert ready')
+    this.ready = true
   }
 
   /** Raises the open-files soft limit where allowed and says how many sessions fit. */
@@ -137,6 +139,7 @@ export class Daemon {
   tapsFor(d: Decision, meta: SessionMeta): Tap | undefined {
     const taps: Tap[] = []
     const mirrorServer = d.mirror?.pick(meta.client.address)
+    if (d.mirror && !mirrorServer) taps.push(createUnavailableMirrorTap(d.mirror.name))
     if (d.mirror && mirrorServer) {
       taps.push(createMirrorTap(meta, {backend: d.mirror.name, server: mirrorServer.address, proxyProtocol: d.mirror.config.proxyProtocol}, {
         bufferBytes: this.config.mirrorBufferBytes, logger: this.logger, local: meta.local,
@@ -163,7 +166,7 @@ export class Daemon {
       this.rules.add(r, 'runtime')
     }
     const expired = this.rules.expire()
-    for (const r of expired) this.logger.info({audit: true, action: 'rule.expired', rule: RuleTable.view(r)}, `rule ${r.id} for ${r.source} expired while the daemon was down`)
+    for (const r of expired) this.logger.info({audit: true, action: 'rule.expired', by: 'expiry', rule: RuleTable.view(r)}, `rule ${r.id} for ${r.source} expired while the daemon was down`)
     if (loaded.rules.length > 0) this.logger.info({state: this.config.state, rules: loaded.rules.length - expired.length}, 'runtime rules restored')
   }
 
@@ -202,8 +205,19 @@ export class Daemon {
     prepareSocketDir(this.adminSocket, env)
     const a = this.config.admin
     const tcp = a.listen && a.tokenFile ? {listen: a.listen, token: readToken(a.tokenFile)} : undefined
-    this.admin = new AdminServer({control: new DaemonControl(this), logger: this.logger, socket: this.adminSocket, tcp})
-    await this.admin.listen()
+    const admin = new AdminServer({control: new DaemonControl(this), logger: this.logger, socket: this.adminSocket, tcp})
+    const before = lstatSync(this.adminSocket, {throwIfNoEntry: false})
+    try {
+      await admin.listen()
+    } catch (error) {
+      // AdminServer.close() unlinks the socket path. That is right only for a socket this daemon
+      // bound (the TCP admin listener failed after it): never for a live daemon's socket or a file
+      // that is not a socket, which is why listen() refused.
+      const now = lstatSync(this.adminSocket, {throwIfNoEntry: false})
+      if (now && now.ino !== before?.ino) await admin.close()
+      throw error
+    }
+    this.admin = admin
   }
 
   private tick(): void {
@@ -228,7 +242,7 @@ export class Daemon {
 
   private async expireRules(): Promise<void> {
     const expired = this.rules.expire()
-    for (const r of expired) this.logger.info({audit: true, action: 'rule.expired', rule: RuleTable.view(r)}, `rule ${r.id} for ${r.source} expired`)
+    for (const r of expired) this.logger.info({audit: true, action: 'rule.expired', by: 'expiry', rule: RuleTable.view(r)}, `rule ${r.id} for ${r.source} expired`)
     await this.closeRecordings(expired)
     await this.saveState().catch((error) => this.logger.error({err: error}, 'could not save state after expiry'))
     this.scheduleExpiry()
@@ -276,6 +290,7 @@ export class Daemon {
     this.backends = backends
     this.router.state = {rules: this.rules, backends}
     this.config = next
+    this.globalLimit.max = next.maxConnections
     result.rules = this.rules.size
     this.restartHealth()
     this.scheduleExpiry()
@@ -356,7 +371,7 @@ export class Daemon {
     for (const c of this.checkers) c.stop()
     await this.admin?.close()
     await this.recordings.closeAll()
-    this.logger.info({uptimeMs: Date.now() - this.startedAt}, 'divert stopped')
+    if (this.ready) this.logger.info({uptimeMs: Date.now() - this.startedAt}, 'divert stopped')
   }
 }
 

@@ -12,7 +12,7 @@ export default class Add extends DivertCommand {
   static examples = [
     '<%= config.bin %> add 192.168.100.1 --to staging',
     '<%= config.bin %> add 192.168.100.0/30 --to staging --for 30m --note "ticket 4711"',
-    '<%= config.bin %> add 2001:db8::/64 --mirror staging --record ./captures/v6.pcap',
+    '<%= config.bin %> add 2001:db8::/64 --mirror staging --record ./captures/v6.pcap --max-size 50MB',
     '<%= config.bin %> add 192.168.100.1 --to staging --existing kill   # move its live sessions now',
   ]
 
@@ -22,6 +22,7 @@ export default class Add extends DivertCommand {
     to: Flags.string({description: 'divert matching clients to this backend'}),
     mirror: Flags.string({description: 'copy matching clients\' traffic to a server of this backend'}),
     record: Flags.string({description: 'record matching sessions to this pcap file (owner-only)'}),
+    'max-size': Flags.string({description: 'with --record: stop recording cleanly at this file size (e.g. 10MB, 64MiB) [default: capture.max_size]', dependsOn: ['record']}),
     listener: Flags.string({description: 'only on this listener (default: every listener)'}),
     for: Flags.string({description: 'remove the rule by itself after this long (e.g. 30m, 2h)'}),
     note: Flags.string({description: 'free text shown by `divert list`'}),
@@ -31,7 +32,7 @@ export default class Add extends DivertCommand {
   async run(): Promise<AddRuleResult> {
     const {args, flags} = await this.parse(Add)
     const result = await this.adminClient(flags.admin).addRule({
-      source: args.source, to: flags.to, mirror: flags.mirror, record: flags.record ? resolve(flags.record) : undefined,
+      source: args.source, to: flags.to, mirror: flags.mirror, record: flags.record ? resolve(flags.record) : undefined, maxSize: flags['max-size'],
       listener: flags.listener, for: flags.for, note: flags.note, existing: flags.existing as 'keep' | 'kill',
     })
     this.log(addRuleText(result))

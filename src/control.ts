@@ -8,6 +8,7 @@
 import {isAbsolute, resolve, dirname} from 'node:path'
 import {DivertError} from './errors.js'
 import {parseDuration} from './config/duration.js'
+import {parseSize} from './config/size.js'
 import {formatPrefix, parseCidr} from './rules/cidr.js'
 import {RuleTable, type Rule} from './rules/table.js'
 import {isRefusal} from './rules/router.js'
@@ -67,9 +68,11 @@ export class DaemonControl implements Control {
       throw new DivertError('INVALID_DURATION', `--for "${req.for}" ends after the last date a rule can carry (year 275760): give a shorter duration`)
     }
     const record = req.record ? absolute(req.record, dirname(this.d.config.file)) : undefined
-    if (record) await this.d.recordings.acquire(record, {maxBytes: this.d.config.captureMaxBytes, logger: this.d.logger})
+    if (req.maxSize !== undefined && !record) throw new DivertError('INVALID_ARGUMENT', '--max-size limits a recording: give --record FILE too')
+    const recordMaxBytes = req.maxSize === undefined ? undefined : parseSize(req.maxSize, '--max-size')
+    if (record) await this.d.recordings.acquire(record, {maxBytes: recordMaxBytes ?? this.d.config.captureMaxBytes, logger: this.d.logger})
     const {rule, replaced} = this.d.rules.add({
-      source: req.source, to: req.to, mirror: req.mirror, record, listener: req.listener, note: req.note,
+      source: req.source, to: req.to, mirror: req.mirror, record, recordMaxBytes, listener: req.listener, note: req.note,
       expiresAt,
     }, 'runtime')
     if (replaced?.record) await this.d.recordings.release(replaced.record)

@@ -174,14 +174,14 @@ export class Daemon {
     if (!this.state) return
     const runtime = this.rules.snapshot().filter((r) => r.origin === 'runtime')
     await this.state.save(runtime.map((r) => ({
-      id: r.id, source: r.source, to: r.to, mirror: r.mirror, record: r.record, listener: r.listener,
+      id: r.id, source: r.source, to: r.to, mirror: r.mirror, record: r.record, recordMaxBytes: r.recordMaxBytes, listener: r.listener,
       expiresAt: r.expiresAt, note: r.note, createdAt: r.createdAt,
     })))
   }
 
   async openRecordings(rules: Rule[]): Promise<void> {
     for (const r of rules) {
-      if (r.record) await this.recordings.acquire(r.record, {maxBytes: this.config.captureMaxBytes, logger: this.logger})
+      if (r.record) await this.recordings.acquire(r.record, {maxBytes: r.recordMaxBytes ?? this.config.captureMaxBytes, logger: this.logger})
     }
   }
 

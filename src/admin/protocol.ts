@@ -13,6 +13,8 @@ export interface AddRuleRequest {
   to?: string
   mirror?: string
   record?: string
+  /** Size text (`10MB`, `64MiB`): the recording stops cleanly there (default capture.max_size). */
+  maxSize?: string
   listener?: string
   /** Duration text (`30m`) after which the rule removes itself. */
   for?: string

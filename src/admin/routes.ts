@@ -87,7 +87,7 @@ export async function routeRequest(control: Control, ctx: RequestContext): Promi
 function addRuleRequest(body: unknown): AddRuleRequest {
   if (!body || typeof body !== 'object' || Array.isArray(body)) throw bad('POST /rules needs a JSON object body like {"source": "192.168.100.1", "to": "staging"}')
   const b = body as Record<string, unknown>
-  const allowed = ['source', 'to', 'mirror', 'record', 'listener', 'for', 'note', 'existing']
+  const allowed = ['source', 'to', 'mirror', 'record', 'maxSize', 'listener', 'for', 'note', 'existing']
   const unknown = Object.keys(b).filter((k) => !allowed.includes(k))
   if (unknown.length > 0) throw bad(`unknown field ${unknown.map((k) => `"${k}"`).join(', ')} (allowed: ${allowed.join(', ')})`)
   for (const k of allowed) {

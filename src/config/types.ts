@@ -69,6 +69,8 @@ export interface RuleSpec {
   to?: string
   mirror?: string
   record?: string
+  /** Size limit of this rule's recording (`divert add --max-size`); default capture.max_size. */
+  recordMaxBytes?: number
   listener?: string
   /** Absolute epoch ms. */
   expiresAt?: number

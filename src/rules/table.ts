@@ -24,6 +24,7 @@ export interface Rule {
   to?: string
   mirror?: string
   record?: string
+  recordMaxBytes?: number
   listener?: string
   /** Epoch ms; the rule stops matching at this instant. */
   expiresAt?: number
@@ -43,6 +44,7 @@ export interface RuleView {
   to: string | null
   mirror: string | null
   record: string | null
+  recordMaxBytes: number | null
   listener: string | null
   expiresAt: string | null
   hits: number
@@ -315,6 +317,7 @@ export class RuleTable {
       to: rule.to ?? null,
       mirror: rule.mirror ?? null,
       record: rule.record ?? null,
+      recordMaxBytes: rule.recordMaxBytes ?? null,
       listener: rule.listener ?? null,
       expiresAt: rule.expiresAt === undefined ? null : iso(rule.expiresAt),
       hits: rule.hits,
@@ -351,6 +354,7 @@ export class RuleTable {
       to: spec.to,
       mirror: spec.mirror,
       record: spec.record,
+      recordMaxBytes: spec.recordMaxBytes,
       listener: spec.listener,
       expiresAt: spec.expiresAt,
       note: spec.note,

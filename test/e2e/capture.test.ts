@@ -224,6 +224,25 @@ backends:
     assert.equal(sideBytes(flows[0], 'server').toString(), 'prod\nbefore rm\n')
   })
 
+  test('divert add --record --max-size: the recording stops cleanly at that size, the session goes on', async () => {
+    const file = join(dir, 'capped.pcap')
+    const add = await cli('add', '127.0.0.8', '--record', file, '--max-size', '16KiB', '--json')
+    assert.equal(add.code, 0, add.stderr)
+    assert.equal(add.json().rule.recordMaxBytes, 16 * 1024)
+    const big = Buffer.alloc(100_000, 0x61)
+    const s = await session(port, '127.0.0.8', big)
+    assert.equal(s.answer.length, big.length, 'the whole payload came back')
+    await finish(s.socket)
+    await until(() => daemon.logs.some((l) => l.msg === 'recording stopped: max size reached' && l.path === file), 10_000, 'the max-size log line')
+    const size = statSync(file).size
+    assert.ok(size <= 16 * 1024 && size > 24, `file size ${size}`)
+    assert.ok((await flowsOf(file)).flows.length >= 1, 'what was written reads back')
+    const noRecord = await cli('add', '127.0.0.8', '--max-size', '1MB')
+    assert.notEqual(noRecord.code, 0)
+    assert.match(noRecord.stderr, /record/)
+    assert.equal((await cli('rm', '127.0.0.8')).code, 0)
+  })
+
   test('a mirror backend that is down: the session works, the mirror shows failed with every byte dropped', async () => {
     assert.equal((await cli('add', '127.0.0.5', '--mirror', 'dead')).code, 0)
     const payload = randomBytes(256 * 1024)

@@ -342,6 +342,7 @@ test('view: the admin API shape, null for absent values and ISO dates', () => {
     to: 'staging',
     mirror: 'm',
     record: '/tmp/x.pcap',
+    recordMaxBytes: null,
     listener: 'vpn',
     expiresAt: '2024-01-02T03:05:05.000Z',
     hits: 0,

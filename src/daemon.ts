@@ -173,10 +173,7 @@ export class Daemon {
   async saveState(): Promise<void> {
     if (!this.state) return
     const runtime = this.rules.snapshot().filter((r) => r.origin === 'runtime')
-    await this.state.save(runtime.map((r) => ({
-      id: r.id, source: r.source, to: r.to, mirror: r.mirror, record: r.record, recordMaxBytes: r.recordMaxBytes, listener: r.listener,
-      expiresAt: r.expiresAt, note: r.note, createdAt: r.createdAt,
-    })))
+    await this.state.save(runtime.map((r) => RuleTable.spec(r)))
   }
 
   async openRecordings(rules: Rule[]): Promise<void> {
@@ -273,7 +270,7 @@ export class Daemon {
     // A scratch table validates the new config rules (duplicates, sources) before the real one changes.
     new RuleTable({configFile: next.file}).replaceConfigRules(next.rules)
     const plan = planListeners(this.proxies, next)
-    const opened = await this.acquireRecordings(next.rules)
+    const opened = await this.acquireRecordings(next.rules, next.captureMaxBytes)
     const fresh = new Map<string, ListenerProxy>()
     try {
       for (const l of plan.bind) fresh.set(l.name, this.createProxy(l))
@@ -310,12 +307,12 @@ export class Daemon {
   }
 
   /** Opens (or takes another reference on) every recording the rules name; all or nothing. */
-  private async acquireRecordings(rules: Array<{record?: string}>): Promise<string[]> {
+  private async acquireRecordings(rules: Array<{record?: string}>, maxBytes: number): Promise<string[]> {
     const opened: string[] = []
     try {
       for (const r of rules) {
         if (!r.record) continue
-        await this.recordings.acquire(r.record, {maxBytes: this.config.captureMaxBytes, logger: this.logger})
+        await this.recordings.acquire(r.record, {maxBytes, logger: this.logger})
         opened.push(r.record)
       }
     } catch (error) {

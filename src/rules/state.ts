@@ -37,6 +37,7 @@ export class StateStore {
 
   /** Reads the state file. Missing → no rules. Corrupt → moved aside (never dropped) and reported. */
   async load(): Promise<LoadResult> {
+    await this.removeStaleTemps()
     let text: string
     try {
       text = await fs.readFile(this.path, 'utf8')
@@ -49,6 +50,25 @@ export class StateStore {
     const aside = `${this.path}.corrupt-${new Date().toISOString().replace(/[:.]/g, '-')}`
     await fs.rename(this.path, aside)
     return {rules: [], movedAside: aside, problem}
+  }
+
+  /** Temp files are `.STATE.tmp-PID`, next to the state file so that rename(2) stays within one filesystem. */
+  private get tempPrefix(): string {
+    return `.${basename(this.path)}.tmp-`
+  }
+
+  /**
+   * A daemon killed (-9, power loss) between open and rename leaves its temp file behind; the state
+   * file itself is whole either way. Remove temp files whose process is gone, never a live one's.
+   */
+  private async removeStaleTemps(): Promise<void> {
+    const names = await fs.readdir(dirname(this.path)).catch(() => [] as string[])
+    for (const name of names) {
+      if (!name.startsWith(this.tempPrefix)) continue
+      const pid = Number(name.slice(this.tempPrefix.length))
+      if (!Number.isInteger(pid) || pid <= 0 || (pid !== process.pid && isAlive(pid))) continue
+      await fs.unlink(join(dirname(this.path), name)).catch(() => undefined)
+    }
   }
 
   /** Persists `rules` (the full runtime set); resolves once they are durably on disk. */
@@ -84,22 +104,38 @@ export class StateStore {
 
   private async write(rules: StoredRule[]): Promise<void> {
     const dir = dirname(this.path)
-    const tmp = join(dir, `.${basename(this.path)}.tmp-${process.pid}`)
+    const tmp = join(dir, `${this.tempPrefix}${process.pid}`)
     const body = JSON.stringify({version: 1, rules} satisfies StateFile, null, 2) + '\n'
-    const fh = await fs.open(tmp, 'w', 0o600)
     try {
-      await fh.writeFile(body)
-      await fh.sync()
-    } finally {
-      await fh.close()
+      const fh = await fs.open(tmp, 'w', 0o600)
+      try {
+        await fh.writeFile(body)
+        await fh.sync()
+      } finally {
+        await fh.close()
+      }
+      await fs.rename(tmp, this.path)
+    } catch (error) {
+      // A full disk leaves a partial temp file: remove it so it does not hold the space it lacked.
+      await fs.unlink(tmp).catch(() => undefined)
+      throw error
     }
-    await fs.rename(tmp, this.path)
     const dh = await fs.open(dir, 'r')
     try {
       await dh.sync()
     } finally {
       await dh.close()
     }
+  }
+}
+
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0)
+    return true
+  } catch (error) {
+    // EPERM: it exists but belongs to someone else — alive.
+    return (error as NodeJS.ErrnoException).code === 'EPERM'
   }
 }
 

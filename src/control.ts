@@ -75,8 +75,16 @@ export class DaemonControl implements Control {
       source: req.source, to: req.to, mirror: req.mirror, record, recordMaxBytes, listener: req.listener, note: req.note,
       expiresAt,
     }, 'runtime')
+    try {
+      await this.persist()
+    } catch (error) {
+      // Not saved means not in force: the caller is told it failed, so the table must agree.
+      this.d.rules.remove(rule.id)
+      if (replaced) this.restore([replaced])
+      if (record) await this.d.recordings.release(record)
+      throw error
+    }
     if (replaced?.record) await this.d.recordings.release(replaced.record)
-    await this.persist()
     this.d.scheduleExpiry()
 
     const filter: SessionFilter = {source: prefix, listener: req.listener}
@@ -98,8 +106,13 @@ export class DaemonControl implements Control {
   }
 
   private async afterRemove(removed: Rule[], who: string): Promise<RemoveRulesResult> {
+    try {
+      await this.persist()
+    } catch (error) {
+      this.restore(removed)
+      throw error
+    }
     await this.d.closeRecordings(removed)
-    await this.persist()
     this.d.scheduleExpiry()
     const result: RemoveRulesResult = {removed: [], restored: []}
     for (const r of removed) {
@@ -164,6 +177,11 @@ export class DaemonControl implements Control {
 
   reload(who: string): Promise<ReloadResult> {
     return this.d.reload(who)
+  }
+
+  /** Puts rules back as they were (same id, creation time and hit count) after a failed save. */
+  private restore(rules: Rule[]): void {
+    for (const r of rules) this.d.rules.add(RuleTable.spec(r), 'runtime').rule.hits = r.hits
   }
 
   private async persist(): Promise<void> {

@@ -310,6 +310,12 @@ export class RuleTable {
     return out.sort(compareRules)
   }
 
+  /** What it takes to add the same rule again (same id and creation time): state file, rollback. */
+  static spec(rule: Rule): AddSpec & {id: string; createdAt: number} {
+    const {id, source, to, mirror, record, recordMaxBytes, listener, expiresAt, note, createdAt} = rule
+    return {id, source, to, mirror, record, recordMaxBytes, listener, expiresAt, note, createdAt}
+  }
+
   static view(rule: Rule): RuleView {
     return {
       id: rule.id,

@@ -8,7 +8,8 @@
  * the rules that name it. A file that already holds a recording (daemon restarted, rule re-added) is
  * continued after its last whole record, never wiped.
  */
-import {open, stat, type FileHandle} from 'node:fs/promises'
+import {constants as fsConstants} from 'node:fs'
+import {lstat, open, stat, type FileHandle} from 'node:fs/promises'
 import {dirname, resolve} from 'node:path'
 import {finished} from 'node:stream/promises'
 import type {Writable} from 'node:stream'
@@ -57,7 +58,14 @@ const MAX_RECORD_DATA = 262_144
  */
 async function openFileStream(path: string): Promise<{stream: Writable; resumeAt: number}> {
   const resumeAt = await wholeRecordsEnd(path)
-  const fh = await open(path, resumeAt > 0 ? 'r+' : 'w', 0o600)
+  const existing = await lstat(path).catch(() => undefined)
+  // Anyone who may add rules chooses this path: never clobber a file that is not ours, never follow a link.
+  if (existing?.isSymbolicLink()) throw Object.assign(new Error(`${path} is a symbolic link: give the real path`), {code: 'ELOOP'})
+  if (existing?.isFile() && existing.size > 0 && resumeAt === 0) {
+    throw Object.assign(new Error(`${path} exists and is not a divert recording: refusing to overwrite it — choose a new file name or delete it`), {code: 'EEXIST'})
+  }
+  const flags = resumeAt > 0 ? fsConstants.O_RDWR : fsConstants.O_WRONLY | fsConstants.O_CREAT | fsConstants.O_TRUNC
+  const fh = await open(path, flags | fsConstants.O_NOFOLLOW, 0o600)
   try {
     await fh.chmod(0o600)
     // A crash mid-write can leave part of a record: cut it, or readers see a truncated file.

@@ -7,7 +7,7 @@ import assert from 'node:assert/strict'
 import {execFile} from 'node:child_process'
 import {EventEmitter, once} from 'node:events'
 import {createWriteStream} from 'node:fs'
-import {chmod, mkdtemp, readFile, rm, stat, writeFile} from 'node:fs/promises'
+import {chmod, mkdtemp, readFile, rm, stat, symlink, writeFile} from 'node:fs/promises'
 import {tmpdir} from 'node:os'
 import {join, relative} from 'node:path'
 import {Writable} from 'node:stream'
@@ -15,6 +15,7 @@ import {promisify} from 'node:util'
 import pino from 'pino'
 import {Recording, RecordingSet} from '../../src/capture/recorder.js'
 import type {SessionMeta} from '../../src/session/types.js'
+import type {DivertError} from '../../src/errors.js'
 
 const run = promisify(execFile)
 
@@ -122,9 +123,9 @@ after(async () => {
 // ─── tests ────────────────────────────────────────────────────────────────────────────────────
 
 describe('Recording.open', () => {
-  it('creates the file owner-only and truncates an existing one, re-chmodding it to 0600', async () => {
+  it('creates the file owner-only, and an empty existing file is re-chmodded to 0600', async () => {
     const path = join(dir, 'mode.pcap')
-    await writeFile(path, 'old contents that must go')
+    await writeFile(path, '')
     await chmod(path, 0o644)
     const rec = await Recording.open(path, {maxBytes: 1e6})
     await rec.close()
@@ -132,11 +133,19 @@ describe('Recording.open', () => {
     assert.equal(st.mode & 0o777, 0o600)
     assert.equal(st.size, 24)
     assert.deepEqual(parsePcap(await readFile(path)), [])
-
-    const fresh = join(dir, 'fresh.pcap')
-    await (await Recording.open(fresh, {maxBytes: 1e6})).close()
-    assert.equal((await stat(fresh)).mode & 0o777, 0o600)
   })
+
+  it('refuses to overwrite a file that is not a divert recording, or to follow a symlink', async () => {
+    const path = join(dir, 'notes.txt')
+    await writeFile(path, 'somebody else\'s notes')
+    await assert.rejects(Recording.open(path, {maxBytes: 1e6}), (e: DivertError) => e.code === 'DIVERT_ERR_RECORD_FAILED' && /not a divert recording: refusing to overwrite/.test(e.message))
+    assert.equal(await readFile(path, 'utf8'), 'somebody else\'s notes')
+    const link = join(dir, 'link.pcap')
+    await symlink(path, link)
+    await assert.rejects(Recording.open(link, {maxBytes: 1e6}), (e: DivertError) => e.code === 'DIVERT_ERR_RECORD_FAILED' && /symbolic link/.test(e.message))
+    assert.equal(await readFile(path, 'utf8'), 'somebody else\'s notes')
+  })
+
 
   it('refuses a path whose directory does not exist, naming it', async () => {
     const path = join(dir, 'no-such-dir', 'x.pcap')

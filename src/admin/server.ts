@@ -29,6 +29,8 @@ export interface AdminServerOptions {
 export class AdminServer {
   private readonly servers: http.Server[] = []
   private readonly opts: AdminServerOptions
+  /** Set once this server bound the unix socket: only then is the path ours to remove. */
+  private boundSocket?: string
 
   constructor(opts: AdminServerOptions) {
     this.opts = opts
@@ -44,9 +46,9 @@ export class AdminServer {
       s.close(() => resolve())
       s.closeAllConnections()
     })))
-    if (this.opts.socket) {
+    if (this.boundSocket) {
       try {
-        unlinkSync(this.opts.socket)
+        unlinkSync(this.boundSocket)
       } catch {
         // already gone
       }
@@ -83,6 +85,7 @@ export class AdminServer {
       process.umask(old)
     }
     chmodSync(path, 0o600)
+    this.boundSocket = path
   }
 
   private async listenTcp(at: Endpoint, token: string): Promise<void> {

@@ -149,8 +149,9 @@ export async function readLine(socket: net.Socket, timeoutMs = 10_000): Promise<
       if (i < 0) return void chunks.push(c)
       chunks.push(c.subarray(0, i))
       const rest = c.subarray(i + 1)
-      if (rest.length > 0) socket.unshift(rest)
+      // Stop listening before giving the rest back, or a flowing stream re-emits it to this listener.
       finish()
+      if (rest.length > 0) socket.unshift(rest)
     }
     const onClose = (): void => finish(new Error('closed before a full line'))
     const finish = (error?: Error): void => {

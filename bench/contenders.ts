@@ -96,7 +96,7 @@ async function startDivert(lab: Lab, name: Contender): Promise<Running> {
   const variant = divertVariant(name, dir)
   const cfg = join(dir, 'divert.yaml')
   writeFileSync(cfg, divertConfig(ports, lab.backends, dir, lab.limits, variant))
-  const args = [join(lab.repo, 'bin/run.js'), 'start', '-c', cfg, '--log-format', 'json', '--admin', join(dir, 'admin.sock')]
+  const args = [join(lab.repo, 'bin/run.js'), 'start', '-c', cfg, '--log-format', 'json', '--log-level', lab.divertLogLevel ?? 'info', '--admin', join(dir, 'admin.sock')]
   const m = lab.group.launch(proxySpec(lab, {name, cmd: process.execPath, args, cwd: lab.repo}))
   await whenReady(m, () => m.waitFor(DIVERT_READY, variant.rules > 1000 ? 180_000 : 30_000))
   return running(name, ports, m, variant.record)

@@ -29,6 +29,8 @@ export interface Lab {
   streamModule?: string
   /** Why divert cannot run (daemon not built), or undefined when it can. */
   divertMissing?: string
+  /** divert's --log-level (bench --divert-log-level; default info). */
+  divertLogLevel?: string
   /** Why the rule-table micro-benchmark cannot run, or undefined when it can. */
   rulesBenchMissing?: string
 }

@@ -122,6 +122,7 @@ async function bench(o: BenchOptions, repo: string, tools: ToolReport): Promise<
   const machine = machineInfo(tools, nofile)
   if (machine.loadavgStart[0] > 0.5) notes.push(`the machine was busy before the bench (load average ${machine.loadavgStart[0].toFixed(2)}): figures are noisier`)
   notes.push(...limitNotes(p, nofile, defs))
+  if (o.divertLogLevel !== 'info') notes.push(`divert ran with --log-level ${o.divertLogLevel} (no per-session log line), not its default info`)
   const dir = mkdtempSync(join(tmpdir(), 'divert-bench-'))
   chmodSync(dir, 0o755)
   const group = new ProcessGroup()
@@ -129,7 +130,7 @@ async function bench(o: BenchOptions, repo: string, tools: ToolReport): Promise<
   process.once('SIGINT', stop).once('SIGTERM', stop)
   try {
     const base = {dir, repo, group, ports: new PortPool(), limits: {nofile}, loadgen: buildLoadgen(repo), wrkScript: join(repo, 'bench/wrk-report.lua'), streamModule: tools.streamModule,
-      divertMissing: divertMissing(repo), rulesBenchMissing: existsSync(join(repo, 'dist/bench/rules.js')) ? undefined : 'not available: dist/bench/rules.js missing (bench/rules.ts not built)'}
+      divertMissing: divertMissing(repo), divertLogLevel: o.divertLogLevel, rulesBenchMissing: existsSync(join(repo, 'dist/bench/rules.js')) ? undefined : 'not available: dist/bench/rules.js missing (bench/rules.ts not built)'}
     if (base.divertMissing) notes.push(`divert ${base.divertMissing}`)
     const lab: Lab = {...base, backends: await startBackends(base)}
     const samples = await runTests(lab, defs, p)

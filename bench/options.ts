@@ -16,6 +16,9 @@ const ALIASES: Record<string, TestId[]> = {
   idle: ['idle-tcp', 'idle-udp'],
 }
 
+export const DIVERT_LOG_LEVELS = ['debug', 'info', 'warn', 'error'] as const
+export type DivertLogLevel = (typeof DIVERT_LOG_LEVELS)[number]
+
 export interface BenchOptions {
   install: boolean
   quick: boolean
@@ -24,6 +27,8 @@ export interface BenchOptions {
   out: string
   idleCount: number
   keepTemp: boolean
+  /** divert's --log-level: info (its default, one line per session) or a quieter level like the peers' no-access-log setup. */
+  divertLogLevel: DivertLogLevel
   help: boolean
 }
 
@@ -36,6 +41,9 @@ export const USAGE = `usage: npm run bench -- [options]      (or: node bench/run
   --idle N         idle TCP connections / UDP flows for the memory tests (default 10000)
   --out FILE       JSON results file (default bench/results/latest.json)
   --keep-temp      keep the temp dir with generated configs and logs
+  --divert-log-level LEVEL
+                   divert's --log-level (default info: one log line per session, as a user runs it;
+                   warn matches the peers, which run without access logs)
   -h, --help       this text`
 
 function resolveOnly(list: string): TestId[] {
@@ -57,13 +65,18 @@ function positiveInt(flag: string, value: string | undefined): number {
   return n
 }
 
+function logLevel(flag: string, value: string): DivertLogLevel {
+  if ((DIVERT_LOG_LEVELS as readonly string[]).includes(value)) return value as DivertLogLevel
+  throw new DivertError('INVALID_ARGUMENT', `${flag} needs one of ${DIVERT_LOG_LEVELS.join(', ')}, got "${value}"`)
+}
+
 function needValue(flag: string, value: string | undefined): string {
   if (value === undefined || value.startsWith('--')) throw new DivertError('INVALID_ARGUMENT', `${flag} needs a value`)
   return value
 }
 
 export function parseOptions(argv: string[], defaultOut: string): BenchOptions {
-  const o: BenchOptions = {install: false, quick: false, runs: 0, only: [...TEST_IDS], out: defaultOut, idleCount: 10_000, keepTemp: false, help: false}
+  const o: BenchOptions = {install: false, quick: false, runs: 0, only: [...TEST_IDS], out: defaultOut, idleCount: 10_000, keepTemp: false, divertLogLevel: 'info', help: false}
   for (let i = 0; i < argv.length; i++) {
     const [flag, inline] = argv[i].includes('=') ? [argv[i].slice(0, argv[i].indexOf('=')), argv[i].slice(argv[i].indexOf('=') + 1)] : [argv[i], undefined]
     const value = (): string => needValue(flag, inline ?? argv[++i])
@@ -75,6 +88,7 @@ export function parseOptions(argv: string[], defaultOut: string): BenchOptions {
     else if (flag === '--idle') o.idleCount = positiveInt(flag, value())
     else if (flag === '--only') o.only = resolveOnly(value())
     else if (flag === '--out') o.out = value()
+    else if (flag === '--divert-log-level') o.divertLogLevel = logLevel(flag, value())
     else throw new DivertError('INVALID_ARGUMENT', `unknown option "${argv[i]}"; see --help`)
   }
   if (o.runs === 0) o.runs = o.quick ? 1 : 3

@@ -35,3 +35,10 @@ test('bad values and unknown options are DivertErrors that say what is wrong', (
   assert.throws(() => parse('--fast'), /unknown option "--fast"/)
   assert.equal(parse('--out=/x.json', '--install', '--keep-temp', '--idle', '500').out, '/x.json')
 })
+
+test('--divert-log-level: info by default (divert as a user runs it); warn or error on request', () => {
+  assert.equal(parse().divertLogLevel, 'info')
+  assert.equal(parse('--divert-log-level', 'warn').divertLogLevel, 'warn')
+  assert.equal(parse('--divert-log-level=error').divertLogLevel, 'error')
+  assert.throws(() => parse('--divert-log-level', 'quiet'), /--divert-log-level needs one of debug, info, warn, error, got "quiet"/)
+})

@@ -1,6 +1,9 @@
 /**
- * The injectable edge between the proxies and the network: how an upstream TCP connection is opened.
- * Tests swap it to simulate black holes and failures without touching real servers.
+ * The injectable edge between the proxies and the network: how an upstream TCP connection is opened,
+ * and how long it may take (ConnectDeadlines). Tests swap the connector to simulate black holes and
+ * failures without touching real servers, and the deadline timers to run without real time.
+ *
+ *   TcpProxy ─connector(to)─▶ net.Socket      TcpProxy ─start/connectDone─▶ ConnectDeadlines ─▶ onConnectDeadline
  */
 import net from 'node:net'
 import {normalizeAddress} from '../rules/cidr.js'
@@ -32,4 +35,100 @@ export function localPeer(socket: net.Socket): Peer | undefined {
 export function endpointPeer(e: Endpoint): Peer {
   const address = normalizeAddress(e.host)
   return {address, port: e.port, family: address.includes(':') ? 6 : 4}
+}
+
+/** A pending upstream connect, as ConnectDeadlines links it (fields owned by ConnectDeadlines). */
+export interface DeadlineWaiter {
+  deadlineAt: number
+  deadlineNext?: DeadlineWaiter
+  deadlinePrev?: DeadlineWaiter
+  deadlineList?: DeadlineList
+  /** The timeout passed without connectDone(): the waiter is already unlinked. */
+  onConnectDeadline(timeoutMs: number): void
+}
+
+export interface DeadlineTimers {
+  set(fn: () => void, ms: number): unknown
+  clear(handle: unknown): void
+  now(): number
+}
+
+const realTimers: DeadlineTimers = {
+  // unref: a pending connect is kept alive by its sockets, never by its deadline.
+  set: (fn, ms) => setTimeout(fn, ms).unref(),
+  clear: (handle) => clearTimeout(handle as NodeJS.Timeout),
+  now: Date.now,
+}
+
+/** The waiters that share one timeout value: appended in deadline order, so the head expires first. */
+export interface DeadlineList {
+  readonly timeoutMs: number
+  head?: DeadlineWaiter
+  tail?: DeadlineWaiter
+  timer?: unknown
+}
+
+/**
+ * Connect timeouts for every pending upstream connection, without a timer or a listener per
+ * connection: one intrusive FIFO list per timeout value and one timer for its oldest entry (the
+ * scheme of Node's own timer lists, lib/internal/timers.js, minus a Timeout object per socket —
+ * socket.setTimeout() keeps its Timeout referenced for the socket's whole life, ~150 B each).
+ */
+export class ConnectDeadlines {
+  private readonly lists = new Map<number, DeadlineList>()
+
+  constructor(private readonly timers: DeadlineTimers = realTimers) {}
+
+  /** Starts w's countdown: onConnectDeadline(timeoutMs) runs unless connectDone(w) comes first. */
+  start(w: DeadlineWaiter, timeoutMs: number): void {
+    let list = this.lists.get(timeoutMs)
+    if (!list) {
+      list = {timeoutMs}
+      this.lists.set(timeoutMs, list)
+    }
+    w.deadlineAt = this.timers.now() + timeoutMs
+    w.deadlineList = list
+    w.deadlinePrev = list.tail
+    w.deadlineNext = undefined
+    if (list.tail) list.tail.deadlineNext = w
+    else list.head = w
+    list.tail = w
+    if (list.timer === undefined) this.arm(list, timeoutMs)
+  }
+
+  /** Connected, failed or closed: w leaves its list (a no-op when it is in none). */
+  connectDone(w: DeadlineWaiter): void {
+    const list = w.deadlineList
+    if (!list) return
+    if (w.deadlinePrev) w.deadlinePrev.deadlineNext = w.deadlineNext
+    else list.head = w.deadlineNext
+    if (w.deadlineNext) w.deadlineNext.deadlinePrev = w.deadlinePrev
+    else list.tail = w.deadlinePrev
+    w.deadlineList = w.deadlineNext = w.deadlinePrev = undefined
+    // An emptied list keeps its timer: it fires once, finds nothing and disarms.
+  }
+
+  /** Waiters still counting down (for tests and /metrics). */
+  get size(): number {
+    let n = 0
+    for (const list of this.lists.values()) for (let w = list.head; w; w = w.deadlineNext) n++
+    return n
+  }
+
+  private arm(list: DeadlineList, ms: number): void {
+    list.timer = this.timers.set(() => this.expire(list), Math.max(1, ms))
+  }
+
+  private expire(list: DeadlineList): void {
+    list.timer = undefined
+    const now = this.timers.now()
+    let w = list.head
+    while (w && w.deadlineAt <= now) {
+      this.connectDone(w)
+      w.onConnectDeadline(list.timeoutMs)
+      w = list.head
+    }
+    if (w) this.arm(list, w.deadlineAt - now)
+    else this.lists.delete(list.timeoutMs)
+  }
 }

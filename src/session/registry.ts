@@ -207,8 +207,9 @@ export class SessionRegistry {
     const now = (this.coarseNow = this.now())
     const expired: Array<{session: Session; cause: CloseCause}> = []
     for (const s of this.sessions.values()) {
-      const bin = s.transport.bytesIn()
-      const bout = s.transport.bytesOut()
+      // Packets count too: a zero-length UDP keepalive is activity though it carries no byte.
+      const bin = s.transport.bytesIn() + (s.transport.packetsIn?.() ?? 0)
+      const bout = s.transport.bytesOut() + (s.transport.packetsOut?.() ?? 0)
       if (bin !== s.seenIn) { s.seenIn = bin; s.lastIn = Math.max(s.lastIn, now) }
       if (bout !== s.seenOut) { s.seenOut = bout; s.lastOut = Math.max(s.lastOut, now) }
       if (!limits) continue

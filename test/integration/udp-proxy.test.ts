@@ -442,3 +442,26 @@ backends:
     assert.equal(fresh.client, `127.0.0.71:${c.port}`)
   })
 })
+
+test('zero-length keepalive datagrams keep a flow alive past the idle timeout', async () => {
+  const echo = await startUdpEcho('keep', {reply: silent})
+  const h = await startInProcess(`
+listeners: [ { name: k, protocol: udp, bind: "127.0.0.1:0", backend: b, udp: { idle_timeout: 1s } } ]
+backends: { b: { servers: [ { address: "127.0.0.1:${echo.port}" } ] } }
+`, {tickMs: 100})
+  const client = await UdpClient.open({local: '127.0.0.1'})
+  try {
+    const port = h.daemon.proxies.get('k')!.address()!.port
+    const started = Date.now()
+    while (Date.now() - started < 2500) {
+      await client.send(Buffer.alloc(0), port)
+      await new Promise((r) => setTimeout(r, 200))
+    }
+    assert.equal(h.logs.find('session closed').length, 0, 'the flow was never closed as idle')
+    assert.equal(echo.sources().size, 1, 'one upstream socket for the whole time')
+  } finally {
+    await client.close()
+    await h.stop()
+    await echo.close()
+  }
+})

@@ -16,6 +16,8 @@ export interface ForegroundOptions {
 
 export async function runForeground(opts: ForegroundOptions): Promise<void> {
   const {logger, flush} = createLogger({format: opts.logFormat, level: opts.logLevel})
+  // JSON lines wait up to 100 ms in the batch (log.ts): write them out on every way out, a crash included.
+  process.once('exit', flush)
   const daemon = await Daemon.start({configFile: opts.configFile, admin: opts.admin, logger})
   await new Promise<void>((resolve) => {
     let signals = 0

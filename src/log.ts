@@ -100,7 +100,7 @@ export function createLogger(opts: LoggerOptions = {}): DaemonLogger {
   const format = opts.format ?? (process.stdout.isTTY ? 'pretty' : 'json')
   const base = {level: opts.level ?? 'info', base: {pid: process.pid}, timestamp: isoTimeCached}
   if (format === 'pretty') {
-    // Loaded only when a human watches: pino-pretty and its dependencies cost the daemon ~4 MB of RSS.
+    // Loaded only when a human watches: a JSON-logging daemon need not hold pino-pretty and its dependencies.
     const pretty = createRequire(import.meta.url)('pino-pretty') as typeof PinoPretty
     const stream = pretty({destination: fd, colorize: Boolean(process.stdout.isTTY), translateTime: 'SYS:HH:MM:ss.l', ignore: 'pid,hostname', singleLine: true, sync: true})
     return {logger: pino(base, stream), flush: () => undefined}

@@ -15,26 +15,25 @@ export type Connector = (to: Endpoint) => net.Socket
 /** TCP_NODELAY from the start: without it small writes meet the 40 ms delayed-ACK stall (FIELD-NOTES). */
 export const tcpConnector: Connector = (to) => net.connect({host: to.host, port: to.port, noDelay: true, allowHalfOpen: true})
 
-/** The normalised remote side of an accepted socket, or undefined if it is already gone. */
-export function remotePeer(socket: net.Socket): Peer | undefined {
-  const raw = socket.remoteAddress
-  const port = socket.remotePort
-  if (raw === undefined || port === undefined) return undefined
+/** A Peer from an address as a socket reports it (IPv4-mapped IPv6 folded, zone stripped). */
+export function peerOf(raw: string, port: number): Peer {
   const address = normalizeAddress(raw)
   return {address, port, family: address.includes(':') ? 6 : 4}
+}
+
+/** The normalised remote side of an accepted socket, or undefined if it is already gone. */
+export function remotePeer(socket: net.Socket): Peer | undefined {
+  const {remoteAddress: raw, remotePort: port} = socket
+  return raw === undefined || port === undefined ? undefined : peerOf(raw, port)
 }
 
 export function localPeer(socket: net.Socket): Peer | undefined {
-  const raw = socket.localAddress
-  const port = socket.localPort
-  if (raw === undefined || port === undefined) return undefined
-  const address = normalizeAddress(raw)
-  return {address, port, family: address.includes(':') ? 6 : 4}
+  const {localAddress: raw, localPort: port} = socket
+  return raw === undefined || port === undefined ? undefined : peerOf(raw, port)
 }
 
 export function endpointPeer(e: Endpoint): Peer {
-  const address = normalizeAddress(e.host)
-  return {address, port: e.port, family: address.includes(':') ? 6 : 4}
+  return peerOf(e.host, e.port)
 }
 
 /** A pending upstream connect, as ConnectDeadlines links it (fields owned by ConnectDeadlines). */

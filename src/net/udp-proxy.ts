@@ -18,10 +18,9 @@ import {DivertError} from '../errors.js'
 import type {Server} from '../backends/backend.js'
 import {encodeProxyV2} from '../backends/proxy-protocol.js'
 import {isRefusal, type Decision} from '../rules/router.js'
-import {normalizeAddress} from '../rules/cidr.js'
 import type {Session, SessionTransport} from '../session/registry.js'
 import type {CloseCause, Peer, SessionMeta, Tap} from '../session/types.js'
-import {endpointPeer} from './connector.js'
+import {endpointPeer, peerOf} from './connector.js'
 import {endpointString} from './endpoint.js'
 import {RefusalLog} from './refusals.js'
 import {Admission} from './limits.js'
@@ -96,9 +95,7 @@ export class UdpProxy {
   /** The bound address as a Peer (a wildcard bind names the wildcard: Node has no IP_PKTINFO). */
   localPeer(): Peer | undefined {
     const a = this.address()
-    if (!a) return undefined
-    const address = normalizeAddress(a.address)
-    return {address, port: a.port, family: address.includes(':') ? 6 : 4}
+    return a ? peerOf(a.address, a.port) : undefined
   }
 
   get flowCount(): number {
@@ -129,8 +126,8 @@ export class UdpProxy {
   }
 
   private open(key: string, rinfo: dgram.RemoteInfo): UdpFlow | undefined {
-    const address = normalizeAddress(rinfo.address)
-    const peer: Peer = {address, port: rinfo.port, family: address.includes(':') ? 6 : 4}
+    const peer = peerOf(rinfo.address, rinfo.port)
+    const address = peer.address
     if (this.draining) return undefined
     if (this.flows.size >= this.config.udp.maxFlows) return this.refuse(peer, `udp.max_flows (${this.config.udp.maxFlows}) reached`)
     const limited = this.admission.admit(address)

@@ -6,7 +6,9 @@ import {test, describe, after} from 'node:test'
 import assert from 'node:assert/strict'
 import net from 'node:net'
 import {once} from 'node:events'
+import {execFileSync} from 'node:child_process'
 import {writeFileSync} from 'node:fs'
+import {open, writeFile} from 'node:fs/promises'
 import {join} from 'node:path'
 import {spawnDaemon, tempDir} from '../helpers/daemon.js'
 import {startServer, connect, readLine, closed, freePort, type TestServer} from '../helpers/servers.js'
@@ -56,6 +58,37 @@ describe('divert start', () => {
       assert.match(r.stderr, new RegExp(`listener main cannot bind 127\\.0\\.0\\.1:${port}: the address is already in use`))
     } finally {
       squatter.close()
+    }
+  })
+
+  test('SIGHUP while the daemon is still starting is held and applied once it is ready, not fatal', async () => {
+    // The config is a FIFO: opening it for writing completes only once the daemon is inside its
+    // config read, i.e. past signal set-up and before it is ready. Each read of the FIFO (start-up,
+    // then the reload) waits for the test to write the text.
+    const prod = await startServer('prod')
+    servers.push(prod)
+    const port = await freePort()
+    const text = `listeners:\n  - { name: main, bind: "127.0.0.1:${port}", backend: prod }\nbackends:\n  prod: { servers: [ { address: "${prod.address}" } ] }\n`
+    const fifo = join(dir, 'boot.fifo')
+    execFileSync('mkfifo', ['-m', '600', fifo])
+    const daemon = await spawnDaemon(fifo, {admin: join(dir, 'boot.sock'), dir, waitReady: false})
+    try {
+      const writer = await open(fifo, 'w')
+      assert.ok(daemon.proc.kill('SIGHUP'))
+      await daemon.waitForLog((l) => /SIGHUP during start-up/.test(String(l.msg)))
+      await writer.writeFile(text)
+      await writer.close()
+      await daemon.waitForLog((l) => l.msg === 'divert ready')
+      await writeFile(fifo, text)
+      const reloaded = await daemon.waitForLog((l) => l.action === 'config.reload')
+      assert.equal(reloaded.by, 'SIGHUP')
+      assert.equal(daemon.proc.exitCode, null, 'still running')
+      const live = await connect({port})
+      assert.equal(await readLine(live), 'prod')
+      live.destroy()
+      assert.equal(await daemon.stop('SIGTERM'), 0)
+    } finally {
+      await daemon.stop('SIGKILL')
     }
   })
 

@@ -71,8 +71,11 @@ export interface Spawned {
   stop(signal?: NodeJS.Signals): Promise<number | null>
 }
 
-/** `bin/run.js start -c FILE --log-format json --admin SOCK` as a child; resolves at its ready line. */
-export async function spawnDaemon(configFile: string, opts: {admin: string; dir: string; args?: string[]; env?: NodeJS.ProcessEnv}): Promise<Spawned> {
+/**
+ * `bin/run.js start -c FILE --log-format json --admin SOCK` as a child; resolves at its ready line,
+ * or at once with `waitReady: false` (the caller waits with waitForLog).
+ */
+export async function spawnDaemon(configFile: string, opts: {admin: string; dir: string; args?: string[]; env?: NodeJS.ProcessEnv; waitReady?: boolean}): Promise<Spawned> {
   const proc = spawn(process.execPath, [BIN, 'start', '-c', configFile, '--log-format', 'json', '--admin', opts.admin, ...(opts.args ?? [])], {
     stdio: ['ignore', 'pipe', 'pipe'], env: {...process.env, ...opts.env},
   })
@@ -110,9 +113,9 @@ export async function spawnDaemon(configFile: string, opts: {admin: string; dir:
         if (hit) {
           cleanup()
           resolve(hit)
-        } else if (proc.exitCode !== null) {
+        } else if (proc.exitCode !== null || proc.signalCode !== null) {
           cleanup()
-          reject(new Error(`daemon exited (${proc.exitCode}) before the expected log line; stderr: ${stderr.join('')}`))
+          reject(new Error(`daemon exited (${proc.exitCode ?? proc.signalCode}) before the expected log line; stderr: ${stderr.join('')}`))
         }
       }
       const timer = setTimeout(() => {
@@ -130,6 +133,7 @@ export async function spawnDaemon(configFile: string, opts: {admin: string; dir:
     proc, admin: opts.admin, dir: opts.dir, configFile, logs, stderr, waitForLog,
     stop: (signal = 'SIGTERM') => (exited ??= (proc.exitCode === null && proc.signalCode === null ? (proc.kill(signal), exitPromise) : exitPromise)),
   }
+  if (opts.waitReady === false) return spawned
   try {
     await waitForLog((l) => l.msg === 'divert ready')
   } catch (error) {

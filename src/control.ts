@@ -132,8 +132,8 @@ export class DaemonControl implements Control {
     if (ip.includes('/')) throw new DivertError('INVALID_ADDRESS', `explain takes one IP address, not a prefix: "${ip}"`)
     const listeners = listener ? [this.listenerNamed(listener)] : this.d.config.listeners
     return listeners.map((l) => {
-      const d = this.d.router.decide(l, ip, {countHit: false})
-      const base = {ip, listener: l.name, rule: d.rule ? RuleTable.view(d.rule) : null, reasons: d.reasons, mirror: d.rule?.mirror ?? null, record: d.rule?.record ?? null}
+      const d = this.d.router.decide(l, ip, {countHit: false, explain: true})
+      const base = {ip, listener: l.name, rule: d.rule ? RuleTable.view(d.rule) : null, reasons: d.reasons ?? [], mirror: d.rule?.mirror ?? null, record: d.rule?.record ?? null}
       if (isRefusal(d)) return {...base, backend: null, server: null, fallbackFrom: null, refused: d.refused}
       return {...base, backend: d.backend.name, server: d.server.key, fallbackFrom: d.fallbackFrom ?? null, refused: null}
     })

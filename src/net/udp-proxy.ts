@@ -12,7 +12,7 @@
  * Idle flows are closed by the registry's coarse tick, not by a timer per flow.
  */
 import dgram from 'node:dgram'
-import type {AddressInfo} from 'node:net'
+import {isIP, type AddressInfo} from 'node:net'
 import type {ListenerConfig} from '../config/types.js'
 import {DivertError} from '../errors.js'
 import type {Server} from '../backends/backend.js'
@@ -29,12 +29,36 @@ import type {ProxyContext} from './tcp-proxy.js'
 /** Datagrams held per flow while its upstream socket connects (a few ms); more are dropped. */
 const CONNECT_QUEUE_MAX = 64
 
+/**
+ * The `lookup` of every socket here. Every address divert sends to or connects to is an IP literal
+ * (config and rinfo), yet dgram runs each unconnected send, bind and connect through dns.lookup,
+ * which answers a literal one tick later. This answers in the same call: a reply is sent without a
+ * closure and a tick of its own, and an upstream socket is bound and connected when connect()
+ * returns (lib/internal/dgram.js lookup4/lookup6 call it as lookup(address, family, callback)).
+ */
+function literalLookup(address: string, _family: unknown, callback: (error: Error | null, address: string, family: number) => void): void {
+  const family = isIP(address)
+  if (family === 0) callback(new DivertError('INVALID_ADDRESS', `"${address}" is not an IP address`), address, 0)
+  else callback(null, address, family)
+}
+
+/** A UDP socket that resolves nothing (see literalLookup); a udp6 one is dual stack. */
+export function udpSocket(family: 4 | 6): dgram.Socket {
+  return dgram.createSocket({type: family === 6 ? 'udp6' : 'udp4', lookup: literalLookup as never})
+}
+
 export class UdpProxy {
   /** Replaced on reload when only options changed (same bind, same protocol). */
   config: ListenerConfig
   private readonly ctx: ProxyContext
   private readonly socket: dgram.Socket
-  private readonly flows = new Map<string, UdpFlow>()
+  /**
+   * Live flows by client address, then by port (`udp.key: address` files every flow under port 0).
+   * Two levels because rinfo brings a new address string with every datagram: hashing it is
+   * unavoidable, building an "address|port" key from it per datagram is not.
+   */
+  private readonly flows = new Map<string, Map<number, UdpFlow>>()
+  private flowTotal = 0
   private draining = false
   private readonly refusals: RefusalLog
   private readonly admission: Admission
@@ -42,7 +66,7 @@ export class UdpProxy {
   constructor(config: ListenerConfig, ctx: ProxyContext) {
     this.config = config
     this.ctx = ctx
-    this.socket = dgram.createSocket({type: config.bind.family === 6 ? 'udp6' : 'udp4', ipv6Only: false})
+    this.socket = udpSocket(config.bind.family)
     this.socket.on('message', (msg, rinfo) => this.onMessage(msg, rinfo))
     this.socket.on('error', (error) => ctx.logger.error({err: error, listener: config.name}, 'udp listener error'))
     this.refusals = new RefusalLog(config.name, ctx.logger, () => ctx.registry.coarseNow, ctx.onRefused)
@@ -84,7 +108,7 @@ export class UdpProxy {
 
   /** Closes every flow and the listener socket. */
   destroy(): void {
-    for (const f of [...this.flows.values()]) f.kill('shutdown')
+    for (const byPort of [...this.flows.values()]) for (const f of [...byPort.values()]) f.kill('shutdown')
     try {
       this.socket.close()
     } catch {
@@ -99,7 +123,7 @@ export class UdpProxy {
   }
 
   get flowCount(): number {
-    return this.flows.size
+    return this.flowTotal
   }
 
   /** @internal */
@@ -110,7 +134,12 @@ export class UdpProxy {
 
   /** @internal */
   forget(flow: UdpFlow): void {
-    if (this.flows.get(flow.key) === flow) this.flows.delete(flow.key)
+    const byPort = this.flows.get(flow.clientRaw)
+    if (byPort?.get(flow.keyPort) === flow) {
+      byPort.delete(flow.keyPort)
+      this.flowTotal--
+      if (byPort.size === 0) this.flows.delete(flow.clientRaw)
+    }
     this.admission.release(flow.address)
   }
 
@@ -120,16 +149,16 @@ export class UdpProxy {
   }
 
   private onMessage(msg: Buffer, rinfo: dgram.RemoteInfo): void {
-    const key = this.config.udp.key === 'address' ? rinfo.address : `${rinfo.address}|${rinfo.port}`
-    const flow = this.flows.get(key) ?? this.open(key, rinfo)
+    const port = this.config.udp.key === 'address' ? 0 : rinfo.port
+    const flow = this.flows.get(rinfo.address)?.get(port) ?? this.open(port, rinfo)
     flow?.fromClient(msg, rinfo)
   }
 
-  private open(key: string, rinfo: dgram.RemoteInfo): UdpFlow | undefined {
+  private open(keyPort: number, rinfo: dgram.RemoteInfo): UdpFlow | undefined {
     const peer = peerOf(rinfo.address, rinfo.port)
     const address = peer.address
     if (this.draining) return undefined
-    if (this.flows.size >= this.config.udp.maxFlows) return this.refuse(peer, `udp.max_flows (${this.config.udp.maxFlows}) reached`)
+    if (this.flowTotal >= this.config.udp.maxFlows) return this.refuse(peer, `udp.max_flows (${this.config.udp.maxFlows}) reached`)
     const limited = this.admission.admit(address)
     if (limited) return this.refuse(peer, limited)
     const decision = this.ctx.router.decide(this.config, address)
@@ -137,8 +166,11 @@ export class UdpProxy {
       this.admission.release(address)
       return this.refuse(peer, decision.refused, decision.rule?.id)
     }
-    const flow = new UdpFlow(this, this.ctx, key, rinfo, peer, decision)
-    this.flows.set(key, flow)
+    const flow = new UdpFlow(this, this.ctx, keyPort, rinfo, peer, decision)
+    let byPort = this.flows.get(rinfo.address)
+    if (!byPort) this.flows.set(rinfo.address, (byPort = new Map()))
+    byPort.set(keyPort, flow)
+    this.flowTotal++
     flow.connect()
     return flow.live ? flow : undefined
   }
@@ -163,10 +195,12 @@ export class UdpProxy {
 
 /** One client's flow: its upstream socket, counters and session record. */
 class UdpFlow implements SessionTransport {
-  readonly key: string
+  /** The port this flow is filed under in UdpProxy.flows: the client's, or 0 with `udp.key: address`. */
+  readonly keyPort: number
   /** The client's normalised address (per-source limits are keyed by it). */
   readonly address: string
-  clientRaw: string
+  /** The client's address as rinfo gives it: the flow index key and the reply destination. */
+  readonly clientRaw: string
   clientPort: number
   private readonly upstream: dgram.Socket
   private readonly session: Session
@@ -184,8 +218,8 @@ class UdpFlow implements SessionTransport {
   /** Datagrams that arrived before the upstream socket finished connecting. */
   private queue?: Buffer[] = []
 
-  constructor(private readonly proxy: UdpProxy, private readonly ctx: ProxyContext, key: string, rinfo: dgram.RemoteInfo, peer: Peer, decision: Decision) {
-    this.key = key
+  constructor(private readonly proxy: UdpProxy, private readonly ctx: ProxyContext, keyPort: number, rinfo: dgram.RemoteInfo, peer: Peer, decision: Decision) {
+    this.keyPort = keyPort
     this.address = peer.address
     this.clientRaw = rinfo.address
     this.clientPort = rinfo.port
@@ -193,7 +227,7 @@ class UdpFlow implements SessionTransport {
     this.server.acquire()
     const to = this.server.address
     const serverPeer = endpointPeer(to)
-    this.upstream = dgram.createSocket(to.family === 6 ? 'udp6' : 'udp4')
+    this.upstream = udpSocket(to.family)
     this.upstream.on('message', (msg) => this.fromServer(msg))
     // ICMP port unreachable arrives as ECONNREFUSED on a connected socket: count it, keep the flow.
     this.upstream.on('error', () => this.upstreamErrors++)

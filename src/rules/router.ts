@@ -18,13 +18,14 @@ export interface Decision {
   record?: string
   /** Set when the rule's backend had no server up and the listener's default took the session. */
   fallbackFrom?: string
-  reasons: string[]
+  /** Each step of the decision in words; only with `explain` (divert explain), not per session. */
+  reasons?: string[]
 }
 
 export interface Refusal {
   rule?: Rule
   refused: string
-  reasons: string[]
+  reasons?: string[]
 }
 
 export interface RouteListener {
@@ -45,23 +46,27 @@ export class Router {
     this.state = state
   }
 
-  decide(listener: RouteListener, address: string, opts: {countHit?: boolean} = {}): Decision | Refusal {
+  decide(listener: RouteListener, address: string, opts: {countHit?: boolean; explain?: boolean} = {}): Decision | Refusal {
     const {rules, backends} = this.state
     const rule = rules.lookup(address, listener.name)
     if (rule && opts.countHit !== false) rule.hits++
-    const reasons: string[] = []
+    // `reasons?.push(…)` skips building the string too when nobody asked for an explanation.
+    const reasons: string[] | undefined = opts.explain ? [] : undefined
     const taps = {mirror: rule?.mirror ? backends.get(rule.mirror) : undefined, record: rule?.record}
-    if (rule) reasons.push(`rule ${rule.id} (${rule.source}${rule.listener ? ` on ${rule.listener}` : ''}) matches ${address}`)
-    else reasons.push(`no rule matches ${address} on listener ${listener.name}`)
+    if (rule) reasons?.push(`rule ${rule.id} (${rule.source}${rule.listener ? ` on ${rule.listener}` : ''}) matches ${address}`)
+    else reasons?.push(`no rule matches ${address} on listener ${listener.name}`)
 
     const target = rule?.to ?? listener.backend
     const backend = backends.get(target)
     if (!backend) return {rule, refused: `backend ${target} does not exist`, reasons}
-    reasons.push(rule?.to ? `rule diverts to backend ${target}` : `listener ${listener.name} default backend is ${target}`)
+    reasons?.push(rule?.to ? `rule diverts to backend ${target}` : `listener ${listener.name} default backend is ${target}`)
     const server = backend.pick(address)
-    if (server) return {rule, backend, server, ...taps, reasons: [...reasons, `${backend.config.balance} picks server ${server.key}`]}
+    if (server) {
+      reasons?.push(`${backend.config.balance} picks server ${server.key}`)
+      return {rule, backend, server, ...taps, reasons}
+    }
 
-    reasons.push(`no server of backend ${target} is up`)
+    reasons?.push(`no server of backend ${target} is up`)
     if (target === listener.backend) return {rule, refused: `no server of default backend ${target} is up`, reasons}
     if (backend.config.fallback === 'reject') return {rule, refused: `no server of backend ${target} is up and it says fallback: reject`, reasons}
     const fallback = backends.get(listener.backend)
@@ -69,7 +74,7 @@ export class Router {
     if (!fallback || !fbServer) {
       return {rule, refused: `no server of backend ${target} nor of default backend ${listener.backend} is up`, reasons}
     }
-    reasons.push(`fallback: default → backend ${fallback.name}, ${fallback.config.balance} picks server ${fbServer.key}`)
+    reasons?.push(`fallback: default → backend ${fallback.name}, ${fallback.config.balance} picks server ${fbServer.key}`)
     return {rule, backend: fallback, server: fbServer, ...taps, fallbackFrom: target, reasons}
   }
 }

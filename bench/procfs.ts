@@ -11,6 +11,8 @@ export interface StatFields {
   ppid: number
   /** utime + stime, in clock ticks. */
   ticks: number
+  /** minflt: page faults served without I/O (memory handed back to the kernel and touched again). */
+  minorFaults: number
 }
 
 /** Parses /proc/PID/stat. comm (field 2) may hold spaces and parentheses: fields resume after the last ')'. */
@@ -18,11 +20,12 @@ export function parseStat(text: string): StatFields {
   const close = text.lastIndexOf(')')
   const pid = Number(text.slice(0, text.indexOf(' ')))
   const rest = text.slice(close + 2).split(' ')
-  // rest[0] is field 3 (state): ppid is field 4, utime 14, stime 15.
+  // rest[0] is field 3 (state): ppid is field 4, minflt 10, utime 14, stime 15.
   const ppid = Number(rest[1])
+  const minorFaults = Number(rest[7])
   const ticks = Number(rest[11]) + Number(rest[12])
   if (close < 0 || !Number.isFinite(pid) || !Number.isFinite(ticks)) throw new RangeError(`not a /proc/PID/stat line: ${text.slice(0, 80)}`)
-  return {pid, ppid, ticks}
+  return {pid, ppid, ticks, minorFaults}
 }
 
 /** VmRSS in KiB from /proc/PID/status text; 0 for a kernel thread or zombie, which has none. */
@@ -79,6 +82,7 @@ export function processTree(root: number): number[] {
 
 export interface Usage {
   cpuSec: number
+  minorFaults: number
   rssKb: number
   fds: number
 }
@@ -101,14 +105,17 @@ function rssKb(pid: number): number {
 
 export function usage(pids: number[]): Usage {
   let ticks = 0
+  let minorFaults = 0
   let rss = 0
   let fds = 0
   for (const pid of pids) {
-    ticks += readStat(pid)?.ticks ?? 0
+    const stat = readStat(pid)
+    ticks += stat?.ticks ?? 0
+    minorFaults += stat?.minorFaults ?? 0
     rss += rssKb(pid)
     fds += fdCount(pid)
   }
-  return {cpuSec: ticks / clockTicks(), rssKb: rss, fds}
+  return {cpuSec: ticks / clockTicks(), minorFaults, rssKb: rss, fds}
 }
 
 export function nofileHardLimit(): number {

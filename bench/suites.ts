@@ -39,9 +39,11 @@ async function measuredWrk(lab: Lab, c: Running, connections: number, seconds: n
 
 const tcpBulk: Measure = async (lab, c, p, v) => {
   for (const streams of [1, 4]) {
-    const {result, cpuSec} = await withCpu(c.pids, () => iperf(lab, c.ports.bulk, streams, p.iperfSec))
+    const {result, cpuSec, minorFaults} = await withCpu(c.pids, () => iperf(lab, c.ports.bulk, streams, p.iperfSec))
     put(v, `bulk${streams}.gbps`, result.bitsPerSecond / 1e9)
     put(v, `bulk${streams}.cpuMsPerGB`, cpuSec === undefined ? undefined : (cpuSec * 1000) / (result.bytes / 1e9))
+    // Pages handed back to the kernel and faulted in again (src/alloc.ts): ~2/MB when allocation is steady.
+    put(v, `bulk${streams}.faultsPerMB`, minorFaults === undefined ? undefined : minorFaults / (result.bytes / 1e6))
   }
 }
 

@@ -59,12 +59,13 @@ export async function udpFlows(lab: Lab, port: number, concurrency: number, ms: 
 }
 
 /** Proxy CPU seconds spent while fn ran (undefined for direct, which has no proxy). */
-export async function withCpu<T>(pids: () => number[], fn: () => Promise<T>): Promise<{result: T; cpuSec?: number}> {
+export async function withCpu<T>(pids: () => number[], fn: () => Promise<T>): Promise<{result: T; cpuSec?: number; minorFaults?: number}> {
   const before = pids()
   const u0 = before.length ? usage(before) : undefined
   const result = await fn()
   if (!u0) return {result}
-  return {result, cpuSec: usage(pids()).cpuSec - u0.cpuSec}
+  const u1 = usage(pids())
+  return {result, cpuSec: u1.cpuSec - u0.cpuSec, minorFaults: u1.minorFaults - u0.minorFaults}
 }
 
 export interface Held {

@@ -4,7 +4,7 @@ import {parseNofileHard, parseRssKb, parseStat, processTree, usage} from '../pro
 
 test('parseStat finds ppid and utime+stime after a comm holding spaces and parentheses', () => {
   const line = '4242 (nginx: worker (x) ) S 4241 4241 4241 0 -1 4194624 100 0 0 0 250 75 0 0 20 0 1 0 500 1000 200'
-  assert.deepEqual(parseStat(line), {pid: 4242, ppid: 4241, ticks: 325})
+  assert.deepEqual(parseStat(line), {pid: 4242, ppid: 4241, ticks: 325, minorFaults: 100})
 })
 
 test('parseRssKb reads VmRSS; a kernel thread without one is 0', () => {

@@ -9,7 +9,7 @@
  * At one prefix a slot holds the unscoped rule and the listener-scoped ones, each in two layers: a
  * runtime rule shadows the config rule with the same source and scope, which returns when it goes.
  */
-import {randomInt} from 'node:crypto'
+import {createHash, randomInt} from 'node:crypto'
 import {DivertError} from '../errors.js'
 import type {RuleSpec} from '../config/types.js'
 import {formatPrefix, parseCidr, readAddress, type Prefix} from './cidr.js'
@@ -137,6 +137,16 @@ function emptyLayer(layer: Layer | undefined): boolean {
 
 function defaultId(): string {
   return 'r' + randomInt(0, 0x1000000).toString(16).padStart(6, '0')
+}
+
+/**
+ * A config rule's id, derived from what it matches (canonical source and listener scope) so it is the
+ * same on every start and reload: `divert rm r…`, logs and the rule label of /metrics stay valid
+ * across restarts. `attempt` > 0 gives the next candidate when the first is taken.
+ */
+function configId(source: string, listener: string | undefined, attempt: number): string {
+  const digest = createHash('sha256').update(`${source} ${listener ?? '*'} ${attempt}`).digest()
+  return 'r' + digest.toString('hex', 0, 3)
 }
 
 function iso(ms: number): string {
@@ -354,7 +364,7 @@ export class RuleTable {
 
   private build(spec: AddSpec, prefix: Prefix, origin: RuleOrigin, replacing: Rule | undefined): Rule {
     return {
-      id: this.idFor(spec.id, replacing),
+      id: this.idFor(spec.id, replacing, origin === 'config' ? (n) => configId(formatPrefix(prefix), spec.listener, n) : undefined),
       source: formatPrefix(prefix),
       prefix,
       to: spec.to,
@@ -370,8 +380,11 @@ export class RuleTable {
     }
   }
 
-  /** A given id (state file) must be well-formed and free; otherwise a fresh random one. */
-  private idFor(given: string | undefined, replacing: Rule | undefined): string {
+  /**
+   * A given id (state file) must be well-formed and free; otherwise a config rule gets its derived id
+   * (configId) and a runtime rule a fresh random one.
+   */
+  private idFor(given: string | undefined, replacing: Rule | undefined, derive?: (attempt: number) => string): string {
     if (given !== undefined) {
       if (!ID.test(given)) {
         throw new DivertError('INVALID_ARGUMENT', `rule id "${given}" is malformed: expected "r" and 6 lowercase hex digits, e.g. r1a2b3c`)
@@ -383,7 +396,7 @@ export class RuleTable {
       return given
     }
     for (let i = 0; i < ID_ATTEMPTS; i++) {
-      const id = this.newId()
+      const id = derive ? derive(i) : this.newId()
       if (!ID.test(id)) throw new DivertError('INTERNAL', `the rule id generator returned "${id}", not "r" and 6 hex digits`)
       if (!this.ids.has(id)) return id
     }

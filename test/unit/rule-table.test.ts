@@ -157,6 +157,25 @@ test('ids: given ids are kept, collisions are retried, a bad generator is an int
   for (const id of ids) assert.match(id, /^r[0-9a-f]{6}$/)
 })
 
+test('config rule ids derive from source and scope: the same on every start, distinct even when 24-bit hashes collide', () => {
+  const build = (): RuleTable => {
+    const t = new RuleTable({newId: sequentialIds()})
+    for (let i = 0; i < 20_000; i++) t.add({source: `10.${i >> 8}.${i & 255}.0/24`, to: 'b'}, 'config')
+    t.add({source: '10.0.0.0/24', to: 'b', listener: 'api'}, 'config')
+    return t
+  }
+  const first = build().snapshot()
+  const second = build().snapshot()
+  assert.deepEqual(second.map((r) => r.id), first.map((r) => r.id), 'same config, same ids')
+  assert.equal(new Set(first.map((r) => r.id)).size, first.length, 'no id used twice (about 12 first-choice collisions among 20,000)')
+  for (const r of first) assert.match(r.id, /^r[0-9a-f]{6}$/)
+  const scoped = first.find((r) => r.source === '10.0.0.0/24' && r.listener === 'api')
+  const unscoped = first.find((r) => r.source === '10.0.0.0/24' && r.listener === undefined)
+  assert.notEqual(scoped?.id, unscoped?.id, 'the listener scope is part of the id')
+  const runtime = build().add({source: '192.0.2.1', to: 'b'}, 'runtime').rule
+  assert.equal(runtime.id, 'r000000', 'runtime rules still take the generator\'s ids')
+})
+
 test('a runtime rule shadows the config rule with the same source and scope; removing it restores the config rule', () => {
   const t = newTable()
   t.replaceConfigRules([{source: '10.0.0.0/8', to: 'from-config'}])
@@ -290,8 +309,11 @@ test('replaceConfigRules swaps config rules in one step and keeps unchanged ones
   ])
   assert.equal(t.find('10.0.0.0/8'), kept)
   assert.equal(kept.hits, 7)
-  assert.notEqual(t.find('172.16.0.0/12')!.id, changed.id)
-  assert.equal(t.get(changed.id), undefined)
+  const changedNow = t.find('172.16.0.0/12')!
+  assert.notEqual(changedNow, changed, 'a changed rule is rebuilt')
+  assert.equal(changedNow.to, 'b2')
+  assert.equal(changedNow.id, changed.id, 'a config rule keeps its id while its source and scope stay')
+  assert.equal(t.get(changed.id), changedNow)
   assert.equal(t.find('2001:db8::/32', 'telnet'), undefined)
   assert.equal(to(t, '2001:db8::1'), undefined)
   assert.equal(to(t, '198.51.100.7'), 'd')

@@ -2,7 +2,7 @@
  * The machine a result was measured on: CPU model, core count, kernel, Node and tool versions, and the
  * load average before and after (another busy process on the box makes every figure noisier).
  */
-import {availableParallelism, cpus, loadavg, release, totalmem} from 'node:os'
+import {cpus, loadavg, release, totalmem} from 'node:os'
 import type {ToolReport} from './tools.js'
 
 export interface MachineInfo {
@@ -20,7 +20,8 @@ export interface MachineInfo {
 export function machineInfo(tools: ToolReport, nofileHard: number): MachineInfo {
   return {
     cpuModel: cpus()[0]?.model ?? 'unknown',
-    nproc: availableParallelism(),
+    // The machine's cores: availableParallelism() would report the bench's own taskset (1 core).
+    nproc: cpus().length,
     kernel: release(),
     memoryGiB: Math.round(totalmem() / 2 ** 30),
     node: process.version,

@@ -60,6 +60,7 @@ export class UdpProxy {
   private readonly flows = new Map<string, Map<number, UdpFlow>>()
   private flowTotal = 0
   private draining = false
+  private local?: Peer
   private readonly refusals: RefusalLog
   private readonly admission: Admission
 
@@ -116,10 +117,14 @@ export class UdpProxy {
     }
   }
 
-  /** The bound address as a Peer (a wildcard bind names the wildcard: Node has no IP_PKTINFO). */
+  /**
+   * The bound address as a Peer (a wildcard bind names the wildcard: Node has no IP_PKTINFO). It
+   * cannot change once bound, so the getsockname() is done once, not for every new flow.
+   */
   localPeer(): Peer | undefined {
+    if (this.local) return this.local
     const a = this.address()
-    return a ? peerOf(a.address, a.port) : undefined
+    return (this.local = a ? peerOf(a.address, a.port) : undefined)
   }
 
   get flowCount(): number {

@@ -531,6 +531,20 @@ rules:
 
 // ─── a restart continues a recording ──────────────────────────────────────────────────────────
 
+/** A daemon with one listener to the server at `prod` whose only rule records `source` into `file`. */
+async function startRecording(prod: string, source: string, file: string): Promise<{d: InProcess; port: number}> {
+  const port = await freePort()
+  const d = await startInProcess(`
+listeners:
+  - { name: main, bind: "127.0.0.1:${port}", backend: prod }
+backends:
+  prod: { servers: [ { address: "${prod}" } ] }
+rules:
+  - { source: ${source}, record: "${file}" }
+`)
+  return {d, port}
+}
+
 describe('a daemon restart continues a recording instead of wiping it', () => {
   let prod: Recorder
   let dir: string
@@ -546,15 +560,7 @@ describe('a daemon restart continues a recording instead of wiping it', () => {
 
   /** Starts a daemon recording 127.0.0.9 into `file`, runs one session saying `text`, stops the daemon. */
   async function recordOnce(file: string, text: string): Promise<void> {
-    const port = await freePort()
-    const d = await startInProcess(`
-listeners:
-  - { name: main, bind: "127.0.0.1:${port}", backend: prod }
-backends:
-  prod: { servers: [ { address: "${prod.address}" } ] }
-rules:
-  - { source: 127.0.0.9, record: "${file}" }
-`)
+    const {d, port} = await startRecording(prod.address, '127.0.0.9', file)
     try {
       const s = await session(port, '127.0.0.9', Buffer.from(text))
       assert.equal(s.answer.toString(), text)
@@ -612,15 +618,7 @@ test('recording into a FIFO (a live feed, e.g. to wireshark -k -i FIFO): the rea
         // no reader left to release
       }
     }
-    const port = await freePort()
-    const d = await startInProcess(`
-listeners:
-  - { name: main, bind: "127.0.0.1:${port}", backend: prod }
-backends:
-  prod: { servers: [ { address: "${prod.address}" } ] }
-rules:
-  - { source: 127.0.0.11, record: "${fifo}" }
-`)
+    const {d, port} = await startRecording(prod.address, '127.0.0.11', fifo)
     try {
       const s = await session(port, '127.0.0.11', Buffer.from('live\n'))
       await finish(s.socket)

@@ -198,13 +198,4 @@ export function httpRequest(method: string, path: string, opts: {body?: string; 
   return `${method} ${path} HTTP/1.1\r\n${head}\r\n\r\n${opts.body ?? ''}`
 }
 
-/** Parses Prometheus text into `name{labels}` → value. */
-export function parseMetrics(text: string): Map<string, number> {
-  const out = new Map<string, number>()
-  for (const line of text.split('\n')) {
-    if (line === '' || line.startsWith('#')) continue
-    const i = line.lastIndexOf(' ')
-    out.set(line.slice(0, i), Number(line.slice(i + 1)))
-  }
-  return out
-}
+export {parseMetrics} from '../helpers/metrics.js'

@@ -16,6 +16,7 @@ import type net from 'node:net'
 import {AdminClient} from '../../src/admin/client.js'
 import type {SessionView} from '../../src/admin/protocol.js'
 import type {InProcess} from '../helpers/daemon.js'
+import {parseMetrics} from '../helpers/metrics.js'
 import {connect, readBytes, readLine, until} from '../helpers/servers.js'
 
 export const CONTROL_SOURCE = '127.0.0.200'
@@ -70,14 +71,7 @@ export function adminOf(d: InProcess): AdminClient {
 export async function metrics(d: InProcess): Promise<Map<string, number>> {
   const client = adminOf(d)
   try {
-    const text = await client.metrics()
-    const out = new Map<string, number>()
-    for (const line of text.split('\n')) {
-      if (line === '' || line.startsWith('#')) continue
-      const i = line.lastIndexOf(' ')
-      out.set(line.slice(0, i), Number(line.slice(i + 1)))
-    }
-    return out
+    return parseMetrics(await client.metrics())
   } finally {
     await client.close()
   }

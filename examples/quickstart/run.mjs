@@ -42,7 +42,8 @@ const stop = () => {
   if (daemon.exitCode === null && daemon.signalCode === null) daemon.kill('SIGTERM')
 }
 for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP']) process.on(signal, stop)
-// However this script ends, the daemon (in its own process group) does not outlive it.
+// When this script exits for any other reason, the daemon (in its own process group) goes too
+// (only a SIGKILL of this script would leave it running: stop it then with `kill PID`).
 process.on('exit', stop)
 daemon.on('exit', (code, signal) => {
   stopBackends()

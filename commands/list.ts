@@ -1,5 +1,6 @@
 import {DivertCommand} from '../src/cli/base.js'
 import {rulesTable} from '../src/cli/render.js'
+import {terminalWidth} from '../src/cli/terminal.js'
 import type {RuleView} from '../src/admin/protocol.js'
 
 export default class List extends DivertCommand {
@@ -9,7 +10,7 @@ export default class List extends DivertCommand {
   async run(): Promise<RuleView[]> {
     const {flags} = await this.parse(List)
     const rules = await this.adminClient(flags.admin).rules()
-    this.log(rulesTable(rules))
+    this.log(rulesTable(rules, Date.now(), terminalWidth()))
     return rules
   }
 }

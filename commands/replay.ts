@@ -3,6 +3,7 @@ import {DivertCommand} from '../src/cli/base.js'
 import {progressBar} from '../src/cli/progress.js'
 import {renderReplay} from '../src/cli/render-replay.js'
 import {formatBytes} from '../src/cli/render.js'
+import {terminalWidth} from '../src/cli/terminal.js'
 import {parseDuration} from '../src/config/duration.js'
 import {parseEndpoint} from '../src/net/endpoint.js'
 import {parseSpeed, runReplay, type ReplayReport} from '../src/capture/replay.js'
@@ -47,7 +48,7 @@ Exit status 1 when a flow failed or, with --compare, answered differently.`
       bar.stop()
       process.off('SIGINT', onSigint)
     })
-    this.log(renderReplay(report))
+    this.log(renderReplay(report, terminalWidth()))
     if (report.totals.errors > 0 || (report.totals.different ?? 0) > 0) process.exitCode = 1
     return report
   }

@@ -1,6 +1,7 @@
 import {Flags} from '@oclif/core'
 import {DivertCommand} from '../src/cli/base.js'
 import {sessionsTable} from '../src/cli/render.js'
+import {terminalWidth} from '../src/cli/terminal.js'
 import {watch} from '../src/cli/watch.js'
 import type {SessionView} from '../src/admin/protocol.js'
 
@@ -17,7 +18,7 @@ export default class Sessions extends DivertCommand {
     source: Flags.string({description: 'only clients in this IP/CIDR'}),
     backend: Flags.string({description: 'only sessions on this backend'}),
     listener: Flags.string({description: 'only sessions on this listener'}),
-    watch: Flags.boolean({char: 'w', description: 'refresh in place every --interval until Ctrl-C'}),
+    watch: Flags.boolean({char: 'w', description: 'refresh every --interval until Ctrl-C (in place on a terminal; one snapshot after another into a pipe)'}),
     interval: Flags.integer({description: 'seconds between refreshes with --watch', default: 1, min: 1}),
   }
 
@@ -26,11 +27,11 @@ export default class Sessions extends DivertCommand {
     const client = this.adminClient(flags.admin)
     const query = {source: flags.source, backend: flags.backend, listener: flags.listener}
     if (flags.watch && !this.jsonEnabled()) {
-      await watch(() => client.sessions(query).then(sessionsTable), flags.interval * 1000)
+      await watch(() => client.sessions(query).then((s) => sessionsTable(s, terminalWidth())), flags.interval * 1000)
       return []
     }
     const sessions = await client.sessions(query)
-    this.log(sessionsTable(sessions))
+    this.log(sessionsTable(sessions, terminalWidth()))
     return sessions
   }
 }

@@ -1,5 +1,6 @@
 import {DivertCommand} from '../src/cli/base.js'
 import {statusText} from '../src/cli/render.js'
+import {terminalWidth} from '../src/cli/terminal.js'
 import type {StatusView} from '../src/admin/protocol.js'
 
 export default class Status extends DivertCommand {
@@ -9,7 +10,7 @@ export default class Status extends DivertCommand {
   async run(): Promise<StatusView> {
     const {flags} = await this.parse(Status)
     const status = await this.adminClient(flags.admin).status()
-    this.log(statusText(status))
+    this.log(statusText(status, terminalWidth()))
     return status
   }
 }

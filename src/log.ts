@@ -9,6 +9,8 @@
 import {createRequire} from 'node:module'
 import pino, {type DestinationStream, type Logger} from 'pino'
 import type PinoPretty from 'pino-pretty'
+import {escapeControl} from './cli/escape.js'
+import {colorAllowed} from './cli/terminal.js'
 
 export type LogFormat = 'pretty' | 'json'
 export type {Logger}
@@ -102,7 +104,9 @@ export function createLogger(opts: LoggerOptions = {}): DaemonLogger {
   if (format === 'pretty') {
     // Loaded only when a human watches: a JSON-logging daemon need not hold pino-pretty and its dependencies.
     const pretty = createRequire(import.meta.url)('pino-pretty') as typeof PinoPretty
-    const stream = pretty({destination: fd, colorize: Boolean(process.stdout.isTTY), translateTime: 'SYS:HH:MM:ss.l', ignore: 'pid,hostname', singleLine: true, sync: true})
+    const stream = pretty({destination: fd, colorize: colorAllowed(process.stdout.isTTY), translateTime: 'SYS:HH:MM:ss.l', ignore: 'pid,hostname', singleLine: true, sync: true,
+      // The message is printed raw by pino-pretty (the other fields go through JSON, which escapes C0).
+      messageFormat: (log, key) => escapeControl(String(log[key] ?? ''))})
     return {logger: pino(base, stream), flush: () => undefined}
   }
   const sink = pino.destination({dest: fd, sync: false, minLength: 0})

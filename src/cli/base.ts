@@ -7,6 +7,7 @@ import {Command, Flags} from '@oclif/core'
 import {AdminClient} from '../admin/client.js'
 import {resolveAdminTarget} from '../admin/paths.js'
 import {DivertError, isDivertError} from '../errors.js'
+import {escapeControl} from './escape.js'
 
 export abstract class DivertCommand extends Command {
   static enableJsonFlag = true
@@ -36,7 +37,7 @@ export abstract class DivertCommand extends Command {
     if (err.code === 'EEXIT') throw err
     const e = this.asDivertError(err)
     if (this.jsonEnabled()) this.logJson(e.toJSON())
-    else process.stderr.write(`divert: ${e.message}${e.code === 'DIVERT_ERR_INTERNAL' && process.env.DEBUG ? `\n${err.stack}` : ''}\n`)
+    else process.stderr.write(`divert: ${escapeControl(e.message)}${e.code === 'DIVERT_ERR_INTERNAL' && process.env.DEBUG ? `\n${err.stack}` : ''}\n`)
     return this.exit(e.exitCode)
   }
 

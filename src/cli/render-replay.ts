@@ -1,15 +1,17 @@
 /**
  * Pure renderers for `divert replay`: ReplayReport → the table, differences and summary a human
- * reads, and a one-line progress text. No I/O; the command prints what these return.
+ * reads, and a one-line progress text. No I/O; the command prints what these return. Flow errors,
+ * byte previews and the target come from outside: every line is escaped (escape.ts).
  */
 import type {ReplayFlowResult, ReplayProgress, ReplayReport} from '../capture/replay.js'
+import {escapeControl} from './escape.js'
 import {formatBytes, table} from './render.js'
 
-export function replayTable(report: ReplayReport): string {
+export function replayTable(report: ReplayReport, width = Number.POSITIVE_INFINITY): string {
   const many = report.loops > 1
   return table(['flow', 'proto', 'client', 'sent', 'received', 'recorded answer', 'result'], report.flows.map((f) => [
     many ? `${f.id} #${f.loop}` : f.id, f.protocol, f.client, formatBytes(f.bytesSent), formatBytes(f.bytesReceived), formatBytes(f.recordedServerBytes), flowResult(f),
-  ]))
+  ]), {width, drop: ['recorded answer', 'proto', 'received', 'sent']})
 }
 
 export function flowResult(f: ReplayFlowResult): string {
@@ -31,7 +33,7 @@ export function replayDifferences(report: ReplayReport): string {
         `${name} differs at byte ${c.offset} (recorded answer ${c.lengthExpected} bytes, target sent ${c.lengthActual}):`,
         `  expected ${c.expected ?? ''}`,
         `  actual   ${c.actual ?? ''}`,
-      ].join('\n')
+      ].map(escapeControl).join('\n')
     })
     .join('\n')
 }
@@ -48,12 +50,12 @@ export function replaySummary(report: ReplayReport): string {
   const skipped = report.skipped.reduce((n, s) => n + s.count, 0)
   if (skipped > 0) lines.push(`skipped ${skipped} packets of ${report.capture.records}: ${report.skipped.map((s) => `${s.count} ${s.reason}`).join(', ')}`)
   if (report.aborted) lines.push('interrupted: flows still running were closed, later ones not started')
-  return lines.join('\n')
+  return lines.map(escapeControl).join('\n')
 }
 
-export function renderReplay(report: ReplayReport): string {
+export function renderReplay(report: ReplayReport, width = Number.POSITIVE_INFINITY): string {
   const diff = replayDifferences(report)
-  return [replayTable(report), ...(diff ? ['', diff] : []), '', replaySummary(report)].join('\n')
+  return [replayTable(report, width), ...(diff ? ['', diff] : []), '', replaySummary(report)].join('\n')
 }
 
 export function progressText(p: ReplayProgress): string {

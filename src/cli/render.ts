@@ -1,18 +1,17 @@
 /**
- * Pure renderers: admin API data → the text a human reads (tables via cli-table3). No I/O here;
- * commands print what these return.
+ * Pure renderers: admin API data → the text a human reads (tables via table.ts). No I/O here;
+ * commands print what these return. Tables take the terminal width (terminal.ts) and fit it. Every
+ * string that comes from outside — a note, a source, a path, a name, an error — goes through
+ * escapeControl (escapeLines below) or a table cell, so no control sequence reaches the terminal raw.
  */
-import Table from 'cli-table3'
 import {formatDuration} from '../config/duration.js'
 import type {AddRuleResult, ExplainResult, ReloadResult, RemoveRulesResult, RuleView, SessionView, StatusView} from '../admin/protocol.js'
+import {escapeControl} from './escape.js'
+import {table} from './table.js'
 
-const plain = {head: [], border: []}
+export {table}
 
-export function table(head: string[], rows: Array<Array<string | number>>): string {
-  const t = new Table({head, style: plain, wordWrap: true})
-  t.push(...rows.map((r) => r.map(String)))
-  return t.toString()
-}
+const UNLIMITED = Number.POSITIVE_INFINITY
 
 export function formatBytes(n: number): string {
   const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB']
@@ -35,19 +34,19 @@ export function expiresIn(expiresAt: string | null, now = Date.now()): string {
   return left <= 0 ? 'expiring' : `in ${formatDuration(left)}`
 }
 
-export function rulesTable(rules: RuleView[], now = Date.now()): string {
+export function rulesTable(rules: RuleView[], now = Date.now(), width = UNLIMITED): string {
   if (rules.length === 0) return 'no rules: every client goes to its listener\'s default backend'
   return table(['id', 'source', 'actions', 'listener', 'expires', 'hits', 'origin', 'note'], rules.map((r) => [
     r.id, r.source, ruleActions(r), r.listener ?? '*', expiresIn(r.expiresAt, now), r.hits, r.origin, r.note ?? '',
-  ]))
+  ]), {width, drop: ['origin', 'hits', 'listener', 'expires']})
 }
 
-export function sessionsTable(sessions: SessionView[]): string {
+export function sessionsTable(sessions: SessionView[], width = UNLIMITED): string {
   if (sessions.length === 0) return 'no live sessions'
   return table(['id', 'proto', 'client', 'listener', 'backend', 'server', 'rule', 'in', 'out', 'age', 'idle', 'taps'], sessions.map((s) => [
     s.id, s.protocol, s.client, s.listener, s.backend, s.server, s.rule ?? '-',
     traffic(s.bytesIn, s.packetsIn), traffic(s.bytesOut, s.packetsOut), formatDuration(s.ageMs), formatDuration(s.idleMs), tapsText(s.taps),
-  ]))
+  ]), {width, drop: ['idle', 'proto', 'rule', 'age', 'taps', 'out', 'in', 'server', 'listener']})
 }
 
 function traffic(bytes: number, packets?: number): string {
@@ -69,18 +68,18 @@ export function explainText(results: ExplainResult[]): string {
       ? `refused: ${r.refused}`
       : `→ backend ${r.backend}, server ${r.server}${r.fallbackFrom ? ` (fallback from ${r.fallbackFrom})` : ''}`
     const extras = [r.mirror && `mirror to ${r.mirror}`, r.record && `record to ${r.record}`].filter(Boolean).join(', ')
-    return [`${r.ip} on listener ${r.listener}: ${verdict}${extras ? `; ${extras}` : ''}`, ...r.reasons.map((x) => `  - ${x}`)].join('\n')
+    return escapeLines([`${r.ip} on listener ${r.listener}: ${verdict}${extras ? `; ${extras}` : ''}`, ...r.reasons.map((x) => `  - ${x}`)])
   }).join('\n')
 }
 
-export function statusText(s: StatusView): string {
-  const head = `divert ${s.version}, pid ${s.pid}, up ${formatDuration(s.uptimeMs)}, config ${s.configFile}\n` +
+export function statusText(s: StatusView, width = UNLIMITED): string {
+  const head = escapeLines([`divert ${s.version}, pid ${s.pid}, up ${formatDuration(s.uptimeMs)}, config ${s.configFile}`,
     `sessions: ${s.totals.activeSessions} live, ${s.totals.sessions} total, ${s.totals.refused} refused; ` +
-    `bytes in ${formatBytes(s.totals.bytesIn)}, out ${formatBytes(s.totals.bytesOut)}; rules: ${s.totals.rules}`
-  const listeners = table(['listener', 'proto', 'bind', 'default backend', 'sessions'], s.listeners.map((l) => [l.name, l.protocol, l.address || l.bind, l.backend, l.sessions]))
+    `bytes in ${formatBytes(s.totals.bytesIn)}, out ${formatBytes(s.totals.bytesOut)}; rules: ${s.totals.rules}`])
+  const listeners = table(['listener', 'proto', 'bind', 'default backend', 'sessions'], s.listeners.map((l) => [l.name, l.protocol, l.address || l.bind, l.backend, l.sessions]), {width, drop: ['sessions', 'proto']})
   const servers = table(['backend', 'balance', 'server', 'weight', 'health', 'active', 'total', 'last check'], s.backends.flatMap((b) => b.servers.map((srv) => [
     b.name, b.balance, srv.address, srv.weight, srv.up ? 'up' : 'DOWN', srv.active, srv.total, lastCheck(srv.lastCheck),
-  ])))
+  ])), {width, drop: ['balance', 'weight', 'total', 'active']})
   return [head, '', listeners, '', servers].join('\n')
 }
 
@@ -105,7 +104,7 @@ export function addRuleText(r: AddRuleResult): string {
     const [stay, them] = matched === 1 ? ['stays where it is', 'it'] : ['stay where they are', 'them']
     lines.push(`${n(matched)} from ${rule.source} ${stay}; move ${them} now with \`divert kill --source ${rule.source}${rule.listener ? ` --listener ${rule.listener}` : ''}\``)
   }
-  return lines.join('\n')
+  return escapeLines(lines)
 }
 
 export function removeText(r: RemoveRulesResult): string {
@@ -115,7 +114,7 @@ export function removeText(r: RemoveRulesResult): string {
   const only = r.removed.length === 1 ? r.removed[0] : undefined
   const kill = only ? `divert kill --source ${only.source}${only.listener ? ` --listener ${only.listener}` : ''}` : 'divert kill --source SOURCE'
   lines.push(`live sessions keep their backend; \`${kill}\` moves them now`)
-  return lines.join('\n')
+  return escapeLines(lines)
 }
 
 export function reloadText(r: ReloadResult): string {
@@ -123,5 +122,10 @@ export function reloadText(r: ReloadResult): string {
     const bits = [d.added.length && `added ${d.added.join(', ')}`, d.removed.length && `removed ${d.removed.join(', ')}`, d.changed.length && `changed ${d.changed.join(', ')}`].filter(Boolean)
     return `${what}: ${bits.length ? bits.join('; ') : 'unchanged'}`
   }
-  return [`reloaded ${r.configFile}`, part('listeners', r.listeners), part('backends', r.backends), `rules: ${r.rules}`].join('\n')
+  return escapeLines([`reloaded ${r.configFile}`, part('listeners', r.listeners), part('backends', r.backends), `rules: ${r.rules}`])
+}
+
+/** Lines built from outside strings, each escaped: the templates hold no control characters, the values may. */
+function escapeLines(lines: string[]): string {
+  return lines.map(escapeControl).join('\n')
 }

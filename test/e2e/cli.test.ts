@@ -208,7 +208,7 @@ describe('runtime control through the CLI, one source per test', {concurrency: t
     }
   })
 
-  test('sessions --watch redraws its frame until SIGINT, then exits 0 with nothing on stderr', async () => {
+  test('issue 11.29: sessions --watch into a pipe prints plain snapshots (no escape codes) until SIGINT, then exits 0 with nothing on stderr', async () => {
     const live = await open(lab, '127.0.0.16')
     const proc = spawn(process.execPath, [BIN, 'sessions', '--watch', '--source', '127.0.0.16', '--admin', lab.admin], {stdio: ['ignore', 'pipe', 'pipe']})
     try {
@@ -219,11 +219,12 @@ describe('runtime control through the CLI, one source per test', {concurrency: t
       const exit = new Promise<[number | null, NodeJS.Signals | null]>((resolve) => proc.once('exit', (code, signal) => resolve([code, signal])))
       const client = `127.0.0.16:${live.socket.localPort}`
       // Twelve frames: past Node's 10-listener warning, which a SIGINT listener per frame would trip.
-      await until(() => out.split('Ctrl-C to stop').length > 12 && out.includes(client), 30_000, `twelve frames showing ${client}: ${out.slice(-500)}`)
+      await until(() => (out.match(/^--- .+ ---$/gm)?.length ?? 0) > 12 && out.includes(client), 30_000, `twelve frames showing ${client}: ${out.slice(-500)}`)
       proc.kill('SIGINT')
       const [code, signal] = await Promise.race([exit, new Promise<never>((_r, reject) => setTimeout(() => reject(new Error('watch did not exit within 5 s of SIGINT')), 5000))])
       assert.deepEqual([code, signal], [0, null], err)
       assert.equal(err, '')
+      assert.ok(!out.includes('\u001b'), `escape codes into a pipe: ${JSON.stringify(out.slice(0, 200))}`)
     } finally {
       proc.kill('SIGKILL')
       live.socket.destroy()
@@ -326,6 +327,43 @@ describe('runtime control through the CLI, one source per test', {concurrency: t
 
 // These read or change the whole rule table: one at a time, after the others.
 describe('runtime control through the CLI, whole table', () => {
+  // Their notes widen the note column of every `list` table: not beside the tests that match its exact width.
+  test('issue 11.13: a note with ESC, CR, BEL and a C1 control is shown escaped by `divert list`, exact by `list --json`', async () => {
+    const note = 'hi\u001b[2J\rgone\u0007 \u009b31m'
+    const added = await lab.cli('add', '127.0.0.41', '--to', 'staging', '--note', note)
+    assert.equal(added.code, 0, added.stderr)
+    const id = idOf(added.stdout)
+    try {
+      const [list, json] = await Promise.all([lab.cli('list'), lab.cli('list', '--json')])
+      assert.equal(list.code, 0, list.stderr)
+      for (const raw of ['\u001b', '\r', '\u0007', '\u009b']) assert.ok(!list.stdout.includes(raw), `raw ${JSON.stringify(raw)} in ${JSON.stringify(list.stdout)}`)
+      assert.ok(list.stdout.includes('hi\\x1b[2J\\rgone\\x07 \\x9b31m'), list.stdout)
+      assert.equal(json.json().find((r: any) => r.id === id).note, note)
+    } finally {
+      await lab.cli('rm', id)
+    }
+  })
+
+  test('issue 11.29: with COLUMNS=80 every line of `list`, `sessions` and `status` fits 80 columns', async () => {
+    const long = 'ticket 4711: the field team asked for this device to reach staging until the firmware rollout is done'
+    const added = await lab.cli('add', '127.0.0.42', '--to', 'staging', '--listener', 'alt', '--for', '1h', '--note', long)
+    const live = await open(lab, '127.0.0.42', lab.altPort)
+    try {
+      const outs = await Promise.all([['list'], ['sessions'], ['status']].map((a) => cli([...a, '--admin', lab.admin], {env: {COLUMNS: '80'}})))
+      for (const r of outs) {
+        assert.equal(r.code, 0, r.stderr)
+        const tableLines = r.stdout.split('\n').filter((l) => /^[┌│├└]/.test(l))
+        assert.ok(tableLines.length > 0, r.stdout)
+        assert.deepEqual(tableLines.filter((l) => [...l].length > 80), [], r.stdout)
+      }
+      assert.ok(outs[0].stdout.includes('firmware') && outs[0].stdout.includes(idOf(added.stdout)), outs[0].stdout)
+      assert.ok(outs[1].stdout.includes(`127.0.0.42:${live.socket.localPort}`), outs[1].stdout)
+    } finally {
+      live.socket.destroy()
+      await lab.cli('rm', idOf(added.stdout))
+    }
+  })
+
   test('rm by source and by rule id sends clients back to prod; rm --all removes only runtime rules', async () => {
     try {
       await addThenRemoveBySourceIdAndAll()

@@ -28,3 +28,21 @@ test('the quickstart listens and connects on loopback only', () => {
   for (const l of c.listeners) assert.ok(loopback(l.bind.host), `${l.name} binds ${l.bind.host}`)
   for (const b of c.backends.values()) for (const s of b.servers) assert.ok(loopback(s.address.host), `${b.name} → ${s.address.host}`)
 })
+
+/** The first ```yaml block after `heading` in README.md. */
+function readmeYaml(heading: string): string {
+  const readme = readFileSync(join(examples, '..', 'README.md'), 'utf8')
+  const section = readme.slice(readme.indexOf(`\n${heading}\n`))
+  const m = /```yaml\n([\s\S]*?)```/.exec(section)
+  assert.ok(section.length > 0 && m, `a yaml block under "${heading}" in README.md`)
+  return m[1]
+}
+
+test('issue 11.28: the README\'s full example config (Config reference) passes the config loader', () => {
+  // Parsed and validated only: its 192.168.x addresses are illustrations, nothing here binds or connects.
+  const file = join(examples, '..', 'README.md')
+  const c = parseConfig(readmeYaml('## Config reference'), file)
+  assert.deepEqual(c.listeners.map((l) => [l.name, l.backend]), [['telnet', 'prod'], ['vpn', 'vpn-prod']])
+  for (const l of c.listeners) assert.ok(c.backends.has(l.backend), `listener ${l.name}'s backend ${l.backend} is defined`)
+  assert.equal(c.rules.length, 3)
+})

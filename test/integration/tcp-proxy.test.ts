@@ -5,9 +5,12 @@
 import {test, before, after, describe} from 'node:test'
 import assert from 'node:assert/strict'
 import net from 'node:net'
+import {execFile, spawn} from 'node:child_process'
+import {createInterface} from 'node:readline'
 import {randomBytes, createHash} from 'node:crypto'
 import {startServer, connect, readBytes, readLine, whoAnswers, closed, until, freePort, type TestServer} from '../helpers/servers.js'
 import {startInProcess, type InProcess} from '../helpers/daemon.js'
+import {metric, metrics} from '../faults/kit.js'
 
 const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex')
 
@@ -303,4 +306,78 @@ backends: { b: { servers: [ { address: "${slow.address}" } ] } }
       await slow.close()
     }
   })
+})
+
+// ─── resets with data still buffered (issue 11.1) ────────────────────────────────────────────────
+
+/**
+ * A Python peer on both ends, reading with plain blocking recv(): a Node client that paused reading
+ * may see 'end' after an RST on loopback, Python's recv() raises ConnectionResetError (FIELD-NOTES).
+ * Per session: the client sends one byte the server reads (the session is wired), then the `resets`
+ * side sends up to 3 MiB (until its buffers are full) and closes with SO_LINGER 0 (an RST) while the
+ * other side has read nothing; then the other side reads to the end. One JSON line per session.
+ */
+const RESET_PEERS = String.raw`
+import socket, struct, sys, json, time
+resets, n = sys.argv[1], int(sys.argv[2])
+ls = socket.socket(); ls.bind(('127.0.0.1', 0)); ls.listen(16)
+print(ls.getsockname()[1], flush=True)
+divert_port = int(sys.stdin.readline())
+def drain(s):
+    s.settimeout(10); got = 0
+    try:
+        while True:
+            b = s.recv(65536)
+            if not b: return 'eof', got
+            got += len(b)
+    except ConnectionResetError: return 'reset', got
+    except socket.timeout: return 'timeout', got
+for i in range(n):
+    c = socket.socket(); c.bind(('127.0.0.21', 0)); c.connect(('127.0.0.1', divert_port))
+    client = '127.0.0.21:%d' % c.getsockname()[1]
+    srv, _ = ls.accept()
+    c.sendall(b'!'); assert srv.recv(1) == b'!'
+    sender, reader = (srv, c) if resets == 'server' else (c, srv)
+    sender.setblocking(False); sent, chunk, deadline = 0, b'x' * 65536, time.time() + 5
+    while sent < 3 * 1024 * 1024 and time.time() < deadline:
+        try: sent += sender.send(chunk)
+        except BlockingIOError: break
+    sender.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack('ii', 1, 0)); sender.close()
+    outcome, got = drain(reader)
+    print(json.dumps({'client': client, 'sent': sent, 'outcome': outcome, 'got': got}), flush=True)
+    reader.close()
+`
+
+const python3 = await new Promise<boolean>((resolve) => {
+  execFile('python3', ['-c', 'pass'], (error) => resolve(!error))
+})
+
+describe('resets with data still in divert\'s buffers', {skip: python3 ? false : 'python3 is not installed (the test reads with a blocking Python client)'}, () => {
+  for (const side of ['server', 'client'] as const) {
+    test(`issue 11.1: a ${side} reset with data still buffered reaches the other side as a reset (10 of 10), logged ${side}-reset`, async () => {
+      const py = spawn('python3', ['-c', RESET_PEERS, side, '10'], {stdio: ['pipe', 'pipe', 'inherit']})
+      const lines = createInterface({input: py.stdout!})[Symbol.asyncIterator]()
+      let h: InProcess | undefined
+      try {
+        const serverPort = Number((await lines.next()).value)
+        const p = await freePort()
+        h = await startInProcess(`
+listeners: [ { name: l, bind: "127.0.0.1:${p}", backend: b } ]
+backends: { b: { servers: [ { address: "127.0.0.1:${serverPort}" } ], health: { check: none } } }
+`)
+        py.stdin!.write(`${p}\n`)
+        const results: Array<{client: string; sent: number; outcome: string; got: number}> = []
+        for (let i = 0; i < 10; i++) results.push(JSON.parse((await lines.next()).value as string))
+        await until(() => h!.logs.find('session closed').length === 10, 10_000, '10 close lines')
+        const causes = new Map(h.logs.find('session closed').map((l) => [l.client as string, l.cause as string]))
+        const seen = results.map((r) => `${r.outcome}/${causes.get(r.client)}`)
+        assert.deepEqual(seen, Array(10).fill(`reset/${side}-reset`), JSON.stringify(results))
+        const m = await metrics(h)
+        assert.equal(metric(m, 'divert_sessions_closed_total', {listener: 'l', cause: `${side}-reset`}), 10)
+      } finally {
+        py.kill()
+        await h?.stop()
+      }
+    })
+  }
 })

@@ -9,7 +9,7 @@
 import net from 'node:net'
 import type {Logger} from 'pino'
 import {DivertError} from '../errors.js'
-import type {ListenerConfig} from '../config/types.js'
+import {DEFAULTS, type ListenerConfig} from '../config/types.js'
 import type {Server} from '../backends/backend.js'
 import {encodeProxyV1, encodeProxyV2} from '../backends/proxy-protocol.js'
 import {isRefusal, type Decision, type Router} from '../rules/router.js'
@@ -165,6 +165,8 @@ class TcpConnection implements SessionTransport, DeadlineWaiter {
       if (pp) upstream.write(proxyHeader(pp, peer, local))
     }
     if (backend.config.connectTimeoutMs > 0) proxy.deadlines.start(this, backend.config.connectTimeoutMs)
+    keepAlive(client, proxy.config.keepaliveMs)
+    keepAlive(upstream, backend.config.keepaliveMs)
     wire(this, client, upstream)
   }
 
@@ -229,6 +231,15 @@ class TcpConnection implements SessionTransport, DeadlineWaiter {
   kill(cause: CloseCause): void {
     this.end(cause, false)
   }
+}
+
+/**
+ * SO_KEEPALIVE with this idle time: a peer that vanished (NAT state dropped, host gone) would
+ * otherwise hold both of the session's fds forever. Node 20's libuv then probes every 1 s, 10 times
+ * (uv__tcp_keepalive). On an upstream socket still connecting, Node applies it after 'connect'.
+ */
+function keepAlive(s: net.Socket, ms = DEFAULTS.keepaliveMs): void {
+  if (ms > 0) s.setKeepAlive(true, ms)
 }
 
 /**

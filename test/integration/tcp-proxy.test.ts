@@ -381,3 +381,62 @@ backends: { b: { servers: [ { address: "127.0.0.1:${serverPort}" } ], health: { 
     })
   }
 })
+
+// ─── TCP keepalive on both sides (issue 11.2) ───────────────────────────────────────────────────
+
+const ss = await new Promise<boolean>((resolve) => {
+  execFile('ss', ['-V'], (error) => resolve(!error))
+})
+
+/** `ss -tnoH` keepalive timers (seconds left) of the established sockets a filter selects. */
+function keepaliveTimers(filter: string): Promise<Array<number | undefined>> {
+  return new Promise((resolve, reject) => {
+    execFile('ss', ['-tnoH', 'state', 'established', filter], (error, out) => {
+      if (error) return reject(error)
+      resolve(out.split('\n').filter((l) => l.trim()).map((l) => {
+        const t = /timer:\(keepalive,([^,]+),/.exec(l)?.[1]
+        if (t === undefined) return undefined
+        // iproute2 prints "1min29sec", "6.812ms" (seconds with a millisecond fraction) or "850ms".
+        const m = /^(?:(\d+)min)?(?:(\d+)sec)?$/.exec(t)
+        if (m && (m[1] || m[2])) return Number(m[1] ?? 0) * 60 + Number(m[2] ?? 0)
+        const f = /^(\d+)\.(\d+)(?:ms|sec)$/.exec(t)
+        if (f) return Number(`${f[1]}.${f[2]}`)
+        return Number(/^(\d+)ms$/.exec(t)?.[1] ?? NaN) / 1000
+      }))
+    })
+  })
+}
+
+describe('TCP keepalive', {skip: ss ? false : 'ss (Debian package iproute2) is not installed'}, () => {
+  test('issue 11.2: the accepted client socket and the upstream socket of a session have keepalive with the configured idle times', async () => {
+    const on = await startServer('on')
+    const off = await startServer('off')
+    const pOn = await freePort()
+    const pOff = await freePort()
+    const h = await startInProcess(`
+listeners:
+  - { name: on, bind: "127.0.0.1:${pOn}", backend: on, keepalive: 7s }
+  - { name: off, bind: "127.0.0.1:${pOff}", backend: off, keepalive: off }
+backends:
+  on: { servers: [ { address: "${on.address}" } ], keepalive: 9s }
+  off: { servers: [ { address: "${off.address}" } ], keepalive: 0 }
+`)
+    const sockets: net.Socket[] = []
+    try {
+      for (const [p, name] of [[pOn, 'on'], [pOff, 'off']] as const) {
+        const s = await connect({port: p, localAddress: '127.0.0.22'})
+        sockets.push(s)
+        assert.equal(await readLine(s), name) // the upstream side is connected
+      }
+      const [client] = await keepaliveTimers(`( sport = :${pOn} )`)
+      const [upstream] = await keepaliveTimers(`( dport = :${on.port} )`)
+      assert.ok(client !== undefined && client > 5 && client <= 7, `client side keepalive timer ${client}s, expected just under 7s`)
+      assert.ok(upstream !== undefined && upstream > 7 && upstream <= 9, `upstream keepalive timer ${upstream}s, expected just under 9s`)
+      assert.deepEqual(await keepaliveTimers(`( sport = :${pOff} or dport = :${off.port} )`), [undefined, undefined], 'keepalive: off leaves both sockets without a keepalive timer')
+    } finally {
+      for (const s of sockets) s.destroy()
+      await h.stop()
+      await Promise.all([on.close(), off.close()])
+    }
+  })
+})

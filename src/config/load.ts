@@ -247,6 +247,7 @@ function listenerOf(l: RawConfig['listeners'][number]): ListenerConfig {
     },
     maxConnections: l.max_connections,
     clientTimeoutMs: l.timeouts?.client ?? 0,
+    keepaliveMs: l.keepalive ?? DEFAULTS.keepaliveMs,
     perSource: {maxConnections: l.per_source?.max_connections ?? 0, ratePerSec: l.per_source?.rate ?? 0},
   }
 }
@@ -267,6 +268,7 @@ function backendOf(name: string, b: RawConfig['backends'][string]): BackendConfi
     fallback: b.fallback,
     connectTimeoutMs: b.timeouts?.connect ?? DEFAULTS.connectTimeoutMs,
     serverTimeoutMs: b.timeouts?.server ?? 0,
+    keepaliveMs: b.keepalive ?? DEFAULTS.keepaliveMs,
   })
 }
 

@@ -117,6 +117,21 @@ function size() {
   }, true)
 }
 
+/**
+ * TCP keepalive idle time: `off` or 0 disables it. The kernel takes whole seconds up to 32767
+ * (TCP_KEEPIDLE, tcp(7); MAX_TCP_KEEPIDLE), and Node would silently floor 1500ms to 1 s.
+ */
+function keepalive() {
+  const expected = 'a whole number of seconds from 1s to 9h6m7s (e.g. 60s), or off / 0 to disable'
+  return scalar(expected, (v, where) => {
+    if (v === 'off') return 0
+    const ms = parseDuration(v, where)
+    if (ms === 0) return 0
+    if (ms % 1000 !== 0 || ms > 32_767_000) throw new DivertError('INVALID_DURATION', `${where}: ${describeValue(v)} is not a keepalive time; expected ${expected}`)
+    return ms
+  }, true)
+}
+
 const endpoint = (example: string) =>
   scalar<Endpoint>(`IP:port, e.g. ${example}`, (v) => parseEndpoint(String(v), 'address'))
 
@@ -179,9 +194,13 @@ function listenerSchema(known: KnownNames) {
       max_flows: int(1, Number.MAX_SAFE_INTEGER, 'an integer ≥ 1').default(DEFAULTS.udpMaxFlows),
       recv_buffer: size().default(DEFAULTS.udpRecvBufferSize),
     }, 'a mapping like { idle_timeout: 300s, key: address-port, max_flows: 10000 }').optional(),
+    keepalive: keepalive().optional(),
   }, 'a listener: a mapping with name, protocol, bind, backend').superRefine((l, ctx) => {
     if (l.protocol === 'tcp' && l.udp !== undefined) {
       ctx.addIssue({code: 'custom', path: ['udp'], message: 'is only allowed on a udp listener; expected protocol: udp, or no udp block'})
+    }
+    if (l.protocol === 'udp' && l.keepalive !== undefined) {
+      ctx.addIssue({code: 'custom', path: ['keepalive'], message: 'is TCP keepalive, only allowed on a tcp listener; expected protocol: tcp, or no keepalive'})
     }
   })
 }
@@ -212,6 +231,7 @@ function backendSchema() {
       connect: duration(true).default(DEFAULTS.connectTimeoutMs),
       server: duration().default(0),
     }, 'a mapping like { connect: 5s, server: 0 }').optional(),
+    keepalive: keepalive().optional(),
   }, 'a backend: a mapping with servers')
 }
 

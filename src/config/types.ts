@@ -37,6 +37,8 @@ export interface ListenerConfig {
   clientTimeoutMs: number
   /** Limits per client address on this listener (0 = unlimited). */
   perSource: {maxConnections: number; ratePerSec: number}
+  /** TCP: keepalive idle time of accepted sockets (0 = off; absent = DEFAULTS.keepaliveMs). */
+  keepaliveMs?: number
 }
 
 export interface ServerConfig {
@@ -62,6 +64,8 @@ export interface BackendConfig {
   connectTimeoutMs: number
   /** TCP: close a session after this long with no bytes from the server (0 = never). */
   serverTimeoutMs: number
+  /** TCP: keepalive idle time of upstream sockets (0 = off; absent = DEFAULTS.keepaliveMs). */
+  keepaliveMs?: number
 }
 
 export interface RuleSpec {
@@ -100,6 +104,8 @@ export const DEFAULTS = {
   udpKey: 'address-port' as UdpFlowKey,
   udpRecvBufferSize: 4 * 1024 * 1024,
   connectTimeoutMs: 5_000,
+  /** TCP keepalive idle time on both sides, as undici's default: a vanished peer frees its fds. */
+  keepaliveMs: 60_000,
   health: {check: 'tcp' as const, intervalMs: 2_000, timeoutMs: 1_000, rise: 2, fall: 3},
   captureMaxBytes: 100 * 1024 * 1024,
   mirrorBufferBytes: 1024 * 1024,

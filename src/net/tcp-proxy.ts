@@ -9,7 +9,7 @@
 import net from 'node:net'
 import type {Logger} from 'pino'
 import {DivertError} from '../errors.js'
-import type {ListenerConfig} from '../config/types.js'
+import {DEFAULTS, type ListenerConfig} from '../config/types.js'
 import type {Server} from '../backends/backend.js'
 import {encodeProxyV1, encodeProxyV2} from '../backends/proxy-protocol.js'
 import {isRefusal, type Decision, type Router} from '../rules/router.js'
@@ -165,6 +165,8 @@ class TcpConnection implements SessionTransport, DeadlineWaiter {
       if (pp) upstream.write(proxyHeader(pp, peer, local))
     }
     if (backend.config.connectTimeoutMs > 0) proxy.deadlines.start(this, backend.config.connectTimeoutMs)
+    keepAlive(client, proxy.config.keepaliveMs)
+    keepAlive(upstream, backend.config.keepaliveMs)
     wire(this, client, upstream)
   }
 
@@ -186,13 +188,15 @@ class TcpConnection implements SessionTransport, DeadlineWaiter {
   }
 
   onError(side: 'client' | 'server', e: NodeJS.ErrnoException): void {
-    if (side === 'server' && !this.connected) {
+    // ECONNRESET before 'connect' was seen: the server accepted and reset at once (libuv reads the
+    // reset through SO_ERROR as the connect's result), so it is the server's reset, not a failed connect.
+    if (side === 'server' && !this.connected && e.code !== 'ECONNRESET') {
       const cause: CloseCause = e.code === 'ECONNREFUSED' ? 'connect-refused' : 'connect-failed'
       return this.end(cause, true, `${e.code ?? 'error'} connecting to ${this.server.key}`)
     }
     const resetCause = side === 'client' ? 'client-reset' : 'server-reset'
     const errorCause = side === 'client' ? 'client-error' : 'server-error'
-    this.end(e.code === 'ECONNRESET' ? resetCause : errorCause, true, `${side} ${e.code ?? e.message}`)
+    this.end(isReset(e) ? resetCause : errorCause, true, `${side} ${e.code ?? e.message}`)
   }
 
   /** Abortive end: the other side gets a reset, so an error is never mistaken for a clean close. */
@@ -227,6 +231,23 @@ class TcpConnection implements SessionTransport, DeadlineWaiter {
   kill(cause: CloseCause): void {
     this.end(cause, false)
   }
+}
+
+/**
+ * SO_KEEPALIVE with this idle time: a peer that vanished (NAT state dropped, host gone) would
+ * otherwise hold both of the session's fds forever. Node 20's libuv then probes every 1 s, 10 times
+ * (uv__tcp_keepalive). On an upstream socket still connecting, Node applies it after 'connect'.
+ */
+function keepAlive(s: net.Socket, ms = DEFAULTS.keepaliveMs): void {
+  if (ms > 0) s.setKeepAlive(true, ms)
+}
+
+/**
+ * ECONNRESET, or EPIPE from a write: divert never writes after its own FIN, so EPIPE means the
+ * peer's reset was already reported to an earlier call (tcp(7); sk_err is read once).
+ */
+function isReset(e: NodeJS.ErrnoException): boolean {
+  return e.code === 'ECONNRESET' || (e.code === 'EPIPE' && e.syscall === 'write')
 }
 
 function abort(s: net.Socket, reset: boolean): void {
@@ -301,16 +322,42 @@ function onDrainResumeOther(this: net.Socket): void {
   if (!other.destroyed) other.resume()
 }
 
+const PROBE = Buffer.alloc(0)
+
+/**
+ * An 'end' is not always a FIN. When a reset arrives with data still queued, the kernel reports
+ * POLLHUP (tcp_poll: the socket is CLOSE) and libuv, after a short read, emits EOF without reading
+ * the pending ECONNRESET (uv__stream_io in src/unix/stream.c). A clean FIN leaves the socket in
+ * CLOSE_WAIT, where an empty write succeeds; after a reset the same write returns the pending error
+ * (tcp_sendmsg → sk_stream_wait_connect), which reaches onError as a reset. So the FIN is passed on
+ * only once that probe came back clean. With writes still queued on the socket the probe is not
+ * needed (those writes fail with the reset themselves) and would hold the FIN behind a peer that
+ * no longer reads, so the FIN passes at once. After divert's own FIN (writable ended) no probe is
+ * possible through Node; that case keeps the plain 'end'.
+ */
+function passEnd(from: net.Socket, finished: (c: TcpConnection) => void): void {
+  if (!from.writable || from.writableLength > 0) return finished(owner(from))
+  from.write(PROBE, (error) => {
+    if (!error) finished(owner(from))
+  })
+}
+
 function onClientEnd(this: net.Socket): void {
-  const c = owner(this)
-  c.firstFin ??= 'client-closed'
+  owner(this).firstFin ??= 'client-closed'
+  passEnd(this, clientFinished)
+}
+
+function onServerEnd(this: net.Socket): void {
+  owner(this).firstFin ??= 'server-closed'
+  passEnd(this, serverFinished)
+}
+
+function clientFinished(c: TcpConnection): void {
   c.tap?.clientEnd?.()
   c.upstream.end()
 }
 
-function onServerEnd(this: net.Socket): void {
-  const c = owner(this)
-  c.firstFin ??= 'server-closed'
+function serverFinished(c: TcpConnection): void {
   c.tap?.serverEnd?.()
   c.client.end()
 }

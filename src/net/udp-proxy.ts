@@ -211,7 +211,9 @@ class UdpFlow implements SessionTransport {
   private readonly session: Session
   private readonly server: Server
   private readonly tap?: Tap
-  private readonly header?: Buffer
+  /** PROXY v2 header of every datagram; re-encoded when the client moves to another port. */
+  private header?: Buffer
+  private readonly local: Peer
   private inBytes = 0
   private outBytes = 0
   private inPackets = 0
@@ -240,7 +242,7 @@ class UdpFlow implements SessionTransport {
       protocol: 'udp', listener: proxy.config.name, client: peer, backend: decision.backend.name, server: serverPeer,
       rule: decision.rule?.id, transport: this,
     })
-    const local = proxy.localPeer() ?? serverPeer
+    const local = (this.local = proxy.localPeer() ?? serverPeer)
     const meta: SessionMeta = {id: this.session.id, protocol: 'udp', listener: proxy.config.name, backend: decision.backend.name, rule: decision.rule?.id, client: peer, server: serverPeer, local, startedAt: this.session.startedAt}
     this.tap = ctx.tapsFor?.(decision, meta)
     if (this.tap) this.session.taps = [this.tap]
@@ -273,8 +275,7 @@ class UdpFlow implements SessionTransport {
   }
 
   fromClient(msg: Buffer, rinfo: dgram.RemoteInfo): void {
-    // With `udp.key: address` a client that moved to another port (re-NAT) is answered at its new port.
-    this.clientPort = rinfo.port
+    if (rinfo.port !== this.clientPort) this.moved(rinfo.port)
     this.inBytes += msg.length
     this.inPackets++
     this.tap?.clientData?.(msg)
@@ -285,6 +286,18 @@ class UdpFlow implements SessionTransport {
       return
     }
     this.forward(msg)
+  }
+
+  /**
+   * With `udp.key: address` a client that moved to another port (re-NAT) keeps its flow and is
+   * answered at its new port; the session record (sessions view, close line) and the PROXY header
+   * name where it is now. A fresh Peer: the first one is shared with the taps' SessionMeta.
+   */
+  private moved(port: number): void {
+    this.clientPort = port
+    const client = {...this.session.client, port}
+    this.session.client = client
+    if (this.header) this.header = encodeProxyV2(client, this.local, 'dgram')
   }
 
   private forward(msg: Buffer): void {

@@ -5,9 +5,12 @@
 import {test, before, after, describe} from 'node:test'
 import assert from 'node:assert/strict'
 import net from 'node:net'
+import {execFile, spawn} from 'node:child_process'
+import {createInterface} from 'node:readline'
 import {randomBytes, createHash} from 'node:crypto'
 import {startServer, connect, readBytes, readLine, whoAnswers, closed, until, freePort, type TestServer} from '../helpers/servers.js'
 import {startInProcess, type InProcess} from '../helpers/daemon.js'
+import {metric, metrics} from '../faults/kit.js'
 
 const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex')
 
@@ -301,6 +304,139 @@ backends: { b: { servers: [ { address: "${slow.address}" } ] } }
     } finally {
       await h.stop()
       await slow.close()
+    }
+  })
+})
+
+// ─── resets with data still buffered (issue 11.1) ────────────────────────────────────────────────
+
+/**
+ * A Python peer on both ends, reading with plain blocking recv(): a Node client that paused reading
+ * may see 'end' after an RST on loopback, Python's recv() raises ConnectionResetError (FIELD-NOTES).
+ * Per session: the client sends one byte the server reads (the session is wired), then the `resets`
+ * side sends up to 3 MiB (until its buffers are full) and closes with SO_LINGER 0 (an RST) while the
+ * other side has read nothing; then the other side reads to the end. One JSON line per session.
+ */
+const RESET_PEERS = String.raw`
+import socket, struct, sys, json, time
+resets, n = sys.argv[1], int(sys.argv[2])
+ls = socket.socket(); ls.bind(('127.0.0.1', 0)); ls.listen(16)
+print(ls.getsockname()[1], flush=True)
+divert_port = int(sys.stdin.readline())
+def drain(s):
+    s.settimeout(10); got = 0
+    try:
+        while True:
+            b = s.recv(65536)
+            if not b: return 'eof', got
+            got += len(b)
+    except ConnectionResetError: return 'reset', got
+    except socket.timeout: return 'timeout', got
+for i in range(n):
+    c = socket.socket(); c.bind(('127.0.0.21', 0)); c.connect(('127.0.0.1', divert_port))
+    client = '127.0.0.21:%d' % c.getsockname()[1]
+    srv, _ = ls.accept()
+    c.sendall(b'!'); assert srv.recv(1) == b'!'
+    sender, reader = (srv, c) if resets == 'server' else (c, srv)
+    sender.setblocking(False); sent, chunk, deadline = 0, b'x' * 65536, time.time() + 5
+    while sent < 3 * 1024 * 1024 and time.time() < deadline:
+        try: sent += sender.send(chunk)
+        except BlockingIOError: break
+    sender.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack('ii', 1, 0)); sender.close()
+    outcome, got = drain(reader)
+    print(json.dumps({'client': client, 'sent': sent, 'outcome': outcome, 'got': got}), flush=True)
+    reader.close()
+`
+
+const python3 = await new Promise<boolean>((resolve) => {
+  execFile('python3', ['-c', 'pass'], (error) => resolve(!error))
+})
+
+describe('resets with data still in divert\'s buffers', {skip: python3 ? false : 'python3 is not installed (the test reads with a blocking Python client)'}, () => {
+  for (const side of ['server', 'client'] as const) {
+    test(`issue 11.1: a ${side} reset with data still buffered reaches the other side as a reset (10 of 10), logged ${side}-reset`, async () => {
+      const py = spawn('python3', ['-c', RESET_PEERS, side, '10'], {stdio: ['pipe', 'pipe', 'inherit']})
+      const lines = createInterface({input: py.stdout!})[Symbol.asyncIterator]()
+      let h: InProcess | undefined
+      try {
+        const serverPort = Number((await lines.next()).value)
+        const p = await freePort()
+        h = await startInProcess(`
+listeners: [ { name: l, bind: "127.0.0.1:${p}", backend: b } ]
+backends: { b: { servers: [ { address: "127.0.0.1:${serverPort}" } ], health: { check: none } } }
+`)
+        py.stdin!.write(`${p}\n`)
+        const results: Array<{client: string; sent: number; outcome: string; got: number}> = []
+        for (let i = 0; i < 10; i++) results.push(JSON.parse((await lines.next()).value as string))
+        await until(() => h!.logs.find('session closed').length === 10, 10_000, '10 close lines')
+        const causes = new Map(h.logs.find('session closed').map((l) => [l.client as string, l.cause as string]))
+        const seen = results.map((r) => `${r.outcome}/${causes.get(r.client)}`)
+        assert.deepEqual(seen, Array(10).fill(`reset/${side}-reset`), JSON.stringify(results))
+        const m = await metrics(h)
+        assert.equal(metric(m, 'divert_sessions_closed_total', {listener: 'l', cause: `${side}-reset`}), 10)
+      } finally {
+        py.kill()
+        await h?.stop()
+      }
+    })
+  }
+})
+
+// ─── TCP keepalive on both sides (issue 11.2) ───────────────────────────────────────────────────
+
+const ss = await new Promise<boolean>((resolve) => {
+  execFile('ss', ['-V'], (error) => resolve(!error))
+})
+
+/** `ss -tnoH` keepalive timers (seconds left) of the established sockets a filter selects. */
+function keepaliveTimers(filter: string): Promise<Array<number | undefined>> {
+  return new Promise((resolve, reject) => {
+    execFile('ss', ['-tnoH', 'state', 'established', filter], (error, out) => {
+      if (error) return reject(error)
+      resolve(out.split('\n').filter((l) => l.trim()).map((l) => {
+        const t = /timer:\(keepalive,([^,]+),/.exec(l)?.[1]
+        if (t === undefined) return undefined
+        // iproute2 prints "1min29sec", "6.812ms" (seconds with a millisecond fraction) or "850ms".
+        const m = /^(?:(\d+)min)?(?:(\d+)sec)?$/.exec(t)
+        if (m && (m[1] || m[2])) return Number(m[1] ?? 0) * 60 + Number(m[2] ?? 0)
+        const f = /^(\d+)\.(\d+)(?:ms|sec)$/.exec(t)
+        if (f) return Number(`${f[1]}.${f[2]}`)
+        return Number(/^(\d+)ms$/.exec(t)?.[1] ?? NaN) / 1000
+      }))
+    })
+  })
+}
+
+describe('TCP keepalive', {skip: ss ? false : 'ss (Debian package iproute2) is not installed'}, () => {
+  test('issue 11.2: the accepted client socket and the upstream socket of a session have keepalive with the configured idle times', async () => {
+    const on = await startServer('on')
+    const off = await startServer('off')
+    const pOn = await freePort()
+    const pOff = await freePort()
+    const h = await startInProcess(`
+listeners:
+  - { name: on, bind: "127.0.0.1:${pOn}", backend: on, keepalive: 7s }
+  - { name: off, bind: "127.0.0.1:${pOff}", backend: off, keepalive: off }
+backends:
+  on: { servers: [ { address: "${on.address}" } ], keepalive: 9s }
+  off: { servers: [ { address: "${off.address}" } ], keepalive: 0 }
+`)
+    const sockets: net.Socket[] = []
+    try {
+      for (const [p, name] of [[pOn, 'on'], [pOff, 'off']] as const) {
+        const s = await connect({port: p, localAddress: '127.0.0.22'})
+        sockets.push(s)
+        assert.equal(await readLine(s), name) // the upstream side is connected
+      }
+      const [client] = await keepaliveTimers(`( sport = :${pOn} )`)
+      const [upstream] = await keepaliveTimers(`( dport = :${on.port} )`)
+      assert.ok(client !== undefined && client > 5 && client <= 7, `client side keepalive timer ${client}s, expected just under 7s`)
+      assert.ok(upstream !== undefined && upstream > 7 && upstream <= 9, `upstream keepalive timer ${upstream}s, expected just under 9s`)
+      assert.deepEqual(await keepaliveTimers(`( sport = :${pOff} or dport = :${off.port} )`), [undefined, undefined], 'keepalive: off leaves both sockets without a keepalive timer')
+    } finally {
+      for (const s of sockets) s.destroy()
+      await h.stop()
+      await Promise.all([on.close(), off.close()])
     }
   })
 })

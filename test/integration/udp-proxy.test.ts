@@ -171,6 +171,48 @@ backends:
   })
 })
 
+describe('udp.key: address — a client that moved', () => {
+  let prod: UdpEcho
+  let l: Lab
+
+  before(async () => {
+    prod = await startUdpEcho('prod', {proxyProtocol: true})
+    l = await lab(`
+listeners:
+  - { name: by-address, protocol: udp, bind: "127.0.0.1:0", backend: prod, udp: { key: address } }
+backends:
+  prod: { servers: [ { address: "${prod.address}" } ], proxy_protocol: v2 }
+`)
+  })
+
+  after(async () => {
+    await l?.stop()
+    await prod?.close()
+  })
+
+  test('issue 11.21: the session shows the client\'s new port (sessions view, PROXY header, close line) and replies go there', async () => {
+    const port = l.port('by-address')
+    const first = await l.client('127.0.0.23')
+    assert.equal(text(await first.request('one', port)), 'prod:one')
+    const moved = await l.client('127.0.0.23')
+    assert.notEqual(moved.port, first.port)
+    assert.equal(text(await moved.request('two', port)), 'prod:two')
+    assert.equal(first.replies.length, 1, 'the reply went to the new port, not the first one')
+    const admin = new AdminClient(l.d.admin)
+    try {
+      const views = await admin.sessions({source: '127.0.0.23'})
+      assert.deepEqual(views.map((v) => v.client), [`127.0.0.23:${moved.port}`])
+      assert.deepEqual(await admin.killSession(views[0].id), {killed: 1})
+      const line = l.d.logs.find('session closed').find((x) => x.session === views[0].id)
+      assert.equal(line?.client, `127.0.0.23:${moved.port}`)
+      assert.equal(line?.bytesIn, 'onetwo'.length)
+      assert.deepEqual(prod.received.at(-1)!.header?.source, {address: '127.0.0.23', port: moved.port}, 'the PROXY header names the new port')
+    } finally {
+      await admin.close()
+    }
+  })
+})
+
 describe('udp.idle_timeout', () => {
   let prod: UdpEcho, mute: UdpEcho
   let l: Lab

@@ -54,11 +54,11 @@ describe('parseConfig: valid input', () => {
       state: at('divert-state.json'),
       listeners: [
         {
-          name: 'telnet', protocol: 'tcp', bind: lo(2323), backend: 'prod', maxConnections: 100, clientTimeoutMs: 600_000, perSource: {maxConnections: 0, ratePerSec: 0},
+          name: 'telnet', protocol: 'tcp', bind: lo(2323), backend: 'prod', maxConnections: 100, clientTimeoutMs: 600_000, perSource: {maxConnections: 0, ratePerSec: 0}, keepaliveMs: 60_000,
           udp: {idleTimeoutMs: 300_000, key: 'address-port', maxFlows: 10_000, recvBufferSize: 4 * 1024 * 1024},
         },
         {
-          name: 'vpn', protocol: 'udp', bind: {host: '::1', port: 1194, family: 6}, backend: 'vpn-prod', maxConnections: 0, clientTimeoutMs: 0, perSource: {maxConnections: 0, ratePerSec: 0},
+          name: 'vpn', protocol: 'udp', bind: {host: '::1', port: 1194, family: 6}, backend: 'vpn-prod', maxConnections: 0, clientTimeoutMs: 0, perSource: {maxConnections: 0, ratePerSec: 0}, keepaliveMs: 60_000,
           udp: {idleTimeoutMs: 120_000, key: 'address', maxFlows: 10_000, recvBufferSize: 4 * 1024 * 1024},
         },
       ],
@@ -67,16 +67,16 @@ describe('parseConfig: valid input', () => {
           name: 'prod', balance: 'leastconn',
           servers: [{address: lo(2401), weight: 2}, {address: lo(2402), weight: 1}],
           health: {check: 'tcp', intervalMs: 5000, timeoutMs: 1000, rise: 2, fall: 5},
-          fallback: 'default', connectTimeoutMs: 2000, serverTimeoutMs: 3_600_000,
+          fallback: 'default', connectTimeoutMs: 2000, serverTimeoutMs: 3_600_000, keepaliveMs: 60_000,
         }],
         ['staging', {
           name: 'staging', balance: 'roundrobin', servers: [{address: lo(2403), weight: 1}],
-          proxyProtocol: 'v1', fallback: 'reject', connectTimeoutMs: 5000, serverTimeoutMs: 0,
+          proxyProtocol: 'v1', fallback: 'reject', connectTimeoutMs: 5000, serverTimeoutMs: 0, keepaliveMs: 60_000,
         }],
         ['vpn-prod', {
           name: 'vpn-prod', balance: 'roundrobin', servers: [{address: {host: '::1', port: 11940, family: 6}, weight: 1}],
           health: {check: 'none', intervalMs: 2000, timeoutMs: 1000, rise: 2, fall: 3},
-          proxyProtocol: 'v2', fallback: 'default', connectTimeoutMs: 5000, serverTimeoutMs: 0,
+          proxyProtocol: 'v2', fallback: 'default', connectTimeoutMs: 5000, serverTimeoutMs: 0, keepaliveMs: 60_000,
         }],
       ]),
       rules: [
@@ -97,12 +97,12 @@ describe('parseConfig: valid input', () => {
       file: '/etc/divert/divert.yaml',
       admin: {},
       listeners: [{
-        name: 'telnet', protocol: 'tcp', bind: lo(2323), backend: 'prod', maxConnections: 0, clientTimeoutMs: 0, perSource: {maxConnections: 0, ratePerSec: 0},
+        name: 'telnet', protocol: 'tcp', bind: lo(2323), backend: 'prod', maxConnections: 0, clientTimeoutMs: 0, perSource: {maxConnections: 0, ratePerSec: 0}, keepaliveMs: 60_000,
         udp: {idleTimeoutMs: DEFAULTS.udpIdleTimeoutMs, key: DEFAULTS.udpKey, maxFlows: DEFAULTS.udpMaxFlows, recvBufferSize: DEFAULTS.udpRecvBufferSize},
       }],
       backends: new Map([['prod', {
         name: 'prod', balance: 'roundrobin', servers: [{address: lo(2401), weight: 1}], fallback: 'default',
-        connectTimeoutMs: DEFAULTS.connectTimeoutMs, serverTimeoutMs: 0,
+        connectTimeoutMs: DEFAULTS.connectTimeoutMs, serverTimeoutMs: 0, keepaliveMs: 60_000,
       }]]),
       rules: [],
       captureMaxBytes: DEFAULTS.captureMaxBytes,
@@ -263,7 +263,7 @@ backends:
 listners: []
 `
     const e = invalid(text,
-      /divert\.yaml:5:5: listeners\[0\]\.colour: unknown key "colour"; expected one of: name, protocol, bind, backend, max_connections, timeouts, per_source, udp$/m,
+      /divert\.yaml:5:5: listeners\[0\]\.colour: unknown key "colour"; expected one of: name, protocol, bind, backend, max_connections, timeouts, per_source, udp, keepalive$/m,
       /divert\.yaml:6:12: listeners\[0\]\.udp\.idle: unknown key "idle"; expected one of: idle_timeout, key, max_flows, recv_buffer$/m,
       /divert\.yaml:10:43: backends\.prod\.servers\[0\]\.wieght: unknown key "wieght" \(did you mean "weight"\?\); expected one of: address, weight$/m,
       /divert\.yaml:11:15: backends\.prod\.health\.intervall: unknown key "intervall" \(did you mean "interval"\?\); expected one of: check, interval, timeout, rise, fall$/m,
@@ -503,5 +503,38 @@ describe('parseSize', () => {
     assert.equal(formatSize(4 * 1024 * 1024), '4MiB')
     assert.equal(formatSize(1500), '1500B')
     assert.equal(formatSize(parseSize('64KiB')), '64KiB')
+  })
+})
+
+describe('parseConfig: TCP keepalive', () => {
+  const withKeepalive = (listener: string, backend: string): string => `listeners:
+  - { name: telnet, bind: 127.0.0.1:2323, backend: prod${listener} }
+backends:
+  prod: { servers: [ { address: 127.0.0.1:2401 } ]${backend} }
+`
+
+  it('issue 11.2: keepalive defaults to 60 s on both sides; a duration sets it, off and 0 disable it', () => {
+    const d = parseConfig(BASE, 'divert.yaml')
+    assert.equal(d.listeners[0].keepaliveMs, 60_000)
+    assert.equal(d.backends.get('prod')?.keepaliveMs, 60_000)
+    const set = parseConfig(withKeepalive(', keepalive: 7s', ', keepalive: 2m'), 'divert.yaml')
+    assert.equal(set.listeners[0].keepaliveMs, 7000)
+    assert.equal(set.backends.get('prod')?.keepaliveMs, 120_000)
+    const off = parseConfig(withKeepalive(', keepalive: off', ', keepalive: 0'), 'divert.yaml')
+    assert.equal(off.listeners[0].keepaliveMs, 0)
+    assert.equal(off.backends.get('prod')?.keepaliveMs, 0)
+  })
+
+  it('issue 11.2: a keepalive that the kernel cannot take is an error at its line and column', () => {
+    const expected = 'expected a whole number of seconds from 1s to 9h6m7s \\(e\\.g\\. 60s\\), or off / 0 to disable'
+    invalid(withKeepalive(', keepalive: 1500ms', ''), new RegExp(`^divert\\.yaml:2:69: listeners\\[0\\]\\.keepalive: "1500ms" is not a keepalive time; ${expected}$`))
+    invalid(withKeepalive('', ', keepalive: 10h'), new RegExp(`^divert\\.yaml:4:64: backends\\.prod\\.keepalive: "10h" is not a keepalive time; ${expected}$`))
+    invalid(withKeepalive(', keepalive: on', ''), /^divert\.yaml:2:69: listeners\[0\]\.keepalive: "on" is not a duration/)
+    invalid(withKeepalive('', ', keepalive: [60s]'), new RegExp(`^divert\\.yaml:4:64: backends\\.prod\\.keepalive: got a list; ${expected}$`))
+    invalid(`listeners:
+  - { name: u, protocol: udp, bind: 127.0.0.1:0, backend: prod, keepalive: 30s }
+backends:
+  prod: { servers: [ { address: 127.0.0.1:2401 } ] }
+`, /^divert\.yaml:2:76: listeners\[0\]\.keepalive: is TCP keepalive, only allowed on a tcp listener; expected protocol: tcp, or no keepalive$/)
   })
 })

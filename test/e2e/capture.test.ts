@@ -11,7 +11,7 @@
 import {after, before, describe, test} from 'node:test'
 import assert from 'node:assert/strict'
 import {createHash, randomBytes} from 'node:crypto'
-import {closeSync, constants as fsConstants, createReadStream, existsSync, openSync, readdirSync, readFileSync, readlinkSync, statSync, writeFileSync} from 'node:fs'
+import {chmodSync, chownSync, existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, readlinkSync, statSync, symlinkSync, writeFileSync} from 'node:fs'
 import {join} from 'node:path'
 import {fileURLToPath} from 'node:url'
 import type net from 'node:net'
@@ -593,48 +593,132 @@ describe('a daemon restart continues a recording instead of wiping it', () => {
   })
 })
 
-// ─── a FIFO as the recording: a live feed ─────────────────────────────────────────────────────
+// ─── what --record may open: new files and divert's own recordings, nothing else ─────────────
 
-test('recording into a FIFO (a live feed, e.g. to wireshark -k -i FIFO): the reader gets a whole capture', {skip: hasCommand('mkfifo') ? false : 'no mkfifo'}, async () => {
-  const prod = await startRecorder('prod', echo)
-  const {dir, cleanup} = tempDir('divert-fifo-')
-  const fifo = join(dir, 'live.pcap')
-  let release: (() => void) | undefined
-  try {
-    assert.equal(spawnSync('mkfifo', ['-m', '600', fifo]).status, 0)
-    // The daemon's open for writing waits for a reader, so the reader comes first.
-    const chunks: Buffer[] = []
-    const reader = createReadStream(fifo).on('data', (c) => chunks.push(c as Buffer))
-    let ended = false
-    const read = new Promise<void>((resolve, reject) => reader.once('end', () => resolve()).once('error', reject)).finally(() => (ended = true))
-    read.catch(() => undefined)
-    // If the daemon never opened the FIFO, a writer that comes and goes ends the reader's blocked open.
-    release = (): void => {
-      if (ended) return
-      reader.destroy()
-      try {
-        closeSync(openSync(fifo, fsConstants.O_WRONLY | fsConstants.O_NONBLOCK))
-      } catch {
-        // no reader left to release
-      }
-    }
-    const {d, port} = await startRecording(prod.address, '127.0.0.11', fifo)
-    try {
-      const s = await session(port, '127.0.0.11', Buffer.from('live\n'))
-      await finish(s.socket)
-    } finally {
-      await d.stop()
-    }
-    await read
-    const copy = join(dir, 'copy.pcap')
-    writeFileSync(copy, Buffer.concat(chunks))
-    const {flows} = await flowsOf(copy)
-    assert.deepEqual(flows.map((f) => sideBytes(f, 'client').toString()), ['live\n'])
-  } finally {
-    release?.()
-    await prod.close()
-    cleanup()
+/** What a refused --record must leave as it was. */
+function fileState(path: string): {mode: number; uid: number; gid: number; mtimeMs: number; size: number} {
+  const st = lstatSync(path)
+  return {mode: st.mode, uid: st.uid, gid: st.gid, mtimeMs: st.mtimeMs, size: st.size}
+}
+
+/** The daemon is root here: losetup, mknod and chown need it. */
+const ROOT = process.geteuid?.() === 0 ? false : 'needs root (losetup, mknod, chown)'
+
+describe('divert add --record refuses every path that is not a new file or its own recording', {skip: ROOT}, () => {
+  let dir: string
+  let cleanup: () => void
+  let daemon: Spawned
+  let port: number
+  let prod: Recorder
+  const cli = (...args: string[]): Promise<CliResult> => runCli([...args, '--admin', join(dir, 'admin.sock')])
+  /** `divert add SOURCE --record PATH`: refused with RECORD_FAILED (exit 4), one line naming the path and what it is. */
+  async function refused(source: string, path: string, what: RegExp): Promise<void> {
+    const r = await cli('add', source, '--record', path)
+    assert.equal(r.code, 4, `exit code; stderr: ${r.stderr}`)
+    assert.equal(r.stderr.trim().split('\n').length, 1, r.stderr)
+    assert.ok(r.stderr.includes(`cannot record to ${path}: `), r.stderr)
+    assert.match(r.stderr, what)
   }
+
+  before(async () => {
+    ;({dir, cleanup} = tempDir('divert-recpath-'))
+    prod = await startRecorder('prod', echo)
+    port = await freePort()
+    const config = join(dir, 'divert.yaml')
+    writeFileSync(config, `
+listeners:
+  - { name: main, bind: "127.0.0.1:${port}", backend: prod }
+backends:
+  prod: { servers: [ { address: "${prod.address}" } ] }
+`)
+    daemon = await spawnDaemon(config, {admin: join(dir, 'admin.sock'), dir})
+  })
+
+  after(async () => {
+    await daemon?.stop()
+    await prod?.close()
+    cleanup?.()
+  })
+
+  test('issue 11.5: a block device is refused and its content is unchanged', async (t) => {
+    if (!hasCommand('losetup')) return t.skip('losetup is not installed (util-linux)')
+    const image = join(dir, 'disk.img')
+    const content = randomBytes(1024 * 1024)
+    writeFileSync(image, content)
+    const attach = spawnSync('losetup', ['--find', '--show', image], {encoding: 'utf8'})
+    if (attach.status !== 0) return t.skip(`no loop device here: ${attach.stderr.trim()}`)
+    const dev = attach.stdout.trim()
+    t.after(() => void spawnSync('losetup', ['--detach', dev]))
+    const before = fileState(dev)
+    await refused('127.0.0.20', dev, /it is a block device; a recording must be a regular file/)
+    assert.deepEqual(fileState(dev), before)
+    assert.equal(sha(readFileSync(dev)), sha(content), 'the device still holds what it held')
+    assert.equal(sha(readFileSync(image)), sha(content))
+  })
+
+  test('issue 11.5: a character device (a copy of /dev/null) is refused and keeps its mode', async () => {
+    const dev = join(dir, 'null')
+    assert.equal(spawnSync('mknod', ['-m', '666', dev, 'c', '1', '3']).status, 0)
+    const before = fileState(dev)
+    await refused('127.0.0.21', dev, /it is a character device/)
+    assert.deepEqual(fileState(dev), before)
+    assert.equal(before.mode & 0o777, 0o666)
+  })
+
+  test('issue 11.5: another user\'s empty file is refused; mode, owner and mtime unchanged', async () => {
+    const nobody = spawnSync('id', ['-u', 'nobody'], {encoding: 'utf8'})
+    const uid = nobody.status === 0 ? Number(nobody.stdout.trim()) : 65534
+    const file = join(dir, 'theirs.pcap')
+    writeFileSync(file, '')
+    chmodSync(file, 0o644)
+    chownSync(file, uid, uid)
+    const before = fileState(file)
+    await refused('127.0.0.22', file, new RegExp(`owned by uid ${uid}, not by the daemon's user`))
+    assert.deepEqual(fileState(file), before)
+    assert.equal(before.mode & 0o777, 0o644)
+  })
+
+  test('issue 11.5: a symbolic link anywhere in the path is refused, and nothing is created behind it', async () => {
+    const real = join(dir, 'real')
+    mkdirSync(real)
+    symlinkSync(real, join(dir, 'linked'))
+    await refused('127.0.0.23', join(dir, 'linked', 'x.pcap'), new RegExp(`${join(dir, 'linked').replaceAll('.', '\\.')} is a symbolic link .*e\\.g\\. ${join(real, 'x.pcap').replaceAll('.', '\\.')}`))
+    assert.deepEqual(readdirSync(real), [])
+    writeFileSync(join(real, 'target.pcap'), 'not a recording')
+    symlinkSync(join(real, 'target.pcap'), join(dir, 'last.pcap'))
+    await refused('127.0.0.23', join(dir, 'last.pcap'), /it is a symbolic link/)
+    assert.equal(readFileSync(join(real, 'target.pcap'), 'utf8'), 'not a recording')
+  })
+
+  test('issue 11.5: a new file is created 0600; re-adding continues it (our own recording)', async () => {
+    const file = join(dir, 'mine.pcap')
+    assert.equal((await cli('add', '127.0.0.24', '--record', file)).code, 0)
+    const s = await session(port, '127.0.0.24', Buffer.from('one\n'))
+    await finish(s.socket)
+    assert.equal((await cli('rm', '127.0.0.24')).code, 0)
+    assert.equal(statSync(file).mode & 0o777, 0o600)
+    assert.equal((await cli('add', '127.0.0.24', '--record', file)).code, 0)
+    const s2 = await session(port, '127.0.0.24', Buffer.from('two\n'))
+    await finish(s2.socket)
+    assert.equal((await cli('rm', '127.0.0.24')).code, 0)
+    const {flows} = await flowsOf(file)
+    assert.deepEqual(flows.map((f) => sideBytes(f, 'client').toString()), ['one\n', 'two\n'])
+  })
+
+  test('issue 11.6: FIFOs nobody reads are refused at once; later adds work and SIGTERM stops the daemon promptly', {skip: hasCommand('mkfifo') ? false : 'no mkfifo'}, async () => {
+    for (let i = 0; i < 4; i++) {
+      const fifo = join(dir, `fifo${i}.pcap`)
+      assert.equal(spawnSync('mkfifo', ['-m', '600', fifo]).status, 0)
+      const before = fileState(fifo)
+      await refused(`127.0.0.${30 + i}`, fifo, /it is a FIFO; a recording must be a regular file: choose a new file name/)
+      assert.deepEqual(fileState(fifo), before)
+    }
+    const later = await cli('add', '127.0.0.35', '--record', join(dir, 'after-fifos.pcap'))
+    assert.equal(later.code, 0, later.stderr)
+    assert.equal((await cli('reload')).code, 0)
+    const stopped = await Promise.race([daemon.stop(), new Promise((resolve) => setTimeout(() => resolve('still running after 15 s'), 15_000).unref())])
+    assert.equal(stopped, 0)
+  })
 })
 
 // ─── captures divert cannot read, through the CLI ─────────────────────────────────────────────

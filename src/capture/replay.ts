@@ -13,7 +13,7 @@ import net from 'node:net'
 import dgram from 'node:dgram'
 import {performance} from 'node:perf_hooks'
 import {setTimeout as delay} from 'node:timers/promises'
-import {DivertError} from '../errors.js'
+import {DivertError, ERROR_CATALOG} from '../errors.js'
 import {endpointString, formatEndpoint, type Endpoint} from '../net/endpoint.js'
 import {formatPrefix, parseCidr, prefixContains, type Prefix} from '../rules/cidr.js'
 import type {Protocol} from '../config/types.js'
@@ -114,6 +114,8 @@ export interface ReplayFlowResult {
   error?: string
   /** Node's code for the error (ECONNREFUSED, ECONNRESET, …) when there is one. */
   errorCode?: string
+  /** UDP: datagrams the socket refused to send (EMSGSIZE, …); neither counted in bytesSent nor retried. */
+  datagramsFailed?: number
   gaps: Gap[]
   compare?: FlowComparison
 }
@@ -173,6 +175,28 @@ export async function runReplay(opts: ReplayOptions): Promise<ReplayReport> {
     skipped: cap.skipped,
     aborted,
   }
+}
+
+/** connect(2) errors (and our connect timeout): the target never took the connection. */
+const UNREACHABLE = new Set(['ECONNREFUSED', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENETUNREACH', 'EADDRNOTAVAIL'])
+
+/**
+ * How `divert replay` ends: a target that took none of the flows is REPLAY_FAILED on its own (one
+ * line, no table: nothing was replayed); flows that failed after some did go through exit with
+ * REPLAY_FAILED's status after the report; answers that differ exit 1, as cmp(1) does; else 0.
+ */
+export function replayOutcome(report: ReplayReport): {error?: DivertError; exitCode: number} {
+  const failed = ERROR_CATALOG.REPLAY_FAILED.exit
+  const [first] = report.flows
+  const unreachable = !report.aborted && first !== undefined &&
+    report.flows.every((f) => UNREACHABLE.has(f.errorCode ?? '') && f.bytesReceived === 0)
+  if (unreachable) {
+    const n = report.flows.length
+    const error = new DivertError('REPLAY_FAILED', `cannot replay ${report.file} to ${report.to}: ${first.error} (${first.errorCode})${n > 1 ? ` for all ${n} flows` : ''}; check that the target is up and --to is right`)
+    return {error, exitCode: error.exitCode}
+  }
+  if (report.totals.errors > 0) return {exitCode: failed}
+  return {exitCode: (report.totals.different ?? 0) > 0 ? 1 : 0}
 }
 
 function settings(opts: ReplayOptions): Settings {
@@ -358,6 +382,7 @@ async function replayFlow(plan: FlowPlan, ctx: ReplayContext, t0: number, loop: 
     recordedServerBytes: sum(f.serverChunks),
     durationMs: 0,
     gaps: f.gaps,
+    ...(f.protocol === 'udp' ? {datagramsFailed: 0} : {}),
   }
   const started = ctx.clock.now()
   const target = new Target(ctx, ctx.opts.compare === true)
@@ -529,13 +554,11 @@ async function replayUdp(plan: FlowPlan, ctx: ReplayContext, t0: number, r: Repl
       await ctx.sleepUntil(t0 + plan.chunkMs[i])
       if (t.gone || ctx.aborted) break
       const data = plan.flow.clientChunks[i].data
-      // dgram has no back-pressure; waiting for each send's callback is the closest to it.
-      await new Promise<void>((resolve) => {
-        sock.send(data, (e) => {
-          if (e) t.fail(e)
-          resolve()
-        })
-      })
+      const error = await sendDatagram(sock, data)
+      if (error) {
+        unsent(r, error, plan.flow.clientChunks.length)
+        continue
+      }
       r.bytesSent += data.length
       ctx.counters.bytesSent += data.length
       ctx.progress()
@@ -546,6 +569,29 @@ async function replayUdp(plan: FlowPlan, ctx: ReplayContext, t0: number, r: Repl
     closeQuietly(sock)
     ctx.live.delete(handle)
   }
+}
+
+/** dgram has no back-pressure; waiting for each send's callback is the closest to it. Resolves with the send's error, if any. */
+function sendDatagram(sock: dgram.Socket, data: Buffer): Promise<Error | undefined> {
+  return new Promise((resolve) => {
+    try {
+      sock.send(data, (e) => resolve(e ?? undefined))
+    } catch (e) {
+      resolve(e as Error)
+    }
+  })
+}
+
+/**
+ * One datagram the socket would not send (EMSGSIZE: larger than the target's family carries, RFC 768 /
+ * udp(7)): counted as failed, not as sent, and the flow goes on with the next one — the target may
+ * still answer the others. The first such error is the flow's error.
+ */
+function unsent(r: ReplayFlowResult, e: Error, total: number): void {
+  r.datagramsFailed = (r.datagramsFailed ?? 0) + 1
+  const code = (e as NodeJS.ErrnoException).code
+  r.error = `${r.datagramsFailed} of ${total} datagrams could not be sent: ${e.message}`
+  if (code !== undefined) r.errorCode = code
 }
 
 function closeQuietly(sock: dgram.Socket): void {

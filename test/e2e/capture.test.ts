@@ -753,6 +753,16 @@ describe('divert replay on input it cannot use', {concurrency: 4}, () => {
     })
   }
 
+  test('issue 11.24: replay to a closed port exits 4 (DIVERT_ERR_REPLAY_FAILED) with one line naming the target and the error', async () => {
+    const port = await freePort()
+    const file = join(FIXTURES, 'lo-ethernet.pcap')
+    const replay = (...args: string[]): Promise<CliResult> => runCli(['replay', file, '--to', `127.0.0.1:${port}`, '--fast', '--wait', '1s', ...args])
+    await expectCliError(replay, {
+      args: [], code: 'DIVERT_ERR_REPLAY_FAILED', exit: 4,
+      message: new RegExp(`cannot replay \\S+lo-ethernet\\.pcap to 127\\.0\\.0\\.1:${port}: connection refused by 127\\.0\\.0\\.1:${port} \\(ECONNREFUSED\\) for all 2 flows; check that the target is up`),
+    })
+  })
+
   test('--speed that is not a number: the error quotes what was typed', async () => {
     const replay = (...args: string[]): Promise<CliResult> => runCli(['replay', join(FIXTURES, 'lo-ethernet.pcap'), '--to', '127.0.0.1:9', ...args])
     await expectCliError(replay, {args: ['--speed', 'fast'], code: 'DIVERT_ERR_INVALID_ARGUMENT', exit: 2, message: /--speed "fast" must be a number above 0/})

@@ -16,6 +16,7 @@ import {DivertError} from '../../src/errors.js'
 import {parseEndpoint} from '../../src/net/endpoint.js'
 import {capture, decoded, TcpConversation, udpSegment, type Addr, type Segment} from '../helpers/frames.js'
 import {hasCommand, markerLine, printed, sendMarker, startTcpdump, stopTcpdump, type Tcpdump} from '../helpers/capture.js'
+import {until} from '../helpers/servers.js'
 
 const T0 = 1_700_000_000_000_000
 const DEVICE: Addr = {address: '192.0.2.10', port: 40001}
@@ -311,6 +312,35 @@ describe('runReplay against loopback servers', () => {
     assert.equal(f.bytesSent, 4)
     assert.equal(f.bytesReceived, 10)
     assert.equal(f.compare?.identical, true)
+  })
+
+  test('issue 11.20: a UDP datagram the socket refuses (EMSGSIZE) is counted as failed, not as sent', async (t) => {
+    const srv = dgram.createSocket('udp4')
+    t.after(() => new Promise<void>((resolve) => srv.close(() => resolve())))
+    const got: string[] = []
+    srv.on('message', (m) => got.push(m.length > 100 ? `${m.length} bytes` : m.toString()))
+    srv.bind(0, '127.0.0.1')
+    await once(srv, 'listening')
+    // IPv6 carries 65,527 bytes of UDP payload (RFC 8200 §3), IPv4 only 65,507: replayed to an IPv4
+    // target, the middle datagram is too big to send.
+    const v6 = {address: '2001:db8::10', port: 40003}
+    const dns = {address: '2001:db8::53', port: 53}
+    const file = writeCapture([
+      udpSegment(T0, v6, dns, 'q1'),
+      udpSegment(T0 + 100, v6, dns, Buffer.alloc(65_527, 0x61)),
+      udpSegment(T0 + 200, v6, dns, 'q3'),
+    ])
+    const report = await runReplay({file, to: parseEndpoint(`127.0.0.1:${srv.address().port}`), fast: true, waitMs: 100})
+    const f = report.flows[0]
+    assert.equal(f.bytesSent, 4, 'only the two datagrams that went out count as sent')
+    assert.equal(f.datagramsFailed, 1)
+    assert.equal(f.errorCode, 'EMSGSIZE')
+    assert.match(f.error ?? '', /^1 of 3 datagrams could not be sent: send EMSGSIZE/)
+    assert.equal(report.totals.errors, 1)
+    assert.equal(report.totals.bytesSent, 4)
+    assert.match(renderReplay(report), /sent 4 B, received 0 B; 1 flow failed; 1 datagram could not be sent/)
+    await until(() => got.length === 2)
+    assert.deepEqual(got, ['q1', 'q3'])
   })
 
   test('IPv6 target', async (t) => {

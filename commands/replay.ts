@@ -48,6 +48,7 @@ failed, or when the target took none of them (then one line says why, and no tab
       bar.stop()
       process.off('SIGINT', onSigint)
     })
+    for (const w of report.warnings) process.stderr.write(`divert: warning: ${w}\n`)
     const outcome = replayOutcome(report)
     if (outcome.error) throw outcome.error
     this.log(renderReplay(report))

@@ -141,6 +141,8 @@ export interface ReplayReport {
   totals: ReplayTotals
   skipped: SkipCount[]
   aborted: boolean
+  /** What the user should know about the input, e.g. a cut last record (the packets before it were replayed). */
+  warnings: string[]
 }
 
 interface Settings {
@@ -174,6 +176,7 @@ export async function runReplay(opts: ReplayOptions): Promise<ReplayReport> {
     totals: totals(flows, opts.compare === true),
     skipped: cap.skipped,
     aborted,
+    warnings: cap.truncated ? [cap.truncated.warning] : [],
   }
 }
 

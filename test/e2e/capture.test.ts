@@ -331,9 +331,9 @@ backends:
     const r = await runCli(['replay', composed.file, '--to', target.address, '--fast', '--compare', '--json'])
     assert.equal(r.code, 0, r.stderr)
     const report = r.json()
-    assert.deepEqual(Object.keys(report).sort(), ['aborted', 'capture', 'fast', 'file', 'flows', 'loops', 'skipped', 'speed', 'to', 'totals'])
+    assert.deepEqual(Object.keys(report).sort(), ['aborted', 'capture', 'fast', 'file', 'flows', 'loops', 'skipped', 'speed', 'to', 'totals', 'warnings'])
     assert.equal(report.to, target.address)
-    assert.deepEqual([report.fast, report.loops, report.aborted, report.skipped], [true, 1, false, []])
+    assert.deepEqual([report.fast, report.loops, report.aborted, report.skipped, report.warnings], [true, 1, false, [], []])
     assert.deepEqual({...report.capture, records: undefined}, {linktype: 1, nanosecond: false, records: undefined, flows: 1, selected: 1})
     const n = composed.payload.length
     assert.deepEqual(report.totals, {flows: 1, bytesSent: n, bytesReceived: n + 5, errors: 0, identical: 1, different: 0})
@@ -734,7 +734,7 @@ describe('divert replay on input it cannot use', {concurrency: 4}, () => {
   const CORRUPT = {code: 'DIVERT_ERR_PCAP_CORRUPT', exit: 2}
   const cases: Array<[string, Buffer | string | undefined, {code: string; exit: number}, RegExp]> = [
     ['pcapng', join(FIXTURES, 'lo-ethernet.pcapng'), FORMAT, /is pcapng, not classic pcap: convert it with `editcap -F pcap \S*lo-ethernet\.pcapng out\.pcap`/],
-    ['truncated inside a packet', lo().subarray(0, lo().length - 10), CORRUPT, /is truncated after \d+ packets at byte offset \d+ \(the file ends inside a packet, \d+ bytes short of a whole record\)/],
+    ['truncated inside its only record', lo().subarray(0, 24 + 16 + 30), CORRUPT, /is truncated inside its first record: the file ends inside a packet \(its header says incl_len 74, 30 bytes present, 44 bytes short\)/],
     ['truncated inside the file header', lo().subarray(0, 12), CORRUPT, /is truncated: it has 12 bytes, less than the 24-byte pcap file header/],
     ['empty', Buffer.alloc(0), CORRUPT, /is empty: a pcap file starts with a 24-byte header/],
     ['not a capture at all', 'GET / HTTP/1.1\r\nHost: x\r\n\r\n', FORMAT, /is not a pcap file: it starts with bytes 47 45 54 20/],
@@ -763,11 +763,43 @@ describe('divert replay on input it cannot use', {concurrency: 4}, () => {
     })
   })
 
+  test('issue 11.19: a capture whose last record is cut (copied while tcpdump ran) replays its whole packets, with one warning saying how short it is', async (t) => {
+    const {tcp, udp} = await tcpAndUdpOnOnePort(t)
+    const file = join(FIXTURES, 'lo-ethernet-cut.pcap')
+    const r = await runCli(['replay', file, '--to', tcp.address, '--fast', '--wait', '1s', '--json'])
+    assert.equal(r.code, 0, r.stderr)
+    const warning = `the last record of ${file} is cut short at byte offset 1220: the file ends inside a packet (its header says incl_len 53, 20 bytes present, 33 bytes short); only the 14 whole packets before it are read.`
+    const lines = r.stderr.split('\n').filter((l) => l !== '')
+    assert.equal(lines.length, 1, r.stderr)
+    assert.ok(lines[0].startsWith(`divert: warning: ${warning} Was it copied while the capture was still running?`), lines[0])
+    const report = r.json()
+    assert.equal(report.capture.records, 14)
+    assert.deepEqual(report.warnings, [lines[0].slice('divert: warning: '.length)])
+    assert.equal(report.totals.errors, 0)
+    await tcp.conns[0].ended
+    assert.equal(tcp.conns[0].bytes().toString(), 'hello divert\nsecond line\n')
+    assert.deepEqual(udp.received.map((d) => d.payload.toString()), ['ping 1'])
+  })
+
   test('--speed that is not a number: the error quotes what was typed', async () => {
     const replay = (...args: string[]): Promise<CliResult> => runCli(['replay', join(FIXTURES, 'lo-ethernet.pcap'), '--to', '127.0.0.1:9', ...args])
     await expectCliError(replay, {args: ['--speed', 'fast'], code: 'DIVERT_ERR_INVALID_ARGUMENT', exit: 2, message: /--speed "fast" must be a number above 0/})
   })
 })
+
+/** A TCP server (answers each chunk upper-cased) and a UDP echo on the same port number, for captures with both. */
+async function tcpAndUdpOnOnePort(t: {after(fn: () => unknown): void}): Promise<{tcp: Recorder; udp: UdpEcho}> {
+  for (let attempt = 0; ; attempt++) {
+    const tcp = await startRecorder('up', (d) => Buffer.from(d.toString().toUpperCase()))
+    const udp = await startUdpEcho('pong', {port: tcp.port}).catch((e: unknown) => e as Error)
+    if (!(udp instanceof Error)) {
+      t.after(() => Promise.all([tcp.close(), udp.close()]))
+      return {tcp, udp}
+    }
+    await tcp.close()
+    if (attempt === 4) throw udp
+  }
+}
 
 function claims1GB(pcap: Buffer): Buffer {
   const b = Buffer.from(pcap.subarray(0, 24 + 16 + 64))

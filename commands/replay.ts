@@ -31,7 +31,7 @@ failed, or when the target took none of them (then one line says why, and no tab
     fast: Flags.boolean({description: 'no pacing: send as fast as the target accepts', exclusive: ['speed']}),
     loop: Flags.integer({description: 'replay the selection this many times', default: 1, min: 1}),
     compare: Flags.boolean({description: 'compare the target\'s answers with the recorded server\'s'}),
-    wait: Flags.string({description: 'how long to wait for answers after a flow\'s last byte', default: '2s'}),
+    wait: Flags.string({description: 'how long to wait for answers after a flow\'s last byte; a recorded FIN waits for the recorded answer, or this long of silence', default: '2s'}),
   }
 
   async run(): Promise<ReplayReport> {

@@ -74,7 +74,10 @@ export interface ReplayOptions {
   /** Replay the whole selection this many times, one pass after the other. Default 1. */
   loop?: number
   compare?: boolean
-  /** How long to wait for answers after a flow's last sent byte. Default 2000. */
+  /**
+   * How long to wait for answers after a flow's last sent byte; also how long the target may stay quiet
+   * before a FIN recorded after an answer is sent without the rest of that answer. Default 2000.
+   */
   waitMs?: number
   /** Give up connecting after this long; 0 = leave it to the OS. Default 5000. */
   connectTimeoutMs?: number
@@ -428,6 +431,7 @@ class Target {
     this.ctx.counters.bytesReceived += chunk.length
     if (this.keep) this.chunks.push(chunk)
     this.ctx.progress()
+    this.wake()
   }
 
   fail(e: unknown): void {
@@ -503,7 +507,7 @@ async function replayTcp(plan: FlowPlan, ctx: ReplayContext, t0: number, r: Repl
 
 const BATCH = 64 * 1024
 
-/** Writes the client chunks on schedule, due ones corked together, then FIN as recorded. Returns when the last byte went. */
+/** Writes the client chunks on schedule, due ones corked together, then FIN as recorded once the answer before it arrived (awaitAnswer). Returns when the last byte (or the FIN) went. */
 async function sendTcp(plan: FlowPlan, ctx: ReplayContext, t0: number, r: ReplayFlowResult, sock: net.Socket, t: Target): Promise<number> {
   const chunks = plan.flow.clientChunks
   let lastSend = ctx.clock.now()
@@ -529,9 +533,34 @@ async function sendTcp(plan: FlowPlan, ctx: ReplayContext, t0: number, r: Replay
   }
   if (plan.flow.clientFin && !t.gone && !ctx.aborted) {
     if (plan.finMs !== undefined) await ctx.sleepUntil(t0 + plan.finMs)
+    await awaitAnswer(answeredBeforeFin(plan.flow), ctx, t)
+    if (t.gone || ctx.aborted) return lastSend
     sock.end()
+    lastSend = ctx.clock.now()
   }
   return lastSend
+}
+
+/** Bytes the recorded server had sent before the recorded client FIN: the answer the FIN must not cut off. */
+function answeredBeforeFin(flow: Flow): number {
+  const fin = flow.clientFinTs ?? Infinity
+  return flow.serverChunks.reduce((n, c) => (c.ts <= fin ? n + c.data.length : n), 0)
+}
+
+/**
+ * Holds the client's FIN until the target has sent `expected` bytes, or stayed quiet for waitMs, or
+ * ended or failed; stallTimeoutMs at most in all. Servers that drop unsent replies once they read the
+ * client's FIN (redis does: FIELD-NOTES) would otherwise cut the answer off when replay runs ahead of
+ * the recording (--fast, or a server slower than the recorded one).
+ */
+async function awaitAnswer(expected: number, ctx: ReplayContext, t: Target): Promise<void> {
+  const deadline = ctx.clock.now() + ctx.opts.stallTimeoutMs
+  const done = (): boolean => t.received >= expected || t.gone || t.ended || ctx.aborted
+  let seen = -1
+  while (!done() && seen !== t.received && ctx.clock.now() < deadline) {
+    seen = t.received
+    await t.until(() => done() || t.received !== seen, Math.min(ctx.opts.waitMs, deadline - ctx.clock.now()))
+  }
 }
 
 async function replayUdp(plan: FlowPlan, ctx: ReplayContext, t0: number, r: ReplayFlowResult, t: Target): Promise<void> {

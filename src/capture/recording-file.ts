@@ -80,7 +80,7 @@ async function createNew(path: string): Promise<FileHandle | undefined> {
     return await open(path, O_CREAT | O_EXCL | O_NOFOLLOW | O_WRONLY | O_NOCTTY, 0o600)
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'EEXIST') return undefined
-    throw refuse(path, `${(err as NodeJS.ErrnoException).code ?? 'error'} creating it (${(err as Error).message}); check the directory's permissions`)
+    throw osError(path, err)
   }
 }
 
@@ -97,8 +97,13 @@ async function openExisting(path: string): Promise<FileHandle> {
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code
     if (code === 'ELOOP') throw refuse(path, 'it is a symbolic link; give the real path')
-    throw refuse(path, `${code ?? 'error'} opening it (${(err as Error).message}); check the path and its permissions`)
+    throw osError(path, err)
   }
+}
+
+/** EACCES, EROFS, ENOSPC…: the system's word for it, and what to check. */
+function osError(path: string, err: unknown): DivertError {
+  return new DivertError('RECORD_FAILED', `cannot record to ${path}: ${(err as NodeJS.ErrnoException).code ?? 'error'} (${(err as Error).message}); check the path and its permissions`, {cause: err})
 }
 
 function notRegular(st: Stats): string {

@@ -4,9 +4,10 @@ import {progressBar} from '../src/cli/progress.js'
 import {renderReplay} from '../src/cli/render-replay.js'
 import {formatBytes} from '../src/cli/render.js'
 import {terminalWidth} from '../src/cli/terminal.js'
+import {escapeControl} from '../src/cli/escape.js'
 import {parseDuration} from '../src/config/duration.js'
 import {parseEndpoint} from '../src/net/endpoint.js'
-import {parseSpeed, runReplay, type ReplayReport} from '../src/capture/replay.js'
+import {parseSpeed, replayOutcome, runReplay, type ReplayReport} from '../src/capture/replay.js'
 
 export default class Replay extends DivertCommand {
   static summary = 'Replay the client side of a pcap capture (divert\'s own or tcpdump\'s) against a server, optionally comparing its answers.'
@@ -14,7 +15,8 @@ export default class Replay extends DivertCommand {
 at the recorded pacing scaled by --speed (or as fast as the target takes it with --fast). --compare sets the
 target's answers beside the recorded server's and reports, per flow, identical or the first differing byte.
 Reads classic pcap (microsecond or nanosecond; Ethernet, Linux cooked SLL/SLL2, raw IP, BSD loopback).
-Exit status 1 when a flow failed or, with --compare, answered differently.`
+Exit status 1 when, with --compare, a flow answered differently; 4 (DIVERT_ERR_REPLAY_FAILED) when a flow
+failed, or when the target took none of them (then one line says why, and no table).`
 
   static examples = [
     '<%= config.bin %> replay dev.pcap --to 127.0.0.1:7201',
@@ -31,7 +33,7 @@ Exit status 1 when a flow failed or, with --compare, answered differently.`
     fast: Flags.boolean({description: 'no pacing: send as fast as the target accepts', exclusive: ['speed']}),
     loop: Flags.integer({description: 'replay the selection this many times', default: 1, min: 1}),
     compare: Flags.boolean({description: 'compare the target\'s answers with the recorded server\'s'}),
-    wait: Flags.string({description: 'how long to wait for answers after a flow\'s last byte', default: '2s'}),
+    wait: Flags.string({description: 'how long to wait for answers after a flow\'s last byte; a recorded FIN waits for the recorded answer, or this long of silence', default: '2s'}),
   }
 
   async run(): Promise<ReplayReport> {
@@ -48,8 +50,11 @@ Exit status 1 when a flow failed or, with --compare, answered differently.`
       bar.stop()
       process.off('SIGINT', onSigint)
     })
+    for (const w of report.warnings) process.stderr.write(`divert: warning: ${escapeControl(w)}\n`)
+    const outcome = replayOutcome(report)
+    if (outcome.error) throw outcome.error
     this.log(renderReplay(report, terminalWidth()))
-    if (report.totals.errors > 0 || (report.totals.different ?? 0) > 0) process.exitCode = 1
+    process.exitCode = outcome.exitCode
     return report
   }
 }

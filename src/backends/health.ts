@@ -8,10 +8,16 @@
 import {EventEmitter} from 'node:events'
 import net from 'node:net'
 import type {Logger} from 'pino'
-import type {HealthConfig} from '../config/types.js'
+import type {HealthConfig, ProxyProtocolVersion} from '../config/types.js'
 import type {Backend, Server} from './backend.js'
+import {encodeProxyLocal} from './proxy-protocol.js'
 
-export type HealthCheck = (server: Server, timeoutMs: number) => Promise<void>
+export interface CheckOptions {
+  /** The backend's PROXY protocol version: its servers expect a header on every connection, checks included. */
+  proxyProtocol?: ProxyProtocolVersion
+}
+
+export type HealthCheck = (server: Server, timeoutMs: number, opts?: CheckOptions) => Promise<void>
 
 export interface Timers {
   setTimeout(fn: () => void, ms: number): unknown
@@ -121,7 +127,7 @@ export class HealthChecker extends EventEmitter<{change: [HealthChange]}> {
     state.guard = this.timers.setTimeout(() => finish(new CheckTimeoutError(config.timeoutMs)), config.timeoutMs)
     let pending: Promise<void>
     try {
-      pending = this.check(state.server, config.timeoutMs)
+      pending = this.check(state.server, config.timeoutMs, {proxyProtocol: this.backend.config.proxyProtocol})
     } catch (error) {
       pending = Promise.reject(error)
     }
@@ -165,10 +171,12 @@ export function describeCheckError(error: unknown): string {
 }
 
 /**
- * The `tcp` check: a TCP connect to the server that succeeds once the handshake completes. The
- * socket is destroyed on every outcome, so a check leaves nothing open behind it.
+ * The `tcp` check: a TCP connect to the server that succeeds once the handshake completes — and, for a
+ * backend with `proxy_protocol`, once a LOCAL PROXY header (encodeProxyLocal) went out after it, as
+ * HAProxy's `check-send-proxy` does: a server that requires the header counts a bare connect as an
+ * error. The socket is destroyed on every outcome, so a check leaves nothing open behind it.
  */
-export function tcpConnectCheck(server: Server, timeoutMs: number): Promise<void> {
+export function tcpConnectCheck(server: Server, timeoutMs: number, opts: CheckOptions = {}): Promise<void> {
   return new Promise((resolve, reject) => {
     const socket = net.connect({host: server.address.host, port: server.address.port})
     let done = false
@@ -181,7 +189,9 @@ export function tcpConnectCheck(server: Server, timeoutMs: number): Promise<void
       else resolve()
     }
     const timer = setTimeout(() => finish(new CheckTimeoutError(timeoutMs)), timeoutMs)
-    socket.once('connect', () => finish())
+    const version = opts.proxyProtocol
+    // end(header, cb): the header then our FIN, so the server reads a whole header and EOF, not a reset.
+    socket.once('connect', () => (version ? socket.end(encodeProxyLocal(version), () => finish()) : finish()))
     // `on`, not `once`: an error emitted after the first must still have a listener.
     socket.on('error', (error) => finish(error))
   })

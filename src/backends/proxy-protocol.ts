@@ -4,6 +4,7 @@
  * decoder for tests and the example echo backends.
  *
  *   client peer + proxy's local address ─▶ encodeProxyV1 | encodeProxyV2 ─▶ header bytes
+ *   a connection of the proxy's own (health check) ─▶ encodeProxyLocal ─▶ header bytes
  *   received bytes ─▶ decodeProxyHeader ─▶ {version, command, source, destination, length} | need more
  */
 import {isIPv4, isIPv6} from 'node:net'
@@ -75,6 +76,22 @@ export function encodeProxyV2(src: AddressPort, dst: AddressPort, transport: Pro
   writeAddress(buf, V2_FIXED + size, d, family)
   buf.writeUInt16BE(src.port, V2_FIXED + 2 * size)
   buf.writeUInt16BE(dst.port, V2_FIXED + 2 * size + 2)
+  return buf
+}
+
+/**
+ * The header of a connection the proxy makes on its own behalf, such as a health check: v2 with the
+ * LOCAL command (0x20) and no address block (§2.2: "the receiver must accept this connection as valid
+ * and must use the real connection endpoints"), v1 "PROXY UNKNOWN\r\n" (§2.1). HAProxy's
+ * `check-send-proxy` sends the same, and an `accept-proxy` listener logs an error for a connection
+ * without one.
+ */
+export function encodeProxyLocal(version: 'v1' | 'v2'): Buffer {
+  if (version === 'v1') return Buffer.from('PROXY UNKNOWN\r\n', 'latin1')
+  const buf = Buffer.alloc(V2_FIXED)
+  V2_SIGNATURE.copy(buf, 0)
+  buf[12] = 0x20
+  // Byte 13 (AF_UNSPEC, UNSPEC) and the 16-bit address length stay 0.
   return buf
 }
 

@@ -1,7 +1,8 @@
 /**
  * Reading a classic pcap file into decoded TCP/UDP packets, over pcap-parser, with the checks
- * pcap-parser lacks: pcapng and unknown magic numbers, nanosecond files, unsupported link types,
- * absurd record lengths and truncated files each become a DivertError that says what to do.
+ * pcap-parser lacks: pcapng and unknown magic numbers, nanosecond files, unsupported link types and
+ * absurd record lengths each become a DivertError that says what to do; a cut last record is reported
+ * (`truncated`) after the whole records before it are read.
  *
  *   file → sniff header → (ns magic rewritten to µs) → pcap-parser records → decodeFrame → onPacket
  *
@@ -27,12 +28,26 @@ export interface CaptureHeader {
   snaplen: number
 }
 
+/** A file whose last record is cut short (copied while tcpdump was still writing it). */
+export interface Truncation {
+  /** Byte offset where the cut record starts, after `records` whole ones. */
+  offset: number
+  /** Bytes of the cut record that are in the file. */
+  present: number
+  /** Bytes its header promised beyond those (a lower bound when the header itself is cut). */
+  missing: number
+  /** What to tell the user: where, how short, and that the whole packets before it were read. */
+  warning: string
+}
+
 export interface Capture extends CaptureHeader {
   /** Decoded TCP/UDP packets, in file order; empty when `onPacket` took them. */
   packets: DecodedPacket[]
-  /** Records in the file (decoded or skipped). */
+  /** Whole records in the file (decoded or skipped). */
   records: number
   skipped: SkipCount[]
+  /** Set when the last record is cut: the records before it were read, as tcpdump and tshark do. */
+  truncated?: Truncation
 }
 
 export interface ReadCaptureOptions {
@@ -68,8 +83,8 @@ export async function readCapture(path: string, opts: ReadCaptureOptions = {}): 
   const header = parseFileHeader(path, first, size)
   const packets: DecodedPacket[] = []
   const onPacket = opts.onPacket ?? ((p: DecodedPacket) => void packets.push(p))
-  const {records, skipped} = await streamRecords(path, header, onPacket, opts.signal)
-  return {...header, packets, records, skipped}
+  const {records, skipped, truncated} = await streamRecords(path, header, onPacket, opts.signal)
+  return {...header, packets, records, skipped, ...(truncated ? {truncated} : {})}
 }
 
 async function readFirstBytes(path: string): Promise<{first: Buffer; size: number}> {
@@ -139,6 +154,7 @@ function magicHint(first: Buffer): string {
 interface RecordStats {
   records: number
   skipped: SkipCount[]
+  truncated?: Truncation
 }
 
 /** Runs pcap-parser over the file and decodes each record; resolves when the whole file is read. */
@@ -153,6 +169,8 @@ class RecordReader {
   private records = 0
   /** Bytes of whole records (and the file header) pcap-parser handed over. */
   private consumed = FILE_HEADER
+  /** incl_len of the last record header seen: the cut record's, when the file ends inside its packet. */
+  private lastCaplen = 0
   private settled = false
   private cleanup = (): void => undefined
 
@@ -186,6 +204,7 @@ class RecordReader {
   }
 
   private checkLength(caplen: number): void {
+    this.lastCaplen = caplen
     if (caplen <= MAX_CAPLEN) return
     this.fail(new DivertError('PCAP_CORRUPT', `${this.path} is corrupt: record ${this.records + 1} at byte offset ${this.consumed} claims ${caplen} captured bytes, more than any pcap record holds (${MAX_CAPLEN})`))
   }
@@ -209,12 +228,21 @@ class RecordReader {
     }
   }
 
+  /**
+   * A cut last record is not the end of the world: tcpdump and tshark read the whole packets before it
+   * and warn ("truncated dump file", pcap_next_ex(3PCAP)), so do we. With no whole packet at all, there
+   * is nothing to read and the file is refused.
+   */
   private end(): void {
     if (this.settled) return
-    if (this.counter.bytes !== this.consumed) return this.fail(truncated(this.path, this.records, this.consumed, this.counter.bytes))
+    let cut: Truncation | undefined
+    if (this.counter.bytes !== this.consumed) {
+      cut = truncation(this.path, this.records, this.consumed, this.counter.bytes, this.lastCaplen)
+      if (this.records === 0) return this.fail(new DivertError('PCAP_CORRUPT', cut.warning, {details: {offset: cut.offset, missing: cut.missing}}))
+    }
     this.settled = true
     this.cleanup()
-    this.resolve({records: this.records, skipped: [...this.skips].map(([reason, count]) => ({reason, count}))})
+    this.resolve({records: this.records, skipped: [...this.skips].map(([reason, count]) => ({reason, count})), ...(cut ? {truncated: cut} : {})})
   }
 
   private fail(e: unknown): void {
@@ -225,10 +253,23 @@ class RecordReader {
   }
 }
 
-function truncated(path: string, records: number, offset: number, size: number): DivertError {
-  const where = size - offset < RECORD_HEADER ? 'inside a record header' : 'inside a packet'
-  return new DivertError('PCAP_CORRUPT', `${path} is truncated after ${records} packets at byte offset ${offset} (the file ends ${where}, ${size - offset} bytes short of a whole record): was it copied while the capture was still running? Stop tcpdump first (it flushes on SIGINT/SIGTERM), or capture with -U`, {details: {records, offset, size}})
+/**
+ * Where the file ends inside its last record, and how short it is: what the header promised (16 bytes
+ * of header, then incl_len of packet) minus what is there. A cut header is at least 16 − present short.
+ */
+function truncation(path: string, records: number, offset: number, size: number, caplen: number): Truncation {
+  const present = size - offset
+  const inHeader = present < RECORD_HEADER
+  const missing = inHeader ? RECORD_HEADER - present : RECORD_HEADER + caplen - present
+  const where = inHeader
+    ? `inside a record header (${present} of its ${RECORD_HEADER} bytes present, ${missing} bytes short)`
+    : `inside a packet (its header says incl_len ${caplen}, ${present - RECORD_HEADER} bytes present, ${missing} bytes short)`
+  const warning = `the last record of ${path} is cut short at byte offset ${offset}: the file ends ${where}; ` +
+    `only the ${records} whole packets before it are read. ${COPIED_WHILE_RUNNING}`
+  return {offset, present, missing, warning: records === 0 ? `${path} is truncated inside its first record: the file ends ${where}. ${COPIED_WHILE_RUNNING}` : warning}
 }
+
+const COPIED_WHILE_RUNNING = 'Was it copied while the capture was still running? Stop tcpdump first (it flushes on SIGINT/SIGTERM), or capture with -U'
 
 const EMPTY = Buffer.alloc(0)
 

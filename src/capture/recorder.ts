@@ -1,22 +1,21 @@
 /**
  * Recordings: one pcap file per path, written by the taps of every session a `record` rule names.
  *
- *   session bytes → Tap → TcpStreamSynth / udpFrame → bounded write queue → file (0600)
+ *   session bytes → Tap → TcpStreamSynth / udpFrame → bounded write queue → file (openRecordingFile: new 0600, or ours)
  *
  * The queue is the write stream's own buffer, capped at `queueBytes`: past it, new packets are dropped
  * and counted, so a slow disk never slows a session. RecordingSet shares one writer per file between
  * the rules that name it. A file that already holds a recording (daemon restarted, rule re-added) is
  * continued after its last whole record, never wiped.
  */
-import {constants as fsConstants} from 'node:fs'
-import {lstat, open, stat, type FileHandle} from 'node:fs/promises'
-import {dirname, resolve} from 'node:path'
+import {resolve} from 'node:path'
 import {finished} from 'node:stream/promises'
 import type {Writable} from 'node:stream'
 import pino, {type Logger} from 'pino'
 import {DivertError} from '../errors.js'
 import type {CloseCause, SessionMeta, Tap} from '../session/types.js'
-import {MAX_TCP_SEGMENT, PCAP_GLOBAL_HEADER_LEN, PCAP_RECORD_HEADER_LEN, TcpStreamSynth, pcapGlobalHeader, udpFrame} from './pcap-writer.js'
+import {MAX_TCP_SEGMENT, PCAP_GLOBAL_HEADER_LEN, TcpStreamSynth, pcapGlobalHeader, udpFrame} from './pcap-writer.js'
+import {openRecordingFile} from './recording-file.js'
 
 export type RecordingState = 'recording' | 'full' | 'failed' | 'closed'
 
@@ -29,8 +28,8 @@ export interface RecordingOptions {
   /** Epoch milliseconds (fractional allowed), for packet timestamps. */
   now?: () => number
   /**
-   * Opens the byte sink, which then gets a fresh pcap header. Default: the file with mode 0600, continued
-   * when it already holds a recording in our format, else created or truncated. Tests inject slow or failing sinks.
+   * Opens the byte sink, which then gets a fresh pcap header. Default: openRecordingFile (a new file,
+   * 0600, or our own recording continued; anything else refused). Tests inject slow or failing sinks.
    */
   openStream?: (path: string) => Promise<Writable>
 }
@@ -46,83 +45,6 @@ export interface RecordingStats {
 const DEFAULT_QUEUE_BYTES = 8 * 1024 * 1024
 /** One shared disabled logger: building a pino instance per session would cost more than the session. */
 const SILENT = pino({enabled: false})
-
-/** libpcap refuses records longer than this (MAXIMUM_SNAPLEN in pcap-int.h): past it, the rest is not ours. */
-const MAX_RECORD_DATA = 262_144
-
-/**
- * Opens the file owner-only. A file that already holds a recording in our exact format (the same
- * 24-byte header: a restart, or a rule re-added) is continued after its last whole record, so a
- * restart never wipes what was recorded; anything else is truncated. fchmod too, since `mode`
- * applies only when open(2) creates the file.
- */
-async function openFileStream(path: string): Promise<{stream: Writable; resumeAt: number}> {
-  const resumeAt = await wholeRecordsEnd(path)
-  const existing = await lstat(path).catch(() => undefined)
-  // Anyone who may add rules chooses this path: never clobber a file that is not ours, never follow a link.
-  if (existing?.isSymbolicLink()) throw Object.assign(new Error(`${path} is a symbolic link: give the real path`), {code: 'ELOOP'})
-  if (existing?.isFile() && existing.size > 0 && resumeAt === 0) {
-    throw Object.assign(new Error(`${path} exists and is not a divert recording: refusing to overwrite it — choose a new file name or delete it`), {code: 'EEXIST'})
-  }
-  const flags = resumeAt > 0 ? fsConstants.O_RDWR : fsConstants.O_WRONLY | fsConstants.O_CREAT | fsConstants.O_TRUNC
-  const fh = await open(path, flags | fsConstants.O_NOFOLLOW, 0o600)
-  try {
-    await fh.chmod(0o600)
-    // A crash mid-write can leave part of a record: cut it, or readers see a truncated file.
-    if (resumeAt > 0) await fh.truncate(resumeAt)
-  } catch (err) {
-    await fh.close()
-    throw err
-  }
-  // `start` means positioned writes, which a FIFO refuses (ESPIPE): only a continued file gets one.
-  return {stream: fh.createWriteStream(resumeAt > 0 ? {start: resumeAt} : {}), resumeAt}
-}
-
-/** Where the last whole record of an existing recording ends; 0 when `path` is missing, empty or not in our format. */
-async function wholeRecordsEnd(path: string): Promise<number> {
-  // Only a regular file: opening a FIFO (a live feed to `wireshark -k -i FIFO`) to read would block.
-  if (!(await stat(path).catch(() => undefined))?.isFile()) return 0
-  const fh = await open(path, 'r').catch(() => undefined)
-  if (!fh) return 0
-  try {
-    const size = (await fh.stat()).size
-    const head = Buffer.alloc(PCAP_GLOBAL_HEADER_LEN)
-    const ours = size >= head.length && (await fh.read(head, 0, head.length, 0)).bytesRead === head.length && head.equals(pcapGlobalHeader())
-    return ours ? await walkRecords(fh, size) : 0
-  } finally {
-    await fh.close()
-  }
-}
-
-/**
- * Follows the record headers' lengths (pcap-savefile(5)) from the file header to the last record
- * that is whole, reading through a 1 MiB buffer: a 100 MiB file costs about a hundred reads.
- */
-async function walkRecords(fh: FileHandle, size: number): Promise<number> {
-  const buf = Buffer.alloc(1024 * 1024)
-  let pos = PCAP_GLOBAL_HEADER_LEN
-  let bufStart = 0
-  let bufLen = 0
-  while (pos + PCAP_RECORD_HEADER_LEN <= size) {
-    if (pos + PCAP_RECORD_HEADER_LEN > bufStart + bufLen) {
-      bufStart = pos
-      bufLen = (await fh.read(buf, 0, buf.length, pos)).bytesRead
-      if (bufLen < PCAP_RECORD_HEADER_LEN) break
-    }
-    const caplen = buf.readUInt32LE(pos - bufStart + 8)
-    if (caplen > MAX_RECORD_DATA || pos + PCAP_RECORD_HEADER_LEN + caplen > size) break
-    pos += PCAP_RECORD_HEADER_LEN + caplen
-  }
-  return pos
-}
-
-async function checkParent(path: string): Promise<void> {
-  const dir = dirname(path)
-  const st = await stat(dir).catch(() => undefined)
-  if (!st?.isDirectory()) {
-    throw new DivertError('RECORD_FAILED', `cannot record to ${path}: directory ${dir} does not exist; create it or choose another --record path`)
-  }
-}
 
 function defaultNow(): number {
   return performance.timeOrigin + performance.now()
@@ -158,11 +80,11 @@ export class Recording {
     if (!(opts.maxBytes >= PCAP_GLOBAL_HEADER_LEN)) {
       throw new DivertError('RECORD_FAILED', `cannot record to ${abs}: max size ${opts.maxBytes} bytes is below the ${PCAP_GLOBAL_HEADER_LEN}-byte pcap header; raise capture.max_size`)
     }
-    await checkParent(abs)
     let opened: {stream: Writable; resumeAt: number}
     try {
-      opened = opts.openStream ? {stream: await opts.openStream(abs), resumeAt: 0} : await openFileStream(abs)
+      opened = opts.openStream ? {stream: await opts.openStream(abs), resumeAt: 0} : await openRecordingFile(abs)
     } catch (err) {
+      if (err instanceof DivertError) throw err
       const code = (err as NodeJS.ErrnoException).code ?? 'error'
       throw new DivertError('RECORD_FAILED', `cannot record to ${abs}: ${code} (${(err as Error).message}); check the path and its permissions`, {cause: err})
     }

@@ -13,7 +13,7 @@ import net from 'node:net'
 import dgram from 'node:dgram'
 import {performance} from 'node:perf_hooks'
 import {setTimeout as delay} from 'node:timers/promises'
-import {DivertError} from '../errors.js'
+import {DivertError, ERROR_CATALOG} from '../errors.js'
 import {endpointString, formatEndpoint, type Endpoint} from '../net/endpoint.js'
 import {formatPrefix, parseCidr, prefixContains, type Prefix} from '../rules/cidr.js'
 import type {Protocol} from '../config/types.js'
@@ -74,7 +74,10 @@ export interface ReplayOptions {
   /** Replay the whole selection this many times, one pass after the other. Default 1. */
   loop?: number
   compare?: boolean
-  /** How long to wait for answers after a flow's last sent byte. Default 2000. */
+  /**
+   * How long to wait for answers after a flow's last sent byte; also how long the target may stay quiet
+   * before a FIN recorded after an answer is sent without the rest of that answer. Default 2000.
+   */
   waitMs?: number
   /** Give up connecting after this long; 0 = leave it to the OS. Default 5000. */
   connectTimeoutMs?: number
@@ -114,6 +117,8 @@ export interface ReplayFlowResult {
   error?: string
   /** Node's code for the error (ECONNREFUSED, ECONNRESET, …) when there is one. */
   errorCode?: string
+  /** UDP: datagrams the socket refused to send (EMSGSIZE, …); neither counted in bytesSent nor retried. */
+  datagramsFailed?: number
   gaps: Gap[]
   compare?: FlowComparison
 }
@@ -139,6 +144,8 @@ export interface ReplayReport {
   totals: ReplayTotals
   skipped: SkipCount[]
   aborted: boolean
+  /** What the user should know about the input, e.g. a cut last record (the packets before it were replayed). */
+  warnings: string[]
 }
 
 interface Settings {
@@ -172,7 +179,30 @@ export async function runReplay(opts: ReplayOptions): Promise<ReplayReport> {
     totals: totals(flows, opts.compare === true),
     skipped: cap.skipped,
     aborted,
+    warnings: cap.truncated ? [cap.truncated.warning] : [],
   }
+}
+
+/** connect(2) errors (and our connect timeout): the target never took the connection. */
+const UNREACHABLE = new Set(['ECONNREFUSED', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENETUNREACH', 'EADDRNOTAVAIL'])
+
+/**
+ * How `divert replay` ends: a target that took none of the flows is REPLAY_FAILED on its own (one
+ * line, no table: nothing was replayed); flows that failed after some did go through exit with
+ * REPLAY_FAILED's status after the report; answers that differ exit 1, as cmp(1) does; else 0.
+ */
+export function replayOutcome(report: ReplayReport): {error?: DivertError; exitCode: number} {
+  const failed = ERROR_CATALOG.REPLAY_FAILED.exit
+  const [first] = report.flows
+  const unreachable = !report.aborted && first !== undefined &&
+    report.flows.every((f) => UNREACHABLE.has(f.errorCode ?? '') && f.bytesReceived === 0)
+  if (unreachable) {
+    const n = report.flows.length
+    const error = new DivertError('REPLAY_FAILED', `cannot replay ${report.file} to ${report.to}: ${first.error} (${first.errorCode})${n > 1 ? ` for all ${n} flows` : ''}; check that the target is up and --to is right`)
+    return {error, exitCode: error.exitCode}
+  }
+  if (report.totals.errors > 0) return {exitCode: failed}
+  return {exitCode: (report.totals.different ?? 0) > 0 ? 1 : 0}
 }
 
 function settings(opts: ReplayOptions): Settings {
@@ -358,6 +388,7 @@ async function replayFlow(plan: FlowPlan, ctx: ReplayContext, t0: number, loop: 
     recordedServerBytes: sum(f.serverChunks),
     durationMs: 0,
     gaps: f.gaps,
+    ...(f.protocol === 'udp' ? {datagramsFailed: 0} : {}),
   }
   const started = ctx.clock.now()
   const target = new Target(ctx, ctx.opts.compare === true)
@@ -400,6 +431,7 @@ class Target {
     this.ctx.counters.bytesReceived += chunk.length
     if (this.keep) this.chunks.push(chunk)
     this.ctx.progress()
+    this.wake()
   }
 
   fail(e: unknown): void {
@@ -475,7 +507,7 @@ async function replayTcp(plan: FlowPlan, ctx: ReplayContext, t0: number, r: Repl
 
 const BATCH = 64 * 1024
 
-/** Writes the client chunks on schedule, due ones corked together, then FIN as recorded. Returns when the last byte went. */
+/** Writes the client chunks on schedule, due ones corked together, then FIN as recorded once the answer before it arrived (awaitAnswer). Returns when the last byte (or the FIN) went. */
 async function sendTcp(plan: FlowPlan, ctx: ReplayContext, t0: number, r: ReplayFlowResult, sock: net.Socket, t: Target): Promise<number> {
   const chunks = plan.flow.clientChunks
   let lastSend = ctx.clock.now()
@@ -501,9 +533,34 @@ async function sendTcp(plan: FlowPlan, ctx: ReplayContext, t0: number, r: Replay
   }
   if (plan.flow.clientFin && !t.gone && !ctx.aborted) {
     if (plan.finMs !== undefined) await ctx.sleepUntil(t0 + plan.finMs)
+    await awaitAnswer(answeredBeforeFin(plan.flow), ctx, t)
+    if (t.gone || ctx.aborted) return lastSend
     sock.end()
+    lastSend = ctx.clock.now()
   }
   return lastSend
+}
+
+/** Bytes the recorded server had sent before the recorded client FIN: the answer the FIN must not cut off. */
+function answeredBeforeFin(flow: Flow): number {
+  const fin = flow.clientFinTs ?? Infinity
+  return flow.serverChunks.reduce((n, c) => (c.ts <= fin ? n + c.data.length : n), 0)
+}
+
+/**
+ * Holds the client's FIN until the target has sent `expected` bytes, or stayed quiet for waitMs, or
+ * ended or failed; stallTimeoutMs at most in all. Servers that drop unsent replies once they read the
+ * client's FIN (redis does: FIELD-NOTES) would otherwise cut the answer off when replay runs ahead of
+ * the recording (--fast, or a server slower than the recorded one).
+ */
+async function awaitAnswer(expected: number, ctx: ReplayContext, t: Target): Promise<void> {
+  const deadline = ctx.clock.now() + ctx.opts.stallTimeoutMs
+  const done = (): boolean => t.received >= expected || t.gone || t.ended || ctx.aborted
+  let seen = -1
+  while (!done() && seen !== t.received && ctx.clock.now() < deadline) {
+    seen = t.received
+    await t.until(() => done() || t.received !== seen, Math.min(ctx.opts.waitMs, deadline - ctx.clock.now()))
+  }
 }
 
 async function replayUdp(plan: FlowPlan, ctx: ReplayContext, t0: number, r: ReplayFlowResult, t: Target): Promise<void> {
@@ -529,13 +586,11 @@ async function replayUdp(plan: FlowPlan, ctx: ReplayContext, t0: number, r: Repl
       await ctx.sleepUntil(t0 + plan.chunkMs[i])
       if (t.gone || ctx.aborted) break
       const data = plan.flow.clientChunks[i].data
-      // dgram has no back-pressure; waiting for each send's callback is the closest to it.
-      await new Promise<void>((resolve) => {
-        sock.send(data, (e) => {
-          if (e) t.fail(e)
-          resolve()
-        })
-      })
+      const error = await sendDatagram(sock, data)
+      if (error) {
+        unsent(r, error, plan.flow.clientChunks.length)
+        continue
+      }
       r.bytesSent += data.length
       ctx.counters.bytesSent += data.length
       ctx.progress()
@@ -546,6 +601,29 @@ async function replayUdp(plan: FlowPlan, ctx: ReplayContext, t0: number, r: Repl
     closeQuietly(sock)
     ctx.live.delete(handle)
   }
+}
+
+/** dgram has no back-pressure; waiting for each send's callback is the closest to it. Resolves with the send's error, if any. */
+function sendDatagram(sock: dgram.Socket, data: Buffer): Promise<Error | undefined> {
+  return new Promise((resolve) => {
+    try {
+      sock.send(data, (e) => resolve(e ?? undefined))
+    } catch (e) {
+      resolve(e as Error)
+    }
+  })
+}
+
+/**
+ * One datagram the socket would not send (EMSGSIZE: larger than the target's family carries, RFC 768 /
+ * udp(7)): counted as failed, not as sent, and the flow goes on with the next one — the target may
+ * still answer the others. The first such error is the flow's error.
+ */
+function unsent(r: ReplayFlowResult, e: Error, total: number): void {
+  r.datagramsFailed = (r.datagramsFailed ?? 0) + 1
+  const code = (e as NodeJS.ErrnoException).code
+  r.error = `${r.datagramsFailed} of ${total} datagrams could not be sent: ${e.message}`
+  if (code !== undefined) r.errorCode = code
 }
 
 function closeQuietly(sock: dgram.Socket): void {

@@ -44,13 +44,19 @@ export function replaySummary(report: ReplayReport): string {
   const pacing = report.fast ? 'as fast as possible' : report.speed === 1 ? 'at recorded speed' : `at ${report.speed}× recorded speed`
   const lines = [
     `replayed ${report.capture.selected} of ${report.capture.flows} flows${passes} to ${report.to} ${pacing}: sent ${formatBytes(t.bytesSent)}, received ${formatBytes(t.bytesReceived)}` +
-      (t.errors > 0 ? `; ${t.errors} flow${t.errors === 1 ? '' : 's'} failed` : ''),
+      (t.errors > 0 ? `; ${t.errors} flow${t.errors === 1 ? '' : 's'} failed` : '') + unsentText(report),
   ]
   if (t.identical !== undefined) lines.push(`compare: ${t.identical} identical, ${t.different ?? 0} different`)
   const skipped = report.skipped.reduce((n, s) => n + s.count, 0)
   if (skipped > 0) lines.push(`skipped ${skipped} packets of ${report.capture.records}: ${report.skipped.map((s) => `${s.count} ${s.reason}`).join(', ')}`)
   if (report.aborted) lines.push('interrupted: flows still running were closed, later ones not started')
   return lines.map(escapeControl).join('\n')
+}
+
+/** UDP datagrams the socket refused (EMSGSIZE, …): not in "sent". */
+function unsentText(report: ReplayReport): string {
+  const n = report.flows.reduce((sum, f) => sum + (f.datagramsFailed ?? 0), 0)
+  return n > 0 ? `; ${n} datagram${n === 1 ? '' : 's'} could not be sent` : ''
 }
 
 export function renderReplay(report: ReplayReport, width = Number.POSITIVE_INFINITY): string {

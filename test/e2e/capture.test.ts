@@ -11,7 +11,7 @@
 import {after, before, describe, test} from 'node:test'
 import assert from 'node:assert/strict'
 import {createHash, randomBytes} from 'node:crypto'
-import {closeSync, constants as fsConstants, createReadStream, existsSync, openSync, readdirSync, readFileSync, readlinkSync, statSync, writeFileSync} from 'node:fs'
+import {chmodSync, chownSync, existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, readlinkSync, statSync, symlinkSync, writeFileSync} from 'node:fs'
 import {join} from 'node:path'
 import {fileURLToPath} from 'node:url'
 import type net from 'node:net'
@@ -331,9 +331,9 @@ backends:
     const r = await runCli(['replay', composed.file, '--to', target.address, '--fast', '--compare', '--json'])
     assert.equal(r.code, 0, r.stderr)
     const report = r.json()
-    assert.deepEqual(Object.keys(report).sort(), ['aborted', 'capture', 'fast', 'file', 'flows', 'loops', 'skipped', 'speed', 'to', 'totals'])
+    assert.deepEqual(Object.keys(report).sort(), ['aborted', 'capture', 'fast', 'file', 'flows', 'loops', 'skipped', 'speed', 'to', 'totals', 'warnings'])
     assert.equal(report.to, target.address)
-    assert.deepEqual([report.fast, report.loops, report.aborted, report.skipped], [true, 1, false, []])
+    assert.deepEqual([report.fast, report.loops, report.aborted, report.skipped, report.warnings], [true, 1, false, [], []])
     assert.deepEqual({...report.capture, records: undefined}, {linktype: 1, nanosecond: false, records: undefined, flows: 1, selected: 1})
     const n = composed.payload.length
     assert.deepEqual(report.totals, {flows: 1, bytesSent: n, bytesReceived: n + 5, errors: 0, identical: 1, different: 0})
@@ -593,48 +593,132 @@ describe('a daemon restart continues a recording instead of wiping it', () => {
   })
 })
 
-// ─── a FIFO as the recording: a live feed ─────────────────────────────────────────────────────
+// ─── what --record may open: new files and divert's own recordings, nothing else ─────────────
 
-test('recording into a FIFO (a live feed, e.g. to wireshark -k -i FIFO): the reader gets a whole capture', {skip: hasCommand('mkfifo') ? false : 'no mkfifo'}, async () => {
-  const prod = await startRecorder('prod', echo)
-  const {dir, cleanup} = tempDir('divert-fifo-')
-  const fifo = join(dir, 'live.pcap')
-  let release: (() => void) | undefined
-  try {
-    assert.equal(spawnSync('mkfifo', ['-m', '600', fifo]).status, 0)
-    // The daemon's open for writing waits for a reader, so the reader comes first.
-    const chunks: Buffer[] = []
-    const reader = createReadStream(fifo).on('data', (c) => chunks.push(c as Buffer))
-    let ended = false
-    const read = new Promise<void>((resolve, reject) => reader.once('end', () => resolve()).once('error', reject)).finally(() => (ended = true))
-    read.catch(() => undefined)
-    // If the daemon never opened the FIFO, a writer that comes and goes ends the reader's blocked open.
-    release = (): void => {
-      if (ended) return
-      reader.destroy()
-      try {
-        closeSync(openSync(fifo, fsConstants.O_WRONLY | fsConstants.O_NONBLOCK))
-      } catch {
-        // no reader left to release
-      }
-    }
-    const {d, port} = await startRecording(prod.address, '127.0.0.11', fifo)
-    try {
-      const s = await session(port, '127.0.0.11', Buffer.from('live\n'))
-      await finish(s.socket)
-    } finally {
-      await d.stop()
-    }
-    await read
-    const copy = join(dir, 'copy.pcap')
-    writeFileSync(copy, Buffer.concat(chunks))
-    const {flows} = await flowsOf(copy)
-    assert.deepEqual(flows.map((f) => sideBytes(f, 'client').toString()), ['live\n'])
-  } finally {
-    release?.()
-    await prod.close()
-    cleanup()
+/** What a refused --record must leave as it was. */
+function fileState(path: string): {mode: number; uid: number; gid: number; mtimeMs: number; size: number} {
+  const st = lstatSync(path)
+  return {mode: st.mode, uid: st.uid, gid: st.gid, mtimeMs: st.mtimeMs, size: st.size}
+}
+
+/** The daemon is root here: losetup, mknod and chown need it. */
+const ROOT = process.geteuid?.() === 0 ? false : 'needs root (losetup, mknod, chown)'
+
+describe('divert add --record refuses every path that is not a new file or its own recording', {skip: ROOT}, () => {
+  let dir: string
+  let cleanup: () => void
+  let daemon: Spawned
+  let port: number
+  let prod: Recorder
+  const cli = (...args: string[]): Promise<CliResult> => runCli([...args, '--admin', join(dir, 'admin.sock')])
+  /** `divert add SOURCE --record PATH`: refused with RECORD_FAILED (exit 4), one line naming the path and what it is. */
+  async function refused(source: string, path: string, what: RegExp): Promise<void> {
+    const r = await cli('add', source, '--record', path)
+    assert.equal(r.code, 4, `exit code; stderr: ${r.stderr}`)
+    assert.equal(r.stderr.trim().split('\n').length, 1, r.stderr)
+    assert.ok(r.stderr.includes(`cannot record to ${path}: `), r.stderr)
+    assert.match(r.stderr, what)
   }
+
+  before(async () => {
+    ;({dir, cleanup} = tempDir('divert-recpath-'))
+    prod = await startRecorder('prod', echo)
+    port = await freePort()
+    const config = join(dir, 'divert.yaml')
+    writeFileSync(config, `
+listeners:
+  - { name: main, bind: "127.0.0.1:${port}", backend: prod }
+backends:
+  prod: { servers: [ { address: "${prod.address}" } ] }
+`)
+    daemon = await spawnDaemon(config, {admin: join(dir, 'admin.sock'), dir})
+  })
+
+  after(async () => {
+    await daemon?.stop()
+    await prod?.close()
+    cleanup?.()
+  })
+
+  test('issue 11.5: a block device is refused and its content is unchanged', async (t) => {
+    if (!hasCommand('losetup')) return t.skip('losetup is not installed (util-linux)')
+    const image = join(dir, 'disk.img')
+    const content = randomBytes(1024 * 1024)
+    writeFileSync(image, content)
+    const attach = spawnSync('losetup', ['--find', '--show', image], {encoding: 'utf8'})
+    if (attach.status !== 0) return t.skip(`no loop device here: ${attach.stderr.trim()}`)
+    const dev = attach.stdout.trim()
+    t.after(() => void spawnSync('losetup', ['--detach', dev]))
+    const before = fileState(dev)
+    await refused('127.0.0.20', dev, /it is a block device; a recording must be a regular file/)
+    assert.deepEqual(fileState(dev), before)
+    assert.equal(sha(readFileSync(dev)), sha(content), 'the device still holds what it held')
+    assert.equal(sha(readFileSync(image)), sha(content))
+  })
+
+  test('issue 11.5: a character device (a copy of /dev/null) is refused and keeps its mode', async () => {
+    const dev = join(dir, 'null')
+    assert.equal(spawnSync('mknod', ['-m', '666', dev, 'c', '1', '3']).status, 0)
+    const before = fileState(dev)
+    await refused('127.0.0.21', dev, /it is a character device/)
+    assert.deepEqual(fileState(dev), before)
+    assert.equal(before.mode & 0o777, 0o666)
+  })
+
+  test('issue 11.5: another user\'s empty file is refused; mode, owner and mtime unchanged', async () => {
+    const nobody = spawnSync('id', ['-u', 'nobody'], {encoding: 'utf8'})
+    const uid = nobody.status === 0 ? Number(nobody.stdout.trim()) : 65534
+    const file = join(dir, 'theirs.pcap')
+    writeFileSync(file, '')
+    chmodSync(file, 0o644)
+    chownSync(file, uid, uid)
+    const before = fileState(file)
+    await refused('127.0.0.22', file, new RegExp(`owned by uid ${uid}, not by the daemon's user`))
+    assert.deepEqual(fileState(file), before)
+    assert.equal(before.mode & 0o777, 0o644)
+  })
+
+  test('issue 11.5: a symbolic link anywhere in the path is refused, and nothing is created behind it', async () => {
+    const real = join(dir, 'real')
+    mkdirSync(real)
+    symlinkSync(real, join(dir, 'linked'))
+    await refused('127.0.0.23', join(dir, 'linked', 'x.pcap'), new RegExp(`${join(dir, 'linked').replaceAll('.', '\\.')} is a symbolic link .*e\\.g\\. ${join(real, 'x.pcap').replaceAll('.', '\\.')}`))
+    assert.deepEqual(readdirSync(real), [])
+    writeFileSync(join(real, 'target.pcap'), 'not a recording')
+    symlinkSync(join(real, 'target.pcap'), join(dir, 'last.pcap'))
+    await refused('127.0.0.23', join(dir, 'last.pcap'), /it is a symbolic link/)
+    assert.equal(readFileSync(join(real, 'target.pcap'), 'utf8'), 'not a recording')
+  })
+
+  test('issue 11.5: a new file is created 0600; re-adding continues it (our own recording)', async () => {
+    const file = join(dir, 'mine.pcap')
+    assert.equal((await cli('add', '127.0.0.24', '--record', file)).code, 0)
+    const s = await session(port, '127.0.0.24', Buffer.from('one\n'))
+    await finish(s.socket)
+    assert.equal((await cli('rm', '127.0.0.24')).code, 0)
+    assert.equal(statSync(file).mode & 0o777, 0o600)
+    assert.equal((await cli('add', '127.0.0.24', '--record', file)).code, 0)
+    const s2 = await session(port, '127.0.0.24', Buffer.from('two\n'))
+    await finish(s2.socket)
+    assert.equal((await cli('rm', '127.0.0.24')).code, 0)
+    const {flows} = await flowsOf(file)
+    assert.deepEqual(flows.map((f) => sideBytes(f, 'client').toString()), ['one\n', 'two\n'])
+  })
+
+  test('issue 11.6: FIFOs nobody reads are refused at once; later adds work and SIGTERM stops the daemon promptly', {skip: hasCommand('mkfifo') ? false : 'no mkfifo'}, async () => {
+    for (let i = 0; i < 4; i++) {
+      const fifo = join(dir, `fifo${i}.pcap`)
+      assert.equal(spawnSync('mkfifo', ['-m', '600', fifo]).status, 0)
+      const before = fileState(fifo)
+      await refused(`127.0.0.${30 + i}`, fifo, /it is a FIFO; a recording must be a regular file: choose a new file name/)
+      assert.deepEqual(fileState(fifo), before)
+    }
+    const later = await cli('add', '127.0.0.35', '--record', join(dir, 'after-fifos.pcap'))
+    assert.equal(later.code, 0, later.stderr)
+    assert.equal((await cli('reload')).code, 0)
+    const stopped = await Promise.race([daemon.stop(), new Promise((resolve) => setTimeout(() => resolve('still running after 15 s'), 15_000).unref())])
+    assert.equal(stopped, 0)
+  })
 })
 
 // ─── captures divert cannot read, through the CLI ─────────────────────────────────────────────
@@ -650,7 +734,7 @@ describe('divert replay on input it cannot use', {concurrency: 4}, () => {
   const CORRUPT = {code: 'DIVERT_ERR_PCAP_CORRUPT', exit: 2}
   const cases: Array<[string, Buffer | string | undefined, {code: string; exit: number}, RegExp]> = [
     ['pcapng', join(FIXTURES, 'lo-ethernet.pcapng'), FORMAT, /is pcapng, not classic pcap: convert it with `editcap -F pcap \S*lo-ethernet\.pcapng out\.pcap`/],
-    ['truncated inside a packet', lo().subarray(0, lo().length - 10), CORRUPT, /is truncated after \d+ packets at byte offset \d+ \(the file ends inside a packet, \d+ bytes short of a whole record\)/],
+    ['truncated inside its only record', lo().subarray(0, 24 + 16 + 30), CORRUPT, /is truncated inside its first record: the file ends inside a packet \(its header says incl_len 74, 30 bytes present, 44 bytes short\)/],
     ['truncated inside the file header', lo().subarray(0, 12), CORRUPT, /is truncated: it has 12 bytes, less than the 24-byte pcap file header/],
     ['empty', Buffer.alloc(0), CORRUPT, /is empty: a pcap file starts with a 24-byte header/],
     ['not a capture at all', 'GET / HTTP/1.1\r\nHost: x\r\n\r\n', FORMAT, /is not a pcap file: it starts with bytes 47 45 54 20/],
@@ -669,11 +753,53 @@ describe('divert replay on input it cannot use', {concurrency: 4}, () => {
     })
   }
 
+  test('issue 11.24: replay to a closed port exits 4 (DIVERT_ERR_REPLAY_FAILED) with one line naming the target and the error', async () => {
+    const port = await freePort()
+    const file = join(FIXTURES, 'lo-ethernet.pcap')
+    const replay = (...args: string[]): Promise<CliResult> => runCli(['replay', file, '--to', `127.0.0.1:${port}`, '--fast', '--wait', '1s', ...args])
+    await expectCliError(replay, {
+      args: [], code: 'DIVERT_ERR_REPLAY_FAILED', exit: 4,
+      message: new RegExp(`cannot replay \\S+lo-ethernet\\.pcap to 127\\.0\\.0\\.1:${port}: connection refused by 127\\.0\\.0\\.1:${port} \\(ECONNREFUSED\\) for all 2 flows; check that the target is up`),
+    })
+  })
+
+  test('issue 11.19: a capture whose last record is cut (copied while tcpdump ran) replays its whole packets, with one warning saying how short it is', async (t) => {
+    const {tcp, udp} = await tcpAndUdpOnOnePort(t)
+    const file = join(FIXTURES, 'lo-ethernet-cut.pcap')
+    const r = await runCli(['replay', file, '--to', tcp.address, '--fast', '--wait', '1s', '--json'])
+    assert.equal(r.code, 0, r.stderr)
+    const warning = `the last record of ${file} is cut short at byte offset 1220: the file ends inside a packet (its header says incl_len 53, 20 bytes present, 33 bytes short); only the 14 whole packets before it are read.`
+    const lines = r.stderr.split('\n').filter((l) => l !== '')
+    assert.equal(lines.length, 1, r.stderr)
+    assert.ok(lines[0].startsWith(`divert: warning: ${warning} Was it copied while the capture was still running?`), lines[0])
+    const report = r.json()
+    assert.equal(report.capture.records, 14)
+    assert.deepEqual(report.warnings, [lines[0].slice('divert: warning: '.length)])
+    assert.equal(report.totals.errors, 0)
+    await tcp.conns[0].ended
+    assert.equal(tcp.conns[0].bytes().toString(), 'hello divert\nsecond line\n')
+    assert.deepEqual(udp.received.map((d) => d.payload.toString()), ['ping 1'])
+  })
+
   test('--speed that is not a number: the error quotes what was typed', async () => {
     const replay = (...args: string[]): Promise<CliResult> => runCli(['replay', join(FIXTURES, 'lo-ethernet.pcap'), '--to', '127.0.0.1:9', ...args])
     await expectCliError(replay, {args: ['--speed', 'fast'], code: 'DIVERT_ERR_INVALID_ARGUMENT', exit: 2, message: /--speed "fast" must be a number above 0/})
   })
 })
+
+/** A TCP server (answers each chunk upper-cased) and a UDP echo on the same port number, for captures with both. */
+async function tcpAndUdpOnOnePort(t: {after(fn: () => unknown): void}): Promise<{tcp: Recorder; udp: UdpEcho}> {
+  for (let attempt = 0; ; attempt++) {
+    const tcp = await startRecorder('up', (d) => Buffer.from(d.toString().toUpperCase()))
+    const udp = await startUdpEcho('pong', {port: tcp.port}).catch((e: unknown) => e as Error)
+    if (!(udp instanceof Error)) {
+      t.after(() => Promise.all([tcp.close(), udp.close()]))
+      return {tcp, udp}
+    }
+    await tcp.close()
+    if (attempt === 4) throw udp
+  }
+}
 
 function claims1GB(pcap: Buffer): Buffer {
   const b = Buffer.from(pcap.subarray(0, 24 + 16 + 64))

@@ -131,10 +131,11 @@ export async function followTcpRaw(file: string, n: number): Promise<{client: Bu
 
 // ─── divert's own reader ──────────────────────────────────────────────────────────────────────
 
-/** Reads a capture as `divert replay` does: every record (rejects on a truncated or corrupt file), then the flows. */
+/** Reads a capture as `divert replay` does: every record, then the flows; rejects on a corrupt file and, stricter than replay, on a cut last record. */
 export async function flowsOf(file: string): Promise<{capture: Capture; flows: Flow[]}> {
   const reassembler = new Reassembler()
   const capture = await readCapture(file, {onPacket: (p) => reassembler.push(p)})
+  if (capture.truncated) throw new Error(capture.truncated.warning)
   return {capture, flows: reassembler.finish()}
 }
 

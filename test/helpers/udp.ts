@@ -35,6 +35,8 @@ export interface UdpEchoOptions {
   proxyProtocol?: boolean
   /** SO_RCVBUF / SO_SNDBUF, for tests with datagrams near 64 KiB. */
   bufferSize?: number
+  /** Bind this port (default 0: any free one); rejects with EADDRINUSE when taken. */
+  port?: number
 }
 
 export interface UdpEcho {
@@ -58,7 +60,7 @@ export async function startUdpEcho(name: string, opts: UdpEchoOptions = {}): Pro
   let closed: Promise<void> | undefined
   await new Promise<void>((resolve, reject) => {
     socket.once('error', reject)
-    socket.bind(0, host, () => {
+    socket.bind(opts.port ?? 0, host, () => {
       socket.off('error', reject)
       resolve()
     })

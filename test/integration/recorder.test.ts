@@ -123,16 +123,20 @@ after(async () => {
 // ─── tests ────────────────────────────────────────────────────────────────────────────────────
 
 describe('Recording.open', () => {
-  it('creates the file owner-only, and an empty existing file is re-chmodded to 0600', async () => {
-    const path = join(dir, 'mode.pcap')
-    await writeFile(path, '')
-    await chmod(path, 0o644)
-    const rec = await Recording.open(path, {maxBytes: 1e6})
+  it('creates the file owner-only; an empty existing file is refused and left as it was (mode 0644)', async () => {
+    const fresh = join(dir, 'mode.pcap')
+    const rec = await Recording.open(fresh, {maxBytes: 1e6})
     await rec.close()
-    const st = await stat(path)
+    const st = await stat(fresh)
     assert.equal(st.mode & 0o777, 0o600)
     assert.equal(st.size, 24)
-    assert.deepEqual(parsePcap(await readFile(path)), [])
+    assert.deepEqual(parsePcap(await readFile(fresh)), [])
+    const empty = join(dir, 'empty.pcap')
+    await writeFile(empty, '')
+    await chmod(empty, 0o644)
+    await assert.rejects(Recording.open(empty, {maxBytes: 1e6}), (e: DivertError) => e.code === 'DIVERT_ERR_RECORD_FAILED' && /is not a divert recording \(it is empty\)/.test(e.message))
+    assert.equal((await stat(empty)).mode & 0o777, 0o644)
+    assert.equal((await stat(empty)).size, 0)
   })
 
   it('refuses to overwrite a file that is not a divert recording, or to follow a symlink', async () => {

@@ -3,6 +3,7 @@ import assert from 'node:assert/strict'
 import net from 'node:net'
 import dgram from 'node:dgram'
 import {once} from 'node:events'
+import {randomBytes} from 'node:crypto'
 import {mkdtempSync, rmSync, writeFileSync} from 'node:fs'
 import {tmpdir} from 'node:os'
 import {join} from 'node:path'
@@ -16,6 +17,7 @@ import {DivertError} from '../../src/errors.js'
 import {parseEndpoint} from '../../src/net/endpoint.js'
 import {capture, decoded, TcpConversation, udpSegment, type Addr, type Segment} from '../helpers/frames.js'
 import {hasCommand, markerLine, printed, sendMarker, startTcpdump, stopTcpdump, type Tcpdump} from '../helpers/capture.js'
+import {until} from '../helpers/servers.js'
 
 const T0 = 1_700_000_000_000_000
 const DEVICE: Addr = {address: '192.0.2.10', port: 40001}
@@ -70,6 +72,45 @@ async function tcpServer(onData: (sock: net.Socket, conn: Conn, chunk: Buffer) =
 }
 
 const echo = (sock: net.Socket, _c: Conn, d: Buffer): void => void sock.write(d)
+
+/**
+ * A server that behaves as redis does at the client's FIN: it answers the first request with `answer`,
+ * 16 KiB per event-loop turn (as much as one write pass), and when it reads the FIN it closes at once,
+ * dropping what it has not written yet.
+ */
+async function dropAtFin(answer: Buffer): Promise<{port: number; finsSeen(): number; close(): Promise<void>}> {
+  let fins = 0
+  const sockets = new Set<net.Socket>()
+  const server = net.createServer((sock) => {
+    sockets.add(sock)
+    sock.on('close', () => sockets.delete(sock))
+    sock.on('error', () => undefined)
+    let closed = false
+    let off = 0
+    const pump = (): void => {
+      if (closed || off >= answer.length) return
+      sock.write(answer.subarray(off, off + 16 * 1024))
+      off += 16 * 1024
+      setImmediate(pump)
+    }
+    sock.once('data', pump)
+    sock.on('end', () => {
+      fins++
+      closed = true
+      sock.destroy()
+    })
+  })
+  server.listen(0, '127.0.0.1')
+  await once(server, 'listening')
+  return {
+    port: (server.address() as net.AddressInfo).port,
+    finsSeen: () => fins,
+    close: () => new Promise<void>((resolve) => {
+      for (const s of sockets) s.destroy()
+      server.close(() => resolve())
+    }),
+  }
+}
 
 let dir: string
 before(() => {
@@ -311,6 +352,63 @@ describe('runReplay against loopback servers', () => {
     assert.equal(f.bytesSent, 4)
     assert.equal(f.bytesReceived, 10)
     assert.equal(f.compare?.identical, true)
+  })
+
+  test('issue 11.20: a UDP datagram the socket refuses (EMSGSIZE) is counted as failed, not as sent', async (t) => {
+    const srv = dgram.createSocket('udp4')
+    t.after(() => new Promise<void>((resolve) => srv.close(() => resolve())))
+    const got: string[] = []
+    srv.on('message', (m) => got.push(m.length > 100 ? `${m.length} bytes` : m.toString()))
+    srv.bind(0, '127.0.0.1')
+    await once(srv, 'listening')
+    // IPv6 carries 65,527 bytes of UDP payload (RFC 8200 §3), IPv4 only 65,507: replayed to an IPv4
+    // target, the middle datagram is too big to send.
+    const v6 = {address: '2001:db8::10', port: 40003}
+    const dns = {address: '2001:db8::53', port: 53}
+    const file = writeCapture([
+      udpSegment(T0, v6, dns, 'q1'),
+      udpSegment(T0 + 100, v6, dns, Buffer.alloc(65_527, 0x61)),
+      udpSegment(T0 + 200, v6, dns, 'q3'),
+    ])
+    const report = await runReplay({file, to: parseEndpoint(`127.0.0.1:${srv.address().port}`), fast: true, waitMs: 100})
+    const f = report.flows[0]
+    assert.equal(f.bytesSent, 4, 'only the two datagrams that went out count as sent')
+    assert.equal(f.datagramsFailed, 1)
+    assert.equal(f.errorCode, 'EMSGSIZE')
+    assert.match(f.error ?? '', /^1 of 3 datagrams could not be sent: send EMSGSIZE/)
+    assert.equal(report.totals.errors, 1)
+    assert.equal(report.totals.bytesSent, 4)
+    assert.match(renderReplay(report), /sent 4 B, received 0 B; 1 flow failed; 1 datagram could not be sent/)
+    await until(() => got.length === 2)
+    assert.deepEqual(got, ['q1', 'q3'])
+  })
+
+  test('issue 11.18: replay --fast half-closes only after the answer arrived, so a server that drops unsent replies at FIN (like redis) answers in full', async (t) => {
+    const answer = randomBytes(450 * 1024)
+    const srv = await dropAtFin(answer)
+    t.after(() => srv.close())
+    // Recorded: a request, the whole 450 KiB answer in 16 KiB segments, then the client's FIN.
+    const conv = new TcpConversation(DEVICE, PROD, {t0: T0}).handshake().send('client', 'LRANGE big 0 -1\r\n')
+    for (let off = 0; off < answer.length; off += 16 * 1024) conv.send('server', answer.subarray(off, off + 16 * 1024))
+    conv.fin('client').fin('server')
+    const file = writeCapture(conv.segments, LINKTYPE.RAW)
+    const report = await runReplay({file, to: parseEndpoint(`127.0.0.1:${srv.port}`), fast: true, compare: true})
+    const f = report.flows[0]
+    assert.equal(f.error, undefined, f.error)
+    assert.equal(f.bytesReceived, answer.length, `received ${f.bytesReceived} of ${answer.length} bytes`)
+    assert.deepEqual(f.compare, {identical: true, lengthExpected: answer.length, lengthActual: answer.length})
+    assert.equal(srv.finsSeen(), 1, 'the FIN still went, after the answer')
+  })
+
+  test('issue 11.18: a target that answers less than recorded gets the FIN after --wait of silence', async (t) => {
+    const srv = await dropAtFin(Buffer.from('short answer\n'))
+    t.after(() => srv.close())
+    const conv = new TcpConversation(DEVICE, PROD, {t0: T0}).handshake().send('client', 'GET\n').send('server', Buffer.alloc(1000, 0x61))
+    conv.fin('client').fin('server')
+    const report = await runReplay({file: writeCapture(conv.segments, LINKTYPE.RAW), to: parseEndpoint(`127.0.0.1:${srv.port}`), fast: true, waitMs: 200})
+    assert.equal(report.flows[0].bytesReceived, 13)
+    assert.equal(report.flows[0].error, undefined)
+    assert.equal(srv.finsSeen(), 1)
   })
 
   test('IPv6 target', async (t) => {

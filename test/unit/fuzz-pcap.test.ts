@@ -298,7 +298,7 @@ describe('capture fuzzing (fast-check)', () => {
     }), {numRuns: runs(10000)})
   })
 
-  it('readCapture of a generated capture truncated anywhere: whole records resolve, anything else is PCAP_CORRUPT', async () => {
+  it('readCapture of a generated capture truncated anywhere: whole records resolve, a cut record after them is reported, a cut first one is PCAP_CORRUPT', async () => {
     await fc.assert(fc.asyncProperty(validCapture, fc.nat(), async ({bytes, ends, segs, lt}, cut) => {
       const at = cut % (bytes.length + 1)
       const whole = await read(bytes)
@@ -311,8 +311,18 @@ describe('capture fuzzing (fast-check)', () => {
       if (boundary >= 0) {
         assert.ok(isCapture(r), `cut at record boundary ${at} was rejected: ${(r as Error).message}`)
         assert.equal(r.records, boundary)
-      } else {
+        assert.equal(r.truncated, undefined)
+      } else if (at < ends[Math.min(1, ends.length - 1)]) {
         assert.ok(!isCapture(r) && r.code === 'DIVERT_ERR_PCAP_CORRUPT', `cut at ${at} of ${bytes.length} (boundaries ${ends}) gave ${isCapture(r) ? `${r.records} records` : r.code}`)
+      } else {
+        const before = ends.filter((e) => e < at).length - 1
+        assert.ok(isCapture(r), `cut at ${at} inside record ${before + 1} was rejected: ${(r as Error).message}`)
+        assert.equal(r.records, before)
+        assert.equal(r.truncated?.offset, ends[before])
+        assert.equal(r.truncated?.present, at - ends[before])
+        // Bytes short = what the cut record needed minus what is there; with its header cut, what the header needed.
+        const present = at - ends[before]
+        assert.equal(r.truncated?.missing, present < RECORD_HEADER ? RECORD_HEADER - present : ends[before + 1] - at)
       }
     }), {numRuns: runs(500)})
   })

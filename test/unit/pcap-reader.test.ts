@@ -254,13 +254,22 @@ describe('readCapture', () => {
     await rejects(file('tiny.pcap', Buffer.from([0xd4, 0xc3])), 'DIVERT_ERR_PCAP_CORRUPT', /has 2 bytes/)
   })
 
-  test('a file cut inside a packet is PCAP_CORRUPT with the packet count and offset', async () => {
+  test('issue 11.19: a file cut inside its last record: the whole packets before it are read, and the warning says how many bytes are missing', async () => {
     const whole = capture(LINKTYPE.ETHERNET, conversation())
     const lastLen = pcapRecord({ts: 0, data: linkFrame(LINKTYPE.ETHERNET, segmentPacket(conversation()[6]))}).length
     const offset = whole.length - lastLen
-    await rejects(file('cut-body.pcap', whole.subarray(0, whole.length - 5)), 'DIVERT_ERR_PCAP_CORRUPT', new RegExp(`truncated after 6 packets at byte offset ${offset} \\(the file ends inside a packet`))
-    await rejects(file('cut-header.pcap', whole.subarray(0, offset + 7)), 'DIVERT_ERR_PCAP_CORRUPT', new RegExp(`truncated after 6 packets at byte offset ${offset} \\(the file ends inside a record header`))
-    await rejects(file('cut-first.pcap', whole.subarray(0, 30)), 'DIVERT_ERR_PCAP_CORRUPT', /truncated after 0 packets at byte offset 24/)
+    const caplen = lastLen - 16
+    const body = await readCapture(file('cut-body.pcap', whole.subarray(0, whole.length - 5)))
+    assert.equal(body.records, 6)
+    assert.equal(body.packets.length, 6)
+    assert.deepEqual({...body.truncated, warning: undefined}, {offset, present: lastLen - 5, missing: 5, warning: undefined})
+    assert.match(body.truncated!.warning, new RegExp(`cut short at byte offset ${offset}: the file ends inside a packet \\(its header says incl_len ${caplen}, ${caplen - 5} bytes present, 5 bytes short\\); only the 6 whole packets before it are read`))
+    const head = await readCapture(file('cut-header.pcap', whole.subarray(0, offset + 7)))
+    assert.equal(head.records, 6)
+    assert.equal(head.truncated?.missing, 9)
+    assert.match(head.truncated!.warning, /the file ends inside a record header \(7 of its 16 bytes present, 9 bytes short\)/)
+    await rejects(file('cut-first.pcap', whole.subarray(0, 30)), 'DIVERT_ERR_PCAP_CORRUPT', /is truncated inside its first record: the file ends inside a record header \(6 of its 16 bytes present, 10 bytes short\)/)
+    assert.equal((await readCapture(file('whole.pcap', whole))).truncated, undefined)
   })
 
   test('a header-only file is a valid, empty capture', async () => {

@@ -57,7 +57,7 @@ function replay(error = 'connect ECONNREFUSED 127.0.0.1:7201'): ReplayReport {
       compare: {identical: false, offset: 6, expected: `ok ${error}`, actual: 'no', lengthExpected: 20, lengthActual: 2},
     }],
     totals: {flows: 1, bytesSent: 1000, bytesReceived: 10, errors: 1, identical: 0, different: 1},
-    skipped: [{count: 2, reason: `odd ${error}`}] as ReplayReport['skipped'],
+    skipped: [{count: 2, reason: `odd ${error}`}] as ReplayReport['skipped'], warnings: [],
     aborted: false,
   }
 }

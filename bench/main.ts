@@ -10,6 +10,7 @@ import {availableParallelism, tmpdir} from 'node:os'
 import {dirname, join, resolve} from 'node:path'
 import {spawnSync} from 'node:child_process'
 import {catalog, type TestDef} from './catalog.js'
+import {benchCli, renderCli, type CliResults} from './cli.js'
 import {divertMissing} from './contenders.js'
 import {LOAD_CPU, startBackends, type Lab} from './lab.js'
 import {finishMachineInfo, machineInfo, type MachineInfo} from './machine.js'
@@ -106,6 +107,7 @@ interface Results {
   divert: {available: boolean; reason?: string}
   tests: ReturnType<typeof aggregate>
   samples: Sample[]
+  cli?: CliResults
 }
 
 function writeResults(path: string, results: Results): void {
@@ -113,7 +115,20 @@ function writeResults(path: string, results: Results): void {
   writeFileSync(path, `${JSON.stringify(results, null, 2)}\n`)
 }
 
-async function bench(o: BenchOptions, repo: string, tools: ToolReport): Promise<void> {
+/** The CLI start-up test (bench/cli.ts): 10 calls of each kind per run, in a temp dir of its own. */
+async function cliBench(o: BenchOptions, repo: string): Promise<CliResults> {
+  const dir = mkdtempSync(join(tmpdir(), 'divert-bench-cli-'))
+  try {
+    log(`cli: ${o.runs * 10} rounds`)
+    const r = await benchCli(repo, dir, o.runs * 10)
+    console.log(`${renderCli(r)}\n`)
+    return r
+  } finally {
+    rmSync(dir, {recursive: true, force: true})
+  }
+}
+
+async function bench(o: BenchOptions, repo: string, tools: ToolReport, cli?: CliResults): Promise<void> {
   const notes: string[] = []
   pinSelf(notes)
   const p = profileFor(o)
@@ -140,7 +155,7 @@ async function bench(o: BenchOptions, repo: string, tools: ToolReport): Promise<
     if (notes.length) console.log(`\nNotes:\n${notes.map((n) => `  - ${n}`).join('\n')}`)
     const out = resolve(o.out)
     writeResults(out, {generatedAt: new Date().toISOString(), machine: finishMachineInfo(machine), options: o, profile: p, notes,
-      divert: {available: !base.divertMissing, reason: base.divertMissing}, tests, samples})
+      divert: {available: !base.divertMissing, reason: base.divertMissing}, tests, samples, ...(cli ? {cli} : {})})
     console.log(`\nJSON results: ${out}`)
   } finally {
     process.removeListener('SIGINT', stop).removeListener('SIGTERM', stop)
@@ -162,9 +177,14 @@ export async function main(argv: string[], repo: string): Promise<number> {
       log('bench: needs at least 2 cores (each proxy on core 0, load and backends on core 1); this machine has 1')
       return 1
     }
+    const cli = o.cli ? await cliBench(o, repo) : undefined
+    if (o.only.length === 0) {
+      writeResults(resolve(o.out), {generatedAt: new Date().toISOString(), cli} as Results)
+      return 0
+    }
     const tools = ensureTools(o)
     if (!tools) return 1
-    await bench(o, repo, tools)
+    await bench(o, repo, tools, cli)
     return 0
   } catch (e) {
     log(`bench: ${e instanceof Error ? e.message : String(e)}`)

@@ -15,7 +15,7 @@ import {Backend} from './backends/backend.js'
 import {HealthChecker, tcpConnectCheck} from './backends/health.js'
 import {RuleTable, type Rule} from './rules/table.js'
 import {Router, type Decision} from './rules/router.js'
-import {StateStore} from './rules/state.js'
+import {StateStore, missingNames} from './rules/state.js'
 import {SessionRegistry} from './session/registry.js'
 import {fanOut} from './session/fanout.js'
 import type {SessionMeta, Tap} from './session/types.js'
@@ -158,8 +158,7 @@ export class Daemon {
       this.logger.error({state: this.config.state, movedTo: loaded.movedAside, problem: loaded.problem}, `state file is corrupt (${loaded.problem}): moved aside to ${loaded.movedAside}; starting with no runtime rules — restore them from that file`)
     }
     for (const r of loaded.rules) {
-      const missing = [r.to, r.mirror].filter((b) => b && !this.backends.has(b))
-      if (missing.length > 0 || (r.listener && !this.config.listeners.some((l) => l.name === r.listener))) {
+      if (missingNames(r, this.config).length > 0) {
         this.logger.error({rule: r}, `runtime rule ${r.id} for ${r.source} names a backend or listener the config no longer has; not applied (re-add it with divert add)`)
         continue
       }

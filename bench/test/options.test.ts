@@ -29,6 +29,13 @@ test('--only takes tests and groups, in catalogue order, and rejects unknown nam
   assert.throws(() => parse('--only', 'udp,nope'), (e: unknown) => e instanceof DivertError && /unknown test "nope"/.test(e.message))
 })
 
+test('issue 11.25: the cli test runs by default and alone with --only cli (no proxy test then)', () => {
+  assert.equal(parse().cli, true)
+  assert.deepEqual(parse('--only', 'cli'), {...parse(), only: [], cli: true})
+  assert.deepEqual(parse('--only', 'udp-rate,cli').only, ['udp-rate'])
+  assert.equal(parse('--only', 'udp-rate').cli, false)
+})
+
 test('bad values and unknown options are DivertErrors that say what is wrong', () => {
   assert.throws(() => parse('--runs', '0'), /--runs needs a positive whole number, got "0"/)
   assert.throws(() => parse('--runs'), /--runs needs a value/)

@@ -6,7 +6,7 @@
  *
  *   divert <command> ─▶ AdminClient ─undici─▶ daemon AdminServer
  */
-import {Client} from 'undici'
+import type {Client} from 'undici'
 import {hostname, userInfo} from 'node:os'
 import {DivertError} from '../errors.js'
 import {isTcpTarget} from './paths.js'
@@ -22,19 +22,16 @@ export interface SessionQuery {
 }
 
 export class AdminClient {
-  private readonly client: Client
+  private client?: Promise<Client>
   private readonly headers: Record<string, string>
 
   constructor(readonly target: string, token?: string) {
-    this.client = isTcpTarget(target)
-      ? new Client(target, {connectTimeout: 5_000, headersTimeout: 30_000, bodyTimeout: 30_000})
-      : new Client('http://divert', {socketPath: target, connectTimeout: 5_000, headersTimeout: 30_000, bodyTimeout: 30_000})
     this.headers = {'x-divert-client': clientName()}
     if (token) this.headers.authorization = `Bearer ${token}`
   }
 
-  close(): Promise<void> {
-    return this.client.close()
+  async close(): Promise<void> {
+    if (this.client) await (await this.client).close()
   }
 
   status(): Promise<StatusView> { return this.request('GET', '/status') }
@@ -56,7 +53,7 @@ export class AdminClient {
   async request<T>(method: 'GET' | 'POST' | 'DELETE', path: string, body?: unknown): Promise<T> {
     let res
     try {
-      res = await this.client.request({
+      res = await (await this.connection()).request({
         method, path, headers: {...this.headers, ...(body === undefined ? {} : {'content-type': 'application/json'})},
         body: body === undefined ? undefined : JSON.stringify(body),
       })
@@ -78,6 +75,18 @@ export class AdminClient {
       throw new DivertError('ADMIN_PROTOCOL', `the admin API at ${this.target} answered HTTP ${res.statusCode}: ${text.slice(0, 200)}`)
     }
     return data as T
+  }
+
+  /**
+   * undici (and the http, http2, tls and crypto modules it loads) is imported on the first request,
+   * not with the command: `divert --help`, `--version` and `check` never need it.
+   */
+  private connection(): Promise<Client> {
+    const opts = {connectTimeout: 5_000, headersTimeout: 30_000, bodyTimeout: 30_000}
+    this.client ??= import('undici').then(({Client}) => (isTcpTarget(this.target)
+      ? new Client(this.target, opts)
+      : new Client('http://divert', {...opts, socketPath: this.target})))
+    return this.client
   }
 
   private transportError(error: NodeJS.ErrnoException): DivertError {

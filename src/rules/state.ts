@@ -10,7 +10,7 @@
 import {promises as fs} from 'node:fs'
 import {basename, dirname, join} from 'node:path'
 import {DivertError} from '../errors.js'
-import type {RuleSpec} from '../config/types.js'
+import type {Config, RuleSpec} from '../config/types.js'
 
 export interface StoredRule extends RuleSpec {
   id: string
@@ -38,6 +38,15 @@ export class StateStore {
   /** Reads the state file. Missing → no rules. Corrupt → moved aside (never dropped) and reported. */
   async load(): Promise<LoadResult> {
     await this.removeStaleTemps()
+    const {rules, problem} = await this.read()
+    if (problem === undefined) return {rules}
+    const aside = `${this.path}.corrupt-${new Date().toISOString().replace(/[:.]/g, '-')}`
+    await fs.rename(this.path, aside)
+    return {rules: [], movedAside: aside, problem}
+  }
+
+  /** Reads the state file and changes nothing (`divert check`): a corrupt one is reported, not moved. */
+  async read(): Promise<{rules: StoredRule[]; problem?: string}> {
     let text: string
     try {
       text = await fs.readFile(this.path, 'utf8')
@@ -46,10 +55,7 @@ export class StateStore {
       throw new DivertError('STATE_CORRUPT', `cannot read state file ${this.path}: ${(error as Error).message}`, {cause: error})
     }
     const problem = validate(text)
-    if (problem === undefined) return {rules: (JSON.parse(text) as StateFile).rules}
-    const aside = `${this.path}.corrupt-${new Date().toISOString().replace(/[:.]/g, '-')}`
-    await fs.rename(this.path, aside)
-    return {rules: [], movedAside: aside, problem}
+    return problem === undefined ? {rules: (JSON.parse(text) as StateFile).rules} : {rules: [], problem}
   }
 
   /** Temp files are `.STATE.tmp-PID`, next to the state file so that rename(2) stays within one filesystem. */
@@ -127,6 +133,16 @@ export class StateStore {
       await dh.close()
     }
   }
+}
+
+/**
+ * What a stored runtime rule names that `config` no longer has (`backend "x"`, `listener "y"`): such a
+ * rule is not applied at start-up, and `divert check` reports it.
+ */
+export function missingNames(rule: RuleSpec, config: Pick<Config, 'backends' | 'listeners'>): string[] {
+  const backends = [rule.to, rule.mirror].filter((b): b is string => b !== undefined && !config.backends.has(b)).map((b) => `backend "${b}"`)
+  const listener = rule.listener && !config.listeners.some((l) => l.name === rule.listener) ? [`listener "${rule.listener}"`] : []
+  return [...backends, ...listener]
 }
 
 function isAlive(pid: number): boolean {

@@ -4,6 +4,7 @@
  * Pure data: the workloads that fill these metrics live in suites.ts.
  */
 import type {Profile, TestId} from './options.js'
+import {RELOAD_RTT_BUDGET_MS} from './reload.js'
 
 export type Contender = 'direct' | 'haproxy' | 'nginx' | 'divert' | 'divert-100k' | 'divert-mirror' | 'divert-record'
 
@@ -124,6 +125,15 @@ export function catalog(p: Profile): TestDef[] {
       metrics: [m('taps.rps', 'requests', 'req/s', 'higher'), m('taps.p99', 'latency p99', 'ms', 'lower'), m('taps.cpuUs', 'proxy CPU per request', 'µs', 'lower'),
         m('taps.pcapMB', 'recording written', 'MB', 'info')],
       goals: [],
+    },
+    {
+      id: 'reload', title: `Reload of ${p.rulesLarge.toLocaleString('en-US')} rules under a keep-alive request stream`,
+      how: `divert-100k: start time and RSS; then every rule's backend changed and \`divert reload\` while requests run back to back on one keep-alive connection`,
+      contenders: ['divert-100k'], comparisons: [],
+      metrics: [m('reload.worstRtt', 'worst request round trip during the reload', 'ms', 'lower'), m('reload.ms', 'reload time', 'ms', 'lower'),
+        m('reload.requests', 'requests served during the reload', 'count', 'info'), m('reload.startMs', 'start to ready', 'ms', 'lower'),
+        m('reload.rssStart', 'RSS after start', 'MB', 'lower'), m('reload.rssAfter', 'RSS after the reload', 'MB', 'lower')],
+      goals: [{metric: 'reload.worstRtt', subject: 'divert-100k', op: '<=', value: RELOAD_RTT_BUDGET_MS, text: `≤ ${RELOAD_RTT_BUDGET_MS} ms every run`}],
     },
   ]
 }

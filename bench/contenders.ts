@@ -7,6 +7,7 @@
  */
 import {existsSync, writeFileSync} from 'node:fs'
 import {join} from 'node:path'
+import {performance} from 'node:perf_hooks'
 import type {Contender} from './catalog.js'
 import {divertConfig, haproxyConfig, nginxProxyConfig, type DivertVariant, type ProxyPorts} from './configs.js'
 import {instanceDir, LOOPBACK, nginxArgs, proxySpec, type Lab} from './lab.js'
@@ -24,6 +25,8 @@ export interface Running {
   died(): string | undefined
   /** Files this instance wrote that the bench may report on (the recorder's pcap). */
   recording?: string
+  /** divert: from launch to its ready line, its config file and admin socket (the reload test). */
+  divert?: {readyMs: number; configFile: string; admin: string}
 }
 
 const DIVERT_READY = /"msg":"divert ready"/
@@ -96,10 +99,12 @@ async function startDivert(lab: Lab, name: Contender): Promise<Running> {
   const variant = divertVariant(name, dir)
   const cfg = join(dir, 'divert.yaml')
   writeFileSync(cfg, divertConfig(ports, lab.backends, dir, lab.limits, variant))
-  const args = [join(lab.repo, 'bin/run.js'), 'start', '-c', cfg, '--log-format', 'json', '--log-level', lab.divertLogLevel ?? 'info', '--admin', join(dir, 'admin.sock')]
+  const admin = join(dir, 'admin.sock')
+  const args = [join(lab.repo, 'bin/run.js'), 'start', '-c', cfg, '--log-format', 'json', '--log-level', lab.divertLogLevel ?? 'info', '--admin', admin]
+  const launched = performance.now()
   const m = lab.group.launch(proxySpec(lab, {name, cmd: process.execPath, args, cwd: lab.repo}))
   await whenReady(m, () => m.waitFor(DIVERT_READY, variant.rules > 1000 ? 180_000 : 30_000))
-  return running(name, ports, m, variant.record)
+  return {...running(name, ports, m, variant.record), divert: {readyMs: performance.now() - launched, configFile: cfg, admin}}
 }
 
 function direct(lab: Lab): Running {

@@ -4,7 +4,7 @@
  */
 import {DivertError} from '../src/errors.js'
 
-export const TEST_IDS = ['tcp-bulk', 'tcp-connect', 'keepalive', 'udp-rate', 'udp-flows', 'idle-tcp', 'idle-udp', 'rules', 'taps'] as const
+export const TEST_IDS = ['tcp-bulk', 'tcp-connect', 'keepalive', 'udp-rate', 'udp-flows', 'idle-tcp', 'idle-udp', 'rules', 'taps', 'reload'] as const
 export type TestId = (typeof TEST_IDS)[number]
 
 /** The CLI start-up test's name for --only; it runs apart from the proxy tests (bench/cli.ts). */

@@ -15,6 +15,7 @@ import {wrkErrorCount, wrkRate, type WrkResult} from './parse.js'
 import {usage} from './procfs.js'
 import type {Sample} from './report.js'
 import {hold, iperf, settledUsage, udpFlows, udpRate, withCpu, wrk} from './workloads.js'
+import {reloadUnderLoad} from './reload.js'
 import {DivertError} from '../src/errors.js'
 
 type Values = Record<string, number>
@@ -151,9 +152,21 @@ const taps: Measure = async (lab, c, p, v) => {
   put(v, 'taps.cpuUs', cpuUs)
 }
 
+/** Start time and RSS with 100,000 rules, then the worst keep-alive round trip while they are all reloaded. */
+const reload: Measure = async (_lab, c, _p, v) => {
+  if (!c.divert) throw new DivertError('INTERNAL', `${c.name} is not divert: the reload test needs its config file and admin socket`)
+  put(v, 'reload.startMs', c.divert.readyMs)
+  put(v, 'reload.rssStart', usage(c.pids()).rssKb / 1024)
+  const r = await reloadUnderLoad(c.ports.http, c.divert.configFile, c.divert.admin)
+  put(v, 'reload.worstRtt', r.worstRttMs)
+  put(v, 'reload.ms', r.reloadMs)
+  put(v, 'reload.requests', r.requests)
+  put(v, 'reload.rssAfter', usage(c.pids()).rssKb / 1024)
+}
+
 const MEASURES: Record<TestId, Measure> = {
   'tcp-bulk': tcpBulk, 'tcp-connect': tcpConnect, keepalive, 'udp-rate': udpRateTest, 'udp-flows': udpFlowsTest,
-  'idle-tcp': idleTcp, 'idle-udp': idleUdp, rules: rulesConn, taps,
+  'idle-tcp': idleTcp, 'idle-udp': idleUdp, rules: rulesConn, taps, reload,
 }
 
 /** Work that needs no running contender, done before it starts (so it is reported even when divert is missing). */

@@ -10,7 +10,8 @@ export default class List extends DivertCommand {
   async run(): Promise<RuleView[]> {
     const {flags} = await this.parse(List)
     const rules = await this.adminClient(flags.admin).rules()
-    this.log(rulesTable(rules, Date.now(), terminalWidth()))
+    // With --json the table is not printed: do not build it either.
+    if (!this.jsonEnabled()) this.log(rulesTable(rules, Date.now(), terminalWidth()))
     return rules
   }
 }

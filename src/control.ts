@@ -9,7 +9,7 @@ import {isAbsolute, resolve, dirname} from 'node:path'
 import {DivertError} from './errors.js'
 import {parseDuration} from './config/duration.js'
 import {parseSize} from './config/size.js'
-import {formatPrefix, parseCidr} from './rules/cidr.js'
+import {formatPrefix, normalizeAddress, parseCidr} from './rules/cidr.js'
 import {RuleTable, type Rule} from './rules/table.js'
 import {isRefusal} from './rules/router.js'
 import type {SessionFilter} from './session/registry.js'
@@ -132,8 +132,12 @@ export class DaemonControl implements Control {
     if (ip.includes('/')) throw new DivertError('INVALID_ADDRESS', `explain takes one IP address, not a prefix: "${ip}"`)
     const listeners = listener ? [this.listenerNamed(listener)] : this.d.config.listeners
     return listeners.map((l) => {
+      // The proxies check the limits before routing (Admission.admit): a limit that refuses now wins.
+      const limit = this.d.proxies.get(l.name)?.admission.refusal(normalizeAddress(ip)) ?? null
       const d = this.d.router.decide(l, ip, {countHit: false, explain: true})
-      const base = {ip, listener: l.name, rule: d.rule ? RuleTable.view(d.rule) : null, reasons: d.reasons ?? [], mirror: d.rule?.mirror ?? null, record: d.rule?.record ?? null}
+      const reasons = limit ? [`a new session from ${ip} would be refused now: ${limit}`, ...(d.reasons ?? []).map((r) => `otherwise: ${r}`)] : d.reasons ?? []
+      const base = {ip, listener: l.name, rule: d.rule ? RuleTable.view(d.rule) : null, reasons, mirror: d.rule?.mirror ?? null, record: d.rule?.record ?? null, limit}
+      if (limit) return {...base, backend: null, server: null, fallbackFrom: null, refused: limit}
       if (isRefusal(d)) return {...base, backend: null, server: null, fallbackFrom: null, refused: d.refused}
       return {...base, backend: d.backend.name, server: d.server.key, fallbackFrom: d.fallbackFrom ?? null, refused: null}
     })

@@ -266,8 +266,8 @@ export class Daemon {
       backends.set(b.name, old && sameJson(old.config, b) ? old : new Backend(b))
     }
     this.checkRuntimeRules(next, backends)
-    // A scratch table validates the new config rules (duplicates, sources) before the real one changes.
-    new RuleTable({configFile: next.file}).replaceConfigRules(next.rules)
+    // The new config rules are validated and built beside the live ones, in slices (sessions keep flowing).
+    const configRules = await this.rules.buildConfigRules(next.rules)
     const plan = planListeners(this.proxies, next)
     const opened = await this.acquireRecordings(next.rules, next.captureMaxBytes)
     const fresh = new Map<string, ListenerProxy>()
@@ -278,11 +278,11 @@ export class Daemon {
       for (const path of opened) await this.recordings.release(path)
       throw error
     }
-    const oldConfigRules = this.rules.snapshot().filter((r) => r.origin === 'config')
+    const oldConfigRules = this.rules.rulesOf('config')
     const result: ReloadResult = {
       configFile: next.file, listeners: this.commitListeners(plan, fresh), backends: diffNames(this.backends, backends, (a, b) => a === b), rules: 0,
     }
-    this.rules.replaceConfigRules(next.rules)
+    this.rules.swapConfigRules(configRules)
     this.backends = backends
     this.router.state = {rules: this.rules, backends}
     this.config = next
@@ -298,7 +298,7 @@ export class Daemon {
 
   /** A runtime rule must keep its backends and listener: refuse a config that drops them, naming the rule. */
   private checkRuntimeRules(next: Config, backends: Map<string, Backend>): void {
-    for (const r of this.rules.snapshot().filter((x) => x.origin === 'runtime')) {
+    for (const r of this.rules.rulesOf('runtime')) {
       const missing = [r.to, r.mirror].find((b) => b && !backends.has(b))
       if (missing) throw new DivertError('CONFIG_INVALID', `${next.file}: backend "${missing}" is gone but runtime rule ${r.id} (${r.source}) uses it: remove the rule first (divert rm ${r.id}) or keep the backend`)
       if (r.listener && !next.listeners.some((l) => l.name === r.listener)) throw new DivertError('CONFIG_INVALID', `${next.file}: listener "${r.listener}" is gone but runtime rule ${r.id} (${r.source}) is scoped to it: remove the rule first (divert rm ${r.id})`)

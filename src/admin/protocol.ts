@@ -45,6 +45,8 @@ export interface ExplainResult {
   record: string | null
   fallbackFrom: string | null
   refused: string | null
+  /** The admission limit (limits.max_connections, max_connections, per_source.*) that refuses a new session now, else null. */
+  limit: string | null
   reasons: string[]
 }
 

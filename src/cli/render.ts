@@ -34,11 +34,21 @@ export function expiresIn(expiresAt: string | null, now = Date.now()): string {
   return left <= 0 ? 'expiring' : `in ${formatDuration(left)}`
 }
 
+/**
+ * Rows `divert list` draws as a table. cli-table3 takes about 1 ms per row (wrapping and measuring
+ * every cell), so 100,000 rules would take minutes to draw and nobody reads that many rows: beyond
+ * this the table shows the first rows and says how to get all of them.
+ */
+export const LIST_TABLE_MAX = 1000
+
 export function rulesTable(rules: RuleView[], now = Date.now(), width = UNLIMITED): string {
   if (rules.length === 0) return 'no rules: every client goes to its listener\'s default backend'
-  return table(['id', 'source', 'actions', 'listener', 'expires', 'hits', 'origin', 'note'], rules.map((r) => [
+  const shown = rules.length > LIST_TABLE_MAX ? rules.slice(0, LIST_TABLE_MAX) : rules
+  const text = table(['id', 'source', 'actions', 'listener', 'expires', 'hits', 'origin', 'note'], shown.map((r) => [
     r.id, r.source, ruleActions(r), r.listener ?? '*', expiresIn(r.expiresAt, now), r.hits, r.origin, r.note ?? '',
   ]), {width, drop: ['origin', 'hits', 'listener', 'expires']})
+  const more = rules.length - shown.length
+  return more === 0 ? text : `${text}\n${shown.length} of ${rules.length} rules shown; ${more} more not shown — \`divert list --json\` prints every rule`
 }
 
 export function sessionsTable(sessions: SessionView[], width = UNLIMITED): string {

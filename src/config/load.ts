@@ -3,12 +3,16 @@
  * lists every problem as `FILE:LINE:COL: path: what is wrong; expected what`.
  *
  *   file → readFile → parseDocument (LineCounter) → toJS → configSchema + crossCheck → normalise → Config
+ *   (a large file: the same parseConfig in a worker thread, parse-worker.ts)
  */
+import {existsSync} from 'node:fs'
 import {readFile} from 'node:fs/promises'
+import {Worker} from 'node:worker_threads'
 import {dirname, resolve} from 'node:path'
 import {isAlias, isMap, isScalar, isSeq, LineCounter, parseDocument, visit, type Alias, type Document, type Pair, type YAMLError, type YAMLMap} from 'yaml'
 import {DivertError} from '../errors.js'
 import {configSchema, crossCheck, formatPath, issuesToProblems, knownNames, type ConfigPath, type RawConfig, type SchemaProblem} from './schema.js'
+import type {WorkerMessage} from './parse-worker.js'
 import {DEFAULTS, type BackendConfig, type Config, type ListenerConfig, type RuleSpec} from './types.js'
 
 const MAX_PROBLEMS = 20
@@ -22,6 +26,14 @@ export interface ConfigProblem {
   message: string
 }
 
+/**
+ * Files at least this long are parsed in a worker thread. yaml's parser takes about 50 µs of CPU per
+ * line (10 s for 100,000 rules) and builds a document of hundreds of MB: in the daemon's thread that
+ * froze every proxied session for the whole reload and left the heap grown for good. Below this
+ * (about 200 rules) parsing takes a few ms, less than starting a worker.
+ */
+export const WORKER_MIN_CHARS = 16 * 1024
+
 /** Reads and parses `file`; an unreadable file is CONFIG_READ with the OS reason. */
 export async function loadConfig(file: string): Promise<Config> {
   let text: string
@@ -30,7 +42,38 @@ export async function loadConfig(file: string): Promise<Config> {
   } catch (error) {
     throw new DivertError('CONFIG_READ', `cannot read config file ${file}: ${osReason(error)}; check the path given with -c`, {cause: error})
   }
-  return parseConfig(text, file)
+  const worker = new URL('./parse-worker.js', import.meta.url)
+  // From the TypeScript sources (bin/dev.js) there is no parse-worker.js: parse here, as small files are.
+  if (text.length < WORKER_MIN_CHARS || !existsSync(worker)) return parseConfig(text, file)
+  return parseInWorker(worker, text, file)
+}
+
+/**
+ * parseConfig in a worker thread (parse-worker.ts): the same Config, or the same DivertError (its
+ * JSON, rebuilt). The rules come over in chunks, each asked for after a turn of the event loop.
+ */
+function parseInWorker(script: URL, text: string, file: string): Promise<Config> {
+  return new Promise((resolve, reject) => {
+    const worker = new Worker(script, {workerData: {text, file}})
+    let config: Config | undefined
+    let settled = false
+    const settle = (error?: unknown): void => {
+      if (settled) return
+      settled = true
+      void worker.terminate()
+      if (error === undefined) resolve(config!)
+      else reject(error)
+    }
+    worker.on('message', (m: WorkerMessage) => {
+      if (m.type === 'error') return settle(DivertError.fromJSON(m.error))
+      if (m.type === 'done') return settle()
+      if (m.type === 'head') config = m.config as unknown as Config
+      else config!.rules.push(...m.rules)
+      setImmediate(() => worker.postMessage('next'))
+    })
+    worker.once('error', (error) => settle(new DivertError('INTERNAL', `parsing ${file} failed in its worker thread: ${error.message}`, {cause: error})))
+    worker.once('exit', (code) => settle(new DivertError('INTERNAL', `the worker thread parsing ${file} exited (status ${code}) before it answered`)))
+  })
 }
 
 /** Pure: `file` names the source in messages and anchors relative paths (state, record, admin files). */

@@ -6,6 +6,7 @@
  *
  *   new session ─▶ admit() ─ ok ─▶ router …   session end ─▶ release()
  *                     └─ reason ─▶ RefusalLog
+ *   divert explain ─▶ refusal(): the same checks, read-only
  */
 import type {ListenerConfig} from '../config/types.js'
 
@@ -31,18 +32,32 @@ export class Admission {
     private readonly now: () => number,
   ) {}
 
-  /** Takes a slot for a new session from `address`, or says why not. */
+  /** Takes a slot for a new session from `address`, or says why not (the reason refusal() gives). */
   admit(address: string): string | undefined {
-    const cfg = this.config()
-    if (this.global.max > 0 && this.global.live >= this.global.max) return `limits.max_connections (${this.global.max}) reached`
-    if (cfg.maxConnections > 0 && this.live >= cfg.maxConnections) return `max_connections (${cfg.maxConnections}) of listener ${cfg.name} reached`
-    const {maxConnections: perSource, ratePerSec} = cfg.perSource
-    if (perSource > 0 || ratePerSec > 0) {
-      const reason = this.admitSource(address, perSource, ratePerSec)
-      if (reason) return reason
-    }
+    const reason = this.refusal(address)
+    if (reason) return reason
+    const {maxConnections: perSource, ratePerSec} = this.config().perSource
+    if (perSource > 0 || ratePerSec > 0) this.takeSource(address, ratePerSec)
     this.live++
     this.global.live++
+    return undefined
+  }
+
+  /**
+   * Why a new session from `address` would be refused right now, or undefined; changes nothing. The
+   * one admission check: admit() takes a slot only when it passes, and `divert explain` reports it.
+   */
+  refusal(address: string): string | undefined {
+    const cfg = this.config()
+    if (this.global.max > 0 && this.global.live >= this.global.max) return `limits.max_connections (${this.global.max}) reached (${this.global.live} live)`
+    if (cfg.maxConnections > 0 && this.live >= cfg.maxConnections) return `max_connections (${cfg.maxConnections}) of listener ${cfg.name} reached (${this.live} live)`
+    const {maxConnections: perSource, ratePerSec} = cfg.perSource
+    if (perSource === 0 && ratePerSec === 0) return undefined
+    const now = this.now()
+    // An address not seen yet counts as a fresh bucket: no live session, full of tokens.
+    const b = this.sources.get(address) ?? {live: 0, tokens: ratePerSec, last: now}
+    if (perSource > 0 && b.live >= perSource) return `per_source.max_connections (${perSource}) reached for ${address} (${b.live} live)`
+    if (ratePerSec > 0 && this.tokens(b, ratePerSec, now) < 1) return `per_source.rate (${ratePerSec}/s) exceeded by ${address}`
     return undefined
   }
 
@@ -58,7 +73,7 @@ export class Admission {
     const rate = this.config().perSource.ratePerSec
     const now = this.now()
     for (const [address, b] of this.sources) {
-      if (b.live <= 0 && (rate === 0 || b.tokens + ((now - b.last) / 1000) * rate >= rate)) this.sources.delete(address)
+      if (b.live <= 0 && (rate === 0 || this.tokens(b, rate, now) >= rate)) this.sources.delete(address)
     }
   }
 
@@ -66,21 +81,23 @@ export class Admission {
     return this.sources.size
   }
 
-  private admitSource(address: string, perSource: number, rate: number): string | undefined {
+  /** Counts a session admitted from `address` against its bucket (refusal() found room). */
+  private takeSource(address: string, rate: number): void {
     const now = this.now()
     let b = this.sources.get(address)
     if (!b) {
       b = {live: 0, tokens: rate, last: now}
       this.sources.set(address, b)
     }
-    if (perSource > 0 && b.live >= perSource) return `per_source.max_connections (${perSource}) reached for ${address}`
     if (rate > 0) {
-      b.tokens = Math.min(rate, b.tokens + ((now - b.last) / 1000) * rate)
+      b.tokens = this.tokens(b, rate, now) - 1
       b.last = now
-      if (b.tokens < 1) return `per_source.rate (${rate}/s) exceeded by ${address}`
-      b.tokens -= 1
     }
     b.live++
-    return undefined
+  }
+
+  /** The bucket's tokens at `now`: refilled at `rate` per second since it was last drawn from, up to `rate`. */
+  private tokens(b: Bucket, rate: number, now: number): number {
+    return Math.min(rate, b.tokens + ((now - b.last) / 1000) * rate)
   }
 }

@@ -62,7 +62,7 @@ export class UdpProxy {
   private draining = false
   private local?: Peer
   private readonly refusals: RefusalLog
-  private readonly admission: Admission
+  readonly admission: Admission
 
   constructor(config: ListenerConfig, ctx: ProxyContext) {
     this.config = config

@@ -263,7 +263,7 @@ export function parseCidr(text: string): Prefix {
 }
 
 export function formatAddressBytes(family: 4 | 6, bytes: Uint8Array): string {
-  if (family === 4) return Array.from(bytes).join('.')
+  if (family === 4) return `${bytes[0]}.${bytes[1]}.${bytes[2]}.${bytes[3]}`
   const words: number[] = []
   for (let i = 0; i < 16; i += 2) words.push((bytes[i] << 8) | bytes[i + 1])
   // RFC 5952 §4.2: compress the longest run (≥ 2) of zero words, the first on a tie.

@@ -13,6 +13,7 @@ import {createHash, randomInt} from 'node:crypto'
 import {DivertError} from '../errors.js'
 import type {RuleSpec} from '../config/types.js'
 import {formatPrefix, parseCidr, readAddress, type Prefix} from './cidr.js'
+import {eachInSlices} from '../slices.js'
 
 export type RuleOrigin = 'config' | 'runtime'
 
@@ -67,6 +68,19 @@ export type AddSpec = RuleSpec & {id?: string; createdAt?: number}
 
 const ID = /^r[0-9a-f]{6}$/
 const ID_ATTEMPTS = 1000
+
+/** A reload's config rules, built beside the live table (buildConfigRules) until swapConfigRules. Opaque to callers. */
+export interface ConfigBuild {
+  live: RuleTable
+  /** The new table: config rules only until swapIn moves the runtime rules in. */
+  next: RuleTable
+  specs: RuleSpec[]
+  prefixes: Prefix[]
+  /** kept[i]: the live rule for spec i is unchanged and carried over (same object, id and hits). */
+  kept: boolean[]
+  /** Canonical source + scope → first index, for duplicates. */
+  seen: Map<string, number>
+}
 
 interface Layer {
   config?: Rule
@@ -178,12 +192,15 @@ export class RuleTable {
   private readonly now: () => number
   private readonly newId: () => string
   private readonly configFile?: string
-  private readonly v4: FamilyIndex = {family: 4, order: [], byLength: new Map()}
-  private readonly v6: FamilyIndex = {family: 6, order: [], byLength: new Map()}
-  private readonly ids = new Map<string, Rule>()
+  // Not readonly: a reload builds the new config rules in a table beside this one and swaps these in.
+  private v4: FamilyIndex = {family: 4, order: [], byLength: new Map()}
+  private v6: FamilyIndex = {family: 6, order: [], byLength: new Map()}
+  private ids = new Map<string, Rule>()
   /** Rules that carry an expiry, so expire() and nextExpiry() need not walk every rule. */
-  private readonly expiring = new Set<Rule>()
+  private expiring = new Set<Rule>()
   private readonly scratch = new Int32Array(4)
+  /** Set on a table being built for a reload: ids the live table's runtime rules hold are taken too. */
+  private taken?: (id: string) => boolean
 
   constructor(opts: RuleTableOptions = {}) {
     this.now = opts.now ?? Date.now
@@ -288,24 +305,70 @@ export class RuleTable {
    * validated before anything changes: on error the table is as it was.
    */
   replaceConfigRules(specs: RuleSpec[]): void {
-    const parsed = specs.map((spec, i) => {
-      checkSpec(spec)
-      const prefix = parseCidr(spec.source)
-      return {spec, prefix, key: `${formatPrefix(prefix)} ${spec.listener ?? ''}`, index: i}
-    })
-    checkDuplicates(parsed)
-    const kept = new Set<Rule>()
-    for (const {spec, prefix} of parsed) {
-      const old = this.layerFor(prefix, spec.listener, false)?.config
-      if (old && sameSpec(old, spec)) kept.add(old)
+    const build = this.startBuild(specs)
+    for (let i = 0; i < specs.length; i++) this.checkConfig(build, i)
+    for (let i = 0; i < specs.length; i++) this.placeConfig(build, i)
+    this.swapIn(build.next)
+  }
+
+  /**
+   * replaceConfigRules for a running daemon: the new rules are built in a table beside this one, in
+   * slices that let the event loop run (100,000 rules take seconds of CPU), while lookups keep
+   * answering from the current rules; then one synchronous swap puts them in force. Runtime rules
+   * added or removed meanwhile are carried over as they are at the swap. One build at a time (the
+   * daemon runs reloads one after the other).
+   */
+  async replaceConfigRulesAsync(specs: RuleSpec[]): Promise<void> {
+    this.swapConfigRules(await this.buildConfigRules(specs))
+  }
+
+  /**
+   * The first half of replaceConfigRulesAsync, for a reload that must know the rules are valid before
+   * it binds listeners: validates and builds (throws as replaceConfigRules does, changing nothing).
+   */
+  async buildConfigRules(specs: RuleSpec[]): Promise<ConfigBuild> {
+    const build = this.startBuild(specs)
+    await eachInSlices(specs.length, (i) => this.checkConfig(build, i))
+    await eachInSlices(specs.length, (i) => this.placeConfig(build, i))
+    return build
+  }
+
+  /** The second half: puts a build of this table in force, synchronously. */
+  swapConfigRules(build: ConfigBuild): void {
+    if (build.live !== this) throw new DivertError('INTERNAL', 'swapConfigRules: the rules were built for another table')
+    this.swapIn(build.next)
+  }
+
+  /** The rules of one origin, unsorted and not copied: for walking, not for display (snapshot()). */
+  rulesOf(origin: RuleOrigin): Rule[] {
+    const out: Rule[] = []
+    for (const rule of this.ids.values()) if (rule.origin === origin) out.push(rule)
+    return out
+  }
+
+  /**
+   * Puts `next` (config rules only, from startBuild) in force: this table's runtime rules move
+   * into it, then its index replaces this one's. Synchronous, so no lookup sees half of each; costs
+   * one pass over the current rules.
+   */
+  private swapIn(next: RuleTable): void {
+    for (const rule of this.ids.values()) if (rule.origin === 'runtime') next.adopt(rule)
+    this.v4 = next.v4
+    this.v6 = next.v6
+    this.ids = next.ids
+    this.expiring = next.expiring
+  }
+
+  /** Adds a live runtime rule object as it is (id, hits); a new config rule that drew its id meanwhile takes another. */
+  private adopt(rule: Rule): void {
+    const clash = this.ids.get(rule.id)
+    if (clash) {
+      this.forget(clash)
+      clash.id = this.idFor(undefined, undefined, (n) => configId(clash.source, clash.listener, n))
+      this.remember(clash)
     }
-    for (const rule of this.ids.values()) if (rule.origin === 'config' && !kept.has(rule)) this.detach(rule)
-    for (const {spec, prefix} of parsed) {
-      const layer = this.layerFor(prefix, spec.listener, true)!
-      if (layer.config && kept.has(layer.config)) continue
-      layer.config = this.build(spec, prefix, 'config', undefined)
-      this.remember(layer.config)
-    }
+    this.layerFor(rule.prefix, rule.listener, true)!.runtime = rule
+    this.remember(rule)
   }
 
   /** Copies of every rule (shadowed config rules too, marked), sorted for display. */
@@ -344,6 +407,43 @@ export class RuleTable {
     }
   }
 
+  /**
+   * A reload's config rules, to be built in a fresh table beside this one in two passes over the
+   * specs, each item by item (so the daemon can slice them): checkConfig, then placeConfig. The
+   * fresh table's derived ids avoid this table's runtime rules.
+   */
+  private startBuild(specs: RuleSpec[]): ConfigBuild {
+    const next = new RuleTable({now: this.now, newId: this.newId, configFile: this.configFile})
+    next.taken = (id) => this.ids.get(id)?.origin === 'runtime'
+    return {live: this, next, specs, prefixes: [], kept: [], seen: new Map()}
+  }
+
+  /** Validates spec i, catches a duplicate, and carries over the live rule when nothing about it changed. */
+  private checkConfig(b: ConfigBuild, i: number): void {
+    const spec = b.specs[i]
+    checkSpec(spec)
+    const prefix = parseCidr(spec.source)
+    checkDuplicate(b.seen, spec, `${formatPrefix(prefix)} ${spec.listener ?? ''}`, i)
+    b.prefixes[i] = prefix
+    const old = this.layerFor(prefix, spec.listener, false)?.config
+    b.kept[i] = old !== undefined && sameSpec(old, spec)
+    if (b.kept[i]) b.next.putConfig(old!)
+  }
+
+  /**
+   * Builds rule i unless carried over. Ids come out as an in-place replacement gave them: derived in
+   * spec order, skipping those of carried-over and runtime rules.
+   */
+  private placeConfig(b: ConfigBuild, i: number): void {
+    if (!b.kept[i]) b.next.putConfig(b.next.build(b.specs[i], b.prefixes[i], 'config', undefined))
+  }
+
+  /** Puts a config rule (new, or carried over as the same object with its hits) into this table. */
+  private putConfig(rule: Rule): void {
+    this.layerFor(rule.prefix, rule.listener, true)!.config = rule
+    this.remember(rule)
+  }
+
   private pick(slot: Slot, listener: string): Rule | undefined {
     if (slot.scoped !== undefined) {
       const layer = slot.scoped.get(listener)
@@ -363,9 +463,10 @@ export class RuleTable {
   }
 
   private build(spec: AddSpec, prefix: Prefix, origin: RuleOrigin, replacing: Rule | undefined): Rule {
+    const source = formatPrefix(prefix)
     return {
-      id: this.idFor(spec.id, replacing, origin === 'config' ? (n) => configId(formatPrefix(prefix), spec.listener, n) : undefined),
-      source: formatPrefix(prefix),
+      id: this.idFor(spec.id, replacing, origin === 'config' ? (n) => configId(source, spec.listener, n) : undefined),
+      source,
       prefix,
       to: spec.to,
       mirror: spec.mirror,
@@ -398,7 +499,7 @@ export class RuleTable {
     for (let i = 0; i < ID_ATTEMPTS; i++) {
       const id = derive ? derive(i) : this.newId()
       if (!ID.test(id)) throw new DivertError('INTERNAL', `the rule id generator returned "${id}", not "r" and 6 hex digits`)
-      if (!this.ids.has(id)) return id
+      if (!this.ids.has(id) && !this.taken?.(id)) return id
     }
     throw new DivertError('INTERNAL', `no free rule id after ${ID_ATTEMPTS} attempts (${this.ids.size} rules)`)
   }
@@ -519,16 +620,13 @@ function checkSpec(spec: AddSpec): void {
   }
 }
 
-function checkDuplicates(parsed: {spec: RuleSpec; key: string; index: number}[]): void {
-  const seen = new Map<string, number>()
-  for (const {spec, key, index} of parsed) {
-    const first = seen.get(key)
-    if (first !== undefined) {
-      const scope = spec.listener === undefined ? '' : ` and listener ${spec.listener}`
-      throw new DivertError('CONFIG_INVALID', `rules[${first}] and rules[${index}] both have source ${spec.source}${scope}: keep one`, {
-        details: {path: `rules[${index}]`},
-      })
-    }
-    seen.set(key, index)
+function checkDuplicate(seen: Map<string, number>, spec: RuleSpec, key: string, index: number): void {
+  const first = seen.get(key)
+  if (first !== undefined) {
+    const scope = spec.listener === undefined ? '' : ` and listener ${spec.listener}`
+    throw new DivertError('CONFIG_INVALID', `rules[${first}] and rules[${index}] both have source ${spec.source}${scope}: keep one`, {
+      details: {path: `rules[${index}]`},
+    })
   }
+  seen.set(key, index)
 }

@@ -277,7 +277,7 @@ describe('runtime control through the CLI, one source per test', {concurrency: t
     const results = json.json()
     assert.deepEqual(results.map((r: any) => r.listener), ['main', 'alt'])
     for (const r of results) {
-      assert.deepEqual(Object.keys(r).sort(), ['backend', 'fallbackFrom', 'ip', 'listener', 'mirror', 'reasons', 'record', 'refused', 'rule', 'server'])
+      assert.deepEqual(Object.keys(r).sort(), ['backend', 'fallbackFrom', 'ip', 'limit', 'listener', 'mirror', 'reasons', 'record', 'refused', 'rule', 'server'])
       assert.deepEqual([r.ip, r.rule.id, r.rule.origin, r.backend, r.server, r.refused], ['127.0.0.9', configRule, 'config', 'staging', lab.servers.staging.address, null])
       assert.ok(r.reasons.length >= 2 && r.reasons.every((x: unknown) => typeof x === 'string'))
     }
@@ -454,5 +454,61 @@ describe('runtime control through the CLI, whole table', () => {
     const message = new RegExp(`no divert daemon at ${missing.replace(/\./g, '\\.')} — start one with \`divert start -c FILE\``)
     await Promise.all([['status'], ['add', '127.0.0.23', '--to', 'staging']].map((args) =>
       expectCliError(run, {args, code: 'DIVERT_ERR_ADMIN_UNREACHABLE', exit: 5, message})))
+  })
+})
+
+/** 10.0.0.0 … as /32 sources: config rules no test client matches (clients are 127.0.0.N). */
+function manyRules(n: number): string[] {
+  return Array.from({length: n}, (_, i) => `{ source: 10.${(i >>> 16) & 255}.${(i >>> 8) & 255}.${i & 255}, to: staging, listener: alt }`)
+}
+
+describe('issue 11: limits in explain, and list with many rules', () => {
+  const RULES = 20_000
+  let big: Lab
+  before(async () => {
+    big = await startLab({mainListener: 'per_source: { max_connections: 1 }', rules: () => manyRules(RULES)})
+  })
+  after(async () => {
+    await big?.close()
+  })
+
+  test('issue 11.15: explain says a per_source.max_connections limit refuses a second session from 127.0.0.2, not from 127.0.0.3', async () => {
+    const live = await open(big, '127.0.0.2')
+    try {
+      assert.equal(live.backend, 'prod')
+      const [text, json, other] = await Promise.all([
+        big.cli('explain', '127.0.0.2', '--listener', 'main'),
+        big.cli('explain', '127.0.0.2', '--listener', 'main', '--json'),
+        big.cli('explain', '127.0.0.3', '--listener', 'main', '--json'),
+      ])
+      assert.equal(text.code, 0, text.stderr)
+      assert.match(text.stdout, /^127\.0\.0\.2 on listener main: refused: per_source\.max_connections \(1\) reached for 127\.0\.0\.2 \(1 live\)$/m)
+      const [r] = json.json()
+      assert.deepEqual([r.refused, r.limit, r.backend], [r.limit, 'per_source.max_connections (1) reached for 127.0.0.2 (1 live)', null])
+      const [o] = other.json()
+      assert.deepEqual([o.refused, o.limit, o.backend], [null, null, 'prod'])
+      // What explain said is what the proxy does.
+      const second = await connect({port: big.port, localAddress: '127.0.0.2'})
+      const got = await Promise.race([closed(second).then(() => 'closed'), readLine(second, 2000).then((l) => `answered ${l}`, () => 'closed')])
+      second.destroy()
+      assert.equal(got, 'closed', 'the second connection from 127.0.0.2 is refused')
+      assert.equal(await whoAnswers(big.port, '127.0.0.3'), 'prod')
+    } finally {
+      live.socket.destroy()
+    }
+  })
+
+  test(`issue 11.23: list --json with ${RULES.toLocaleString('en-US')} rules prints every rule within seconds; the table is capped and says so`, async () => {
+    const started = Date.now()
+    const json = await big.cli('list', '--json')
+    const elapsed = Date.now() - started
+    assert.equal(json.code, 0, json.stderr)
+    const rules = json.json()
+    assert.equal(rules.length, RULES)
+    assert.equal(new Set(rules.map((r: any) => r.source)).size, RULES)
+    assert.ok(elapsed < 15_000, `divert list --json took ${elapsed} ms for ${RULES} rules`)
+    const text = await big.cli('list')
+    assert.equal(text.code, 0, text.stderr)
+    assert.match(text.stdout, new RegExp(`^1000 of ${RULES} rules shown; ${RULES - 1000} more not shown — \`divert list --json\` prints every rule$`, 'm'))
   })
 })

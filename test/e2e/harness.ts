@@ -22,6 +22,8 @@ export interface LabOptions {
   top?: (lab: LabInfo) => string
   /** Extra YAML under `backends:` (two-space indented entries). */
   backends?: (lab: LabInfo) => string
+  /** Extra flow-mapping fields for listener `main`, e.g. `per_source: { max_connections: 1 }`. */
+  mainListener?: string
   /** Files written into the lab dir before the daemon starts (name → content). */
   files?: Record<string, string>
 }
@@ -88,7 +90,7 @@ function labYaml(lab: LabInfo, opts: LabOptions): string {
   const rules = (opts.rules?.(lab) ?? []).map((r) => `  - ${r}`).join('\n')
   return `${opts.top?.(lab) ?? ''}
 listeners:
-  - { name: main, bind: "127.0.0.1:${lab.port}", backend: prod }
+  - { name: main, bind: "127.0.0.1:${lab.port}", backend: prod${opts.mainListener ? `, ${opts.mainListener}` : ''} }
   - { name: alt, bind: "127.0.0.1:${lab.altPort}", backend: prod }
 backends:
 ${backends}

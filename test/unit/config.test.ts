@@ -1,8 +1,10 @@
 import {describe, it} from 'node:test'
 import assert from 'node:assert/strict'
+import {mkdtempSync, readFileSync, rmSync, writeFileSync} from 'node:fs'
+import {tmpdir} from 'node:os'
 import {fileURLToPath} from 'node:url'
 import {join, resolve} from 'node:path'
-import {loadConfig, parseConfig, type ConfigProblem} from '../../src/config/load.js'
+import {loadConfig, parseConfig, WORKER_MIN_CHARS, type ConfigProblem} from '../../src/config/load.js'
 import {parseSize, formatSize} from '../../src/config/size.js'
 import {DEFAULTS, type Config} from '../../src/config/types.js'
 import {DivertError} from '../../src/errors.js'
@@ -472,6 +474,38 @@ describe('loadConfig', () => {
 
   it('reports a directory as CONFIG_READ', async () => {
     await assert.rejects(loadConfig(FIXTURES), (e: unknown) => e instanceof DivertError && e.code === 'DIVERT_ERR_CONFIG_READ' && /EISDIR/.test(e.message))
+  })
+
+  it('issue 11.4: a large file (parsed in a worker thread) gives the same Config, and the same errors at the same FILE:LINE:COL', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'divert-config-'))
+    try {
+      const rules = Array.from({length: 3000}, (_, i) => `  - { source: 10.0.${i >> 8}.${i & 255}, to: prod }`)
+      const head = 'listeners: [ { name: l, bind: "127.0.0.1:0", backend: prod } ]\nbackends: { prod: { servers: [ { address: "127.0.0.1:9" } ] } }\nrules:\n'
+      const good = join(dir, 'good.yaml')
+      writeFileSync(good, `${head}${rules.join('\n')}\n`)
+      assert.ok(readFileSync(good, 'utf8').length >= WORKER_MIN_CHARS, 'the file is large enough for the worker')
+      const loaded = await loadConfig(good)
+      assert.deepEqual(loaded, parseConfig(readFileSync(good, 'utf8'), good))
+      assert.equal(loaded.rules.length, 3000)
+      const bad = join(dir, 'bad.yaml')
+      writeFileSync(bad, `${head}${rules.join('\n')}\n  - { source: 10.0.0.300, to: nowhere }\n`)
+      const inProcess = (() => {
+        try {
+          parseConfig(readFileSync(bad, 'utf8'), bad)
+        } catch (e) {
+          return e as DivertError
+        }
+        assert.fail('expected an error')
+      })()
+      await assert.rejects(loadConfig(bad), (e: unknown) => {
+        assert.ok(e instanceof DivertError)
+        assert.deepEqual([e.code, e.message, e.details], [inProcess.code, inProcess.message, inProcess.details])
+        assert.match(e.message, new RegExp(`bad\\.yaml:3004:\\d+: rules\\[3000\\]\\.source: `))
+        return true
+      })
+    } finally {
+      rmSync(dir, {recursive: true, force: true})
+    }
   })
 
   it('reports problems with the file name as given', async () => {

@@ -331,6 +331,40 @@ test('replaceConfigRules swaps config rules in one step and keeps unchanged ones
   assert.deepEqual(t.snapshot().map((r) => r.id), [runtime.id])
 })
 
+test('issue 11.4: replaceConfigRulesAsync builds in slices beside the live rules: lookups answer from the old ones until one swap; runtime rules changed meanwhile are carried over', async () => {
+  const t = newTable()
+  t.replaceConfigRules([{source: '10.0.0.0/8', to: 'old'}, {source: '172.16.0.0/12', to: 'kept'}])
+  const kept = t.find('172.16.0.0/12')!
+  const gone = t.add({source: '192.0.2.1', to: 'gone'}, 'runtime').rule
+  const specs = [{source: '10.0.0.0/8', to: 'new'}, {source: '172.16.0.0/12', to: 'kept'}]
+  for (let i = 0; i < 20_000; i++) specs.push({source: `100.${(i >> 8) & 255}.${i & 255}.0/24`, to: 'bulk'})
+  let yields = 0
+  const seen = new Set<string | undefined>()
+  const probe = (): void => {
+    yields++
+    seen.add(to(t, '10.1.2.3'))
+    if (yields === 1) {
+      t.add({source: '198.51.100.1', to: 'added-meanwhile'}, 'runtime')
+      t.remove(gone.id)
+    }
+    if (yields < 1000) setImmediate(probe)
+  }
+  setImmediate(probe)
+  const build = t.buildConfigRules(specs)
+  await build
+  assert.ok(yields >= 2, `the build let the event loop run (${yields} turns)`)
+  assert.deepEqual([...seen], ['old'], 'lookups saw only the old rules before the swap')
+  t.swapConfigRules(await build)
+  assert.equal(to(t, '10.1.2.3'), 'new')
+  assert.equal(to(t, '100.0.7.9'), 'bulk')
+  assert.equal(t.find('172.16.0.0/12'), kept, 'an unchanged rule is the same object')
+  assert.equal(to(t, '198.51.100.1'), 'added-meanwhile', 'a runtime rule added during the build is kept')
+  assert.equal(t.get(gone.id), undefined, 'a runtime rule removed during the build stays removed')
+  assert.equal(t.size, specs.length + 1)
+  await assert.rejects(t.replaceConfigRulesAsync([{source: '9.0.0.0/8'}, {source: 'nope'}]), (e: unknown) => e instanceof DivertError && e.code === 'DIVERT_ERR_INVALID_ADDRESS')
+  assert.equal(to(t, '10.1.2.3'), 'new', 'a failed build changes nothing')
+})
+
 test('snapshot: sorted copies; lookup returns the live rule whose hits the router counts', () => {
   const t = newTable()
   for (const source of ['10.0.0.0/8', '9.0.0.0/8', '2001:db8::/32', '10.1.0.0/16', '0.0.0.0/0', '::1']) {

@@ -351,6 +351,11 @@ export class Daemon {
     return this.stopping
   }
 
+  /** The process exits now, without a drain (a second SIGTERM): remove what only this daemon may remove. */
+  abandon(): void {
+    this.admin?.removeSocketSync()
+  }
+
   private async shutdown(drainMs: number): Promise<void> {
     clearInterval(this.ticker)
     clearTimeout(this.expiryTimer)

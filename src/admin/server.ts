@@ -46,13 +46,18 @@ export class AdminServer {
       s.close(() => resolve())
       s.closeAllConnections()
     })))
-    if (this.boundSocket) {
-      try {
-        unlinkSync(this.boundSocket)
-      } catch {
-        // already gone
-      }
+    this.removeSocketSync()
+  }
+
+  /** Removes the unix socket this server bound (never one it did not), synchronously: safe right before process.exit(). */
+  removeSocketSync(): void {
+    if (!this.boundSocket) return
+    try {
+      unlinkSync(this.boundSocket)
+    } catch {
+      // already gone
     }
+    this.boundSocket = undefined
   }
 
   tcpAddress(): net.AddressInfo | undefined {

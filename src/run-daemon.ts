@@ -13,6 +13,8 @@ export interface ForegroundOptions {
   logFormat?: LogFormat
   logLevel?: string
   drainMs: number
+  /** `--log-buffer`: JSON log bytes that may wait for a slow reader (log-writer.ts). */
+  logBufferBytes?: number
 }
 
 /** How long past --drain a stop may take (closing the rest, recordings) before the process exits anyway. */
@@ -22,7 +24,7 @@ export const STOP_GRACE_MS = 5000
 type HeldSighup = (() => void) & {asked: boolean}
 
 export async function runForeground(opts: ForegroundOptions): Promise<void> {
-  const {logger, flush} = createLogger({format: opts.logFormat, level: opts.logLevel})
+  const {logger, flush} = createLogger({format: opts.logFormat, level: opts.logLevel, maxPendingBytes: opts.logBufferBytes})
   // JSON lines wait up to 100 ms in the batch (log.ts): write them out on every way out, a crash included.
   process.once('exit', flush)
   // SIGHUP's default action ends the process: hold a reload asked for during start-up until it is done.

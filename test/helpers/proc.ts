@@ -21,6 +21,11 @@ export function cpuTicks(pid: number): number {
   return Number(fields[11]) + Number(fields[12])
 }
 
+/** Write-like system calls so far (`syscw` of /proc/PID/io; the process must be this user's). */
+export function writeCalls(pid: number): number {
+  return Number(/^syscw:\s+(\d+)/m.exec(readFileSync(`/proc/${pid}/io`, 'utf8'))?.[1] ?? 0)
+}
+
 /** Whether the process has a handler for `signal` (the SigCgt mask); false once it is gone. */
 export function catches(pid: number, signal: NodeJS.Signals): boolean {
   let text: string

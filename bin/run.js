@@ -10,6 +10,20 @@ import {requireWithCodeCache} from '../dist/src/cli/code-cache.js'
 
 const root = fileURLToPath(new URL('..', import.meta.url))
 const id = process.argv[2]
+
+// `divert start`: SIGHUP's default action ends the process, and loading oclif and the daemon takes
+// ~0.6 s before run-daemon.ts installs its reload handler. Hold a SIGHUP that comes earlier (the
+// handler below, found through a global symbol); run-daemon.ts takes it over and reloads once ready.
+// oclif is imported after this on purpose: a static import would load before any statement.
+if (id === 'start') {
+  const held = () => {
+    held.asked = true
+  }
+  held.asked = false
+  globalThis[Symbol.for('divert.heldSighup')] = held
+  process.on('SIGHUP', held)
+}
+
 const bundled = id !== 'start'
 // A client call parses one or two HTTP responses: V8's optimising tier for undici's llhttp parser
 // (WebAssembly) costs it more CPU than the rest of the call. Set before the bundle is compiled, as

@@ -1,6 +1,8 @@
 import {Flags} from '@oclif/core'
 import {DivertCommand} from '../src/cli/base.js'
 import {parseDuration} from '../src/config/duration.js'
+import {parseSize} from '../src/config/size.js'
+import {DivertError} from '../src/errors.js'
 import {runForeground} from '../src/run-daemon.js'
 
 export default class Start extends DivertCommand {
@@ -22,13 +24,20 @@ SIGHUP re-reads the config file (like \`divert reload\`). Logs are pretty on a t
     'log-format': Flags.string({description: 'log format [default: pretty on a terminal, json otherwise]', options: ['pretty', 'json']}),
     'log-level': Flags.string({description: 'minimum log level', options: ['debug', 'info', 'warn', 'error'], default: 'info'}),
     drain: Flags.string({description: 'how long live sessions may finish after SIGINT/SIGTERM', default: '10s'}),
+    'log-buffer': Flags.string({description: 'JSON log bytes that may wait for a slow reader; lines past it are dropped and counted', default: '4MiB'}),
   }
 
   async run(): Promise<void> {
     const {flags} = await this.parse(Start)
     await runForeground({
       configFile: flags.config, admin: flags.admin, logFormat: flags['log-format'] as 'pretty' | 'json' | undefined,
-      logLevel: flags['log-level'], drainMs: parseDuration(flags.drain, '--drain'),
+      logLevel: flags['log-level'], drainMs: parseDuration(flags.drain, '--drain'), logBufferBytes: logBuffer(flags['log-buffer']),
     })
   }
+}
+
+function logBuffer(text: string): number {
+  const bytes = parseSize(text, '--log-buffer')
+  if (bytes < 1024) throw new DivertError('INVALID_ARGUMENT', `--log-buffer: ${text} is too small to hold a log line: give at least 1KiB (default 4MiB)`)
+  return bytes
 }

@@ -29,7 +29,7 @@ import {RecordingSet} from './capture/recorder.js'
 import {createMirrorTap, createUnavailableMirrorTap} from './capture/mirror.js'
 import {DaemonControl} from './control.js'
 import type {GlobalLimit} from './net/limits.js'
-import {capacity, raiseFdLimit, type FdLimits} from './fdlimit.js'
+import {capacity, openFds, openFilesLimit, FD_RESERVE, type FdLimits} from './fdlimit.js'
 import type {ReloadResult} from './admin/protocol.js'
 
 export interface DaemonOptions {
@@ -116,14 +116,16 @@ export class Daemon {
     this.ready = true
   }
 
-  /** Raises the open-files soft limit where allowed and says how many sessions fit. */
+  /** Reads the open-files limit, says how many sessions fit, and makes that the sessions' descriptor budget. */
   private checkFdLimit(): void {
-    const fds = this.opts.fdLimits ?? raiseFdLimit()
-    const fit = capacity(fds)
+    const fds = this.opts.fdLimits ?? openFilesLimit()
+    const fit = capacity(fds, openFds())
     this.capacity = {openFiles: fds.soft, tcpSessions: fit.tcp, udpFlows: fit.udp}
-    const fields = {openFiles: fds.soft, hardLimit: fds.hard, raisedFrom: fds.raisedFrom, tcpSessions: fit.tcp, udpFlows: fit.udp}
-    if (fds.problem) this.logger.warn({...fields, problem: fds.problem}, `open-files limit is ${fds.soft}: room for about ${fit.tcp} TCP sessions or ${fit.udp} UDP flows (${fds.problem}; raise it with ulimit -n or LimitNOFILE=)`)
-    else this.logger.info(fields, `open-files limit ${fds.soft}${fds.raisedFrom ? ` (raised from ${fds.raisedFrom})` : ''}: room for about ${fit.tcp} TCP sessions or ${fit.udp} UDP flows`)
+    // A limit that cannot be read (soft 0) sets no budget rather than refusing everything.
+    if (fds.soft > 0 && Number.isFinite(fds.soft)) this.globalLimit.fdBudget = fit.fds
+    const fields = {openFiles: fds.soft, hardLimit: fds.hard, reserved: FD_RESERVE, tcpSessions: fit.tcp, udpFlows: fit.udp}
+    if (fds.problem) this.logger.warn({...fields, problem: fds.problem}, `open-files limit is ${fds.soft}: room for ${fit.tcp} TCP sessions or ${fit.udp} UDP flows (${fds.problem}; raise it with ulimit -n or LimitNOFILE=)`)
+    else this.logger.info(fields, `open-files limit ${fds.soft}: room for ${fit.tcp} TCP sessions or ${fit.udp} UDP flows, ${FD_RESERVE} descriptors kept for the admin API, state and recordings`)
   }
 
   createProxy(l: ListenerConfig): ListenerProxy {
@@ -348,6 +350,11 @@ export class Daemon {
   stop(drainMs: number): Promise<void> {
     this.stopping ??= this.shutdown(drainMs)
     return this.stopping
+  }
+
+  /** The process exits now, without a drain (a second SIGTERM): remove what only this daemon may remove. */
+  abandon(): void {
+    this.admin?.removeSocketSync()
   }
 
   private async shutdown(drainMs: number): Promise<void> {

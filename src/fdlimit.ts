@@ -1,17 +1,19 @@
 /**
  * File descriptors decide how many sessions the daemon can hold: a TCP session uses two (client and
- * server sockets), a UDP flow one (its upstream socket). Node has no setrlimit(2), so the daemon asks
- * util-linux `prlimit --pid SELF` to raise its own soft limit to the hard limit — allowed for any
- * process without privileges (setrlimit(2): the soft limit may go up to the hard limit).
+ * server sockets), a UDP flow one (its upstream socket). Node raises its own soft RLIMIT_NOFILE to the
+ * hard limit at start (node.cc, PlatformInit), so the daemon only reads the result from
+ * /proc/self/limits — no setrlimit(2), no helper program.
+ *
+ * FD_RESERVE descriptors are kept out of the session budget, for what must work when sessions fill
+ * the rest: the admin API (the operator's `divert list`/`add`), state-file writes, recordings, health
+ * checks and mirrors. Sessions past the budget are refused (limits.ts), not left to fail in accept(2).
  */
-import {execFileSync} from 'node:child_process'
-import {readFileSync} from 'node:fs'
+import {readFileSync, readdirSync} from 'node:fs'
 
 export interface FdLimits {
   soft: number
   hard: number
-  raisedFrom?: number
-  /** Why the soft limit could not be raised, when it could not. */
+  /** Why the limit is lower than it could be, or could not be read. */
   problem?: string
 }
 
@@ -25,28 +27,30 @@ export function readFdLimits(text = readProcLimits()): {soft: number; hard: numb
   return {soft: n(m[1]), hard: n(m[2])}
 }
 
-export function raiseFdLimit(run: (soft: number) => void = prlimitSelf, read = (): string => readProcLimits()): FdLimits {
-  const before = readFdLimits(read())
-  if (!before) return {soft: 0, hard: 0, problem: 'cannot read /proc/self/limits'}
-  if (before.soft >= before.hard) return before
+/** The open-files limit this process runs with (Node has already raised the soft limit as far as it may). */
+export function openFilesLimit(read = readProcLimits): FdLimits {
+  const limits = readFdLimits(read())
+  if (!limits) return {soft: 0, hard: 0, problem: 'cannot read /proc/self/limits'}
+  if (limits.soft < limits.hard) return {...limits, problem: `the soft limit stays below the hard limit (${limits.hard})`}
+  return limits
+}
+
+/**
+ * How many sessions fit: the limit, less the reserve and the descriptors already open (`inUse`:
+ * stdio, the event loop's, listeners), is `fds`; TCP sessions need two each, UDP flows one.
+ */
+export function capacity(limits: {soft: number}, inUse = 0): {tcp: number; udp: number; fds: number} {
+  const fds = Math.max(0, Math.min(limits.soft, Number.MAX_SAFE_INTEGER) - FD_RESERVE - inUse)
+  return {tcp: Math.floor(fds / 2), udp: fds, fds}
+}
+
+/** Descriptors this process has open now (/proc/self/fd; 0 where there is no /proc). */
+export function openFds(): number {
   try {
-    run(before.hard)
-  } catch (error) {
-    return {...before, problem: `prlimit failed: ${(error as Error).message.split('\n')[0]}`}
+    return readdirSync('/proc/self/fd').length
+  } catch {
+    return 0
   }
-  const after = readFdLimits(read()) ?? before
-  return after.soft > before.soft ? {...after, raisedFrom: before.soft} : {...after, problem: 'the soft limit did not change'}
-}
-
-/** How many sessions fit: TCP sessions need two descriptors each, UDP flows one. */
-export function capacity(limits: {soft: number}): {tcp: number; udp: number} {
-  const free = Math.max(0, limits.soft - FD_RESERVE)
-  return {tcp: Math.floor(free / 2), udp: free}
-}
-
-function prlimitSelf(soft: number): void {
-  const value = Number.isFinite(soft) ? String(soft) : 'unlimited'
-  execFileSync('prlimit', ['--pid', String(process.pid), `--nofile=${value}:`], {stdio: ['ignore', 'ignore', 'pipe'], timeout: 5000})
 }
 
 function readProcLimits(): string {

@@ -1,16 +1,18 @@
 /**
  * The one pino factory. Daemon logs are structured: JSON lines when stdout is not a terminal or with
  * `--log-format json`, pino-pretty when a human watches. The JSON destination is asynchronous
- * (SonicBoom, sync: false) so a slow terminal or pipe never blocks the proxy's event loop, and
- * batched: lines gather for up to `batchMs` (or `batchBytes`) and leave in one write.
+ * (FdWriter) so a slow terminal or pipe never blocks the proxy's event loop, bounded (a reader that
+ * stops reading costs dropped, counted lines — never memory), and batched: lines gather for up to
+ * `batchMs` (or `batchBytes`) and leave in one write.
  *
- *   logger ─▶ BatchedDestination (buffer, timer) ─▶ SonicBoom ─▶ fd
+ *   logger ─▶ BatchedDestination (buffer, timer) ─▶ FdWriter (≤ maxPendingBytes) ─▶ fd
  */
 import {createRequire} from 'node:module'
 import pino, {type DestinationStream, type Logger} from 'pino'
 import type PinoPretty from 'pino-pretty'
 import {escapeControl} from './cli/escape.js'
 import {colorAllowed} from './cli/terminal.js'
+import {FdWriter} from './log-writer.js'
 
 export type LogFormat = 'pretty' | 'json'
 export type {Logger}
@@ -24,6 +26,8 @@ export interface LoggerOptions {
   batchMs?: number
   /** Buffered JSON bytes that trigger a write at once (default 64 KiB). */
   batchBytes?: number
+  /** JSON bytes that may wait for a slow reader before lines are dropped (default 4 MiB). */
+  maxPendingBytes?: number
 }
 
 export interface DaemonLogger {
@@ -109,9 +113,11 @@ export function createLogger(opts: LoggerOptions = {}): DaemonLogger {
       messageFormat: (log, key) => escapeControl(String(log[key] ?? ''))})
     return {logger: pino(base, stream), flush: () => undefined}
   }
-  const sink = pino.destination({dest: fd, sync: false, minLength: 0})
+  let logger: Logger | undefined = undefined
+  const sink = new FdWriter(fd, opts.maxPendingBytes, (lines) => logger?.warn({droppedLines: lines}, `${lines} log lines dropped: the log output was not read fast enough`))
   const dest = new BatchedDestination(sink, opts.batchMs, opts.batchBytes)
-  return {logger: pino(base, dest), flush: () => dest.flushSync()}
+  logger = pino(base, dest)
+  return {logger, flush: () => dest.flushSync()}
 }
 
 let stampMs = -1

@@ -18,6 +18,19 @@ import {routeRequest, type Control, type RequestContext} from './routes.js'
 
 export const BODY_LIMIT = 64 * 1024
 
+/**
+ * Bounds on admin connections, so that clients which connect and send nothing (or a request byte by
+ * byte) cannot hold descriptors the proxy needs — no token is needed to connect to the TCP listener.
+ * Node checks the header and request deadlines every `connectionsCheckingInterval`, counting from
+ * the connection's start (or the request's first byte), so an idle connection ends within
+ * HEADERS_TIMEOUT_MS + CHECK_INTERVAL_MS. Past MAX_CONNECTIONS per listener, Node closes new
+ * connections at once (net.Server maxConnections).
+ */
+export const ADMIN_LIMITS = {headersTimeoutMs: 3000, requestTimeoutMs: 10_000, checkIntervalMs: 500, maxConnections: 64} as const
+
+/** A client that ignores our FIN after an error answer must not keep the socket: destroyed this much later. */
+const CLOSE_GRACE_MS = 1000
+
 export interface AdminServerOptions {
   control: Control
   logger: Logger
@@ -46,13 +59,18 @@ export class AdminServer {
       s.close(() => resolve())
       s.closeAllConnections()
     })))
-    if (this.boundSocket) {
-      try {
-        unlinkSync(this.boundSocket)
-      } catch {
-        // already gone
-      }
+    this.removeSocketSync()
+  }
+
+  /** Removes the unix socket this server bound (never one it did not), synchronously: safe right before process.exit(). */
+  removeSocketSync(): void {
+    if (!this.boundSocket) return
+    try {
+      unlinkSync(this.boundSocket)
+    } catch {
+      // already gone
     }
+    this.boundSocket = undefined
   }
 
   tcpAddress(): net.AddressInfo | undefined {
@@ -63,9 +81,13 @@ export class AdminServer {
   private create(auth?: (req: http.IncomingMessage) => boolean): http.Server {
     // requireHostHeader off: Host means nothing on a unix socket, and Node's own 400 for a missing one
     // would have no JSON body.
-    const server = http.createServer({requestTimeout: 30_000, headersTimeout: 10_000, requireHostHeader: false}, (req, res) => {
+    const {headersTimeoutMs, requestTimeoutMs, checkIntervalMs, maxConnections} = ADMIN_LIMITS
+    const server = http.createServer({
+      requestTimeout: requestTimeoutMs, headersTimeout: headersTimeoutMs, connectionsCheckingInterval: checkIntervalMs, requireHostHeader: false,
+    }, (req, res) => {
       void this.handle(req, res, auth)
     })
+    server.maxConnections = maxConnections
     // An Expect other than 100-continue: RFC 9110 §10.1.1 lets a server answer 417 or ignore it. Node's
     // automatic 417 has no JSON body, so the request is served as if the header were absent.
     server.on('checkExpectation', (req: http.IncomingMessage, res: http.ServerResponse) => void this.handle(req, res, auth))
@@ -134,6 +156,10 @@ function badHttp(err: NodeJS.ErrnoException, socket: net.Socket): void {
   const why = err.code === 'HPE_HEADER_OVERFLOW' ? 'the request headers are too large' : err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 'the request took too long to arrive' : err.message
   const body = JSON.stringify(new DivertError('ADMIN_BAD_REQUEST', `malformed HTTP request (${why}): the admin API speaks HTTP/1.1 with JSON bodies`).toJSON())
   socket.end(`HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`)
+  // end() only sends our FIN (the admin servers allow half-open sockets): a client that never closes
+  // its side would keep the descriptor.
+  const t = setTimeout(() => socket.destroy(), CLOSE_GRACE_MS).unref()
+  socket.once('close', () => clearTimeout(t))
 }
 
 /** Node's parser accepts request-targets that WHATWG URL rejects (`GET http://[ HTTP/1.1`): a 400, not a 500. */

@@ -13,6 +13,9 @@ import type {ListenerConfig} from '../config/types.js'
 export interface GlobalLimit {
   live: number
   max: number
+  /** Descriptors live sessions hold (TCP 2, UDP 1) against `fdBudget` (fdlimit.ts; 0 or absent: no budget). */
+  fdsUsed?: number
+  fdBudget?: number
 }
 
 interface Bucket {
@@ -30,6 +33,8 @@ export class Admission {
     private readonly config: () => ListenerConfig,
     private readonly global: GlobalLimit,
     private readonly now: () => number,
+    /** Descriptors one session of this listener holds: 2 for TCP (client and server), 1 for a UDP flow. */
+    private readonly fds = 2,
   ) {}
 
   /** Takes a slot for a new session from `address`, or says why not (the reason refusal() gives). */
@@ -40,6 +45,7 @@ export class Admission {
     if (perSource > 0 || ratePerSec > 0) this.takeSource(address, ratePerSec)
     this.live++
     this.global.live++
+    this.global.fdsUsed = (this.global.fdsUsed ?? 0) + this.fds
     return undefined
   }
 
@@ -50,6 +56,8 @@ export class Admission {
   refusal(address: string): string | undefined {
     const cfg = this.config()
     if (this.global.max > 0 && this.global.live >= this.global.max) return `limits.max_connections (${this.global.max}) reached (${this.global.live} live)`
+    const {fdBudget = 0, fdsUsed = 0} = this.global
+    if (fdBudget > 0 && fdsUsed + this.fds > fdBudget) return `open-files limit: the ${fdBudget} descriptors for sessions are in use (the rest is kept for the admin API, state and recordings; raise LimitNOFILE= / ulimit -n)`
     if (cfg.maxConnections > 0 && this.live >= cfg.maxConnections) return `max_connections (${cfg.maxConnections}) of listener ${cfg.name} reached (${this.live} live)`
     const {maxConnections: perSource, ratePerSec} = cfg.perSource
     if (perSource === 0 && ratePerSec === 0) return undefined
@@ -64,6 +72,7 @@ export class Admission {
   release(address: string): void {
     this.live--
     this.global.live--
+    this.global.fdsUsed = (this.global.fdsUsed ?? 0) - this.fds
     const b = this.sources.get(address)
     if (b) b.live--
   }

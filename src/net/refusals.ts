@@ -21,13 +21,14 @@ export class RefusalLog {
     private readonly onRefused?: (listener: string, reason: string) => void,
   ) {}
 
-  refuse(peer: Peer, reason: string, rule?: string): void {
+  /** `peer` is unknown when accept(2) itself failed (EMFILE). */
+  refuse(peer: Peer | undefined, reason: string, rule?: string): void {
     this.total++
     this.since++
     this.onRefused?.(this.listener, reason)
     const now = this.now()
     if (now - this.last < REFUSAL_LOG_INTERVAL_MS) return
-    this.logger.warn({listener: this.listener, client: formatEndpoint(peer.address, peer.port), rule: rule ?? null, reason, refusedSinceLastLog: this.since}, 'session refused')
+    this.logger.warn({listener: this.listener, client: peer ? formatEndpoint(peer.address, peer.port) : null, rule: rule ?? null, reason, refusedSinceLastLog: this.since}, 'session refused')
     this.last = now
     this.since = 0
   }

@@ -50,9 +50,9 @@ export class TcpProxy {
     this.ctx = ctx
     this.connect = ctx.connect ?? tcpConnector
     this.server = net.createServer({allowHalfOpen: true, noDelay: true}, (socket) => this.accept(socket))
-    this.server.on('error', (error) => ctx.logger.error({err: error, listener: config.name}, 'listener error'))
+    this.server.on('error', (error: NodeJS.ErrnoException) => this.onServerError(error))
     this.refusals = new RefusalLog(config.name, ctx.logger, Date.now, ctx.onRefused)
-    this.admission = new Admission(() => this.config, ctx.global ?? {live: 0, max: 0}, Date.now)
+    this.admission = new Admission(() => this.config, ctx.global ?? {live: 0, max: 0}, Date.now, 2)
   }
 
   /** The coarse tick's work for this listener: forget idle per-source limit state. */
@@ -103,6 +103,17 @@ export class TcpProxy {
       this.ctx.logger.warn({listener: this.config.name, client: formatEndpoint(peer.address, peer.port), rule: decision.rule?.id ?? null, from: decision.fallbackFrom, to: decision.backend.name}, 'backend down: falling back to the default backend')
     }
     new TcpConnection(this, client, peer, decision)
+  }
+
+  /**
+   * accept(2) out of descriptors is a refused client, counted and logged like one (at most once per
+   * interval), not an error line per attempt. libuv first closes the pending connections through its
+   * spare descriptor (uv__emfile_trick in src/unix/stream.c) — those Node never reports; only when
+   * that spare is gone too does the error reach 'error' here.
+   */
+  private onServerError(error: NodeJS.ErrnoException): void {
+    if (error.code === 'EMFILE' || error.code === 'ENFILE') return this.refusals.refuse(undefined, `accept failed: ${error.code} (out of file descriptors)`)
+    this.ctx.logger.error({err: error, listener: this.config.name}, 'listener error')
   }
 
   private refuse(client: net.Socket, peer: Peer, reason: string, rule?: string): void {

@@ -71,7 +71,7 @@ export class UdpProxy {
     this.socket.on('message', (msg, rinfo) => this.onMessage(msg, rinfo))
     this.socket.on('error', (error) => ctx.logger.error({err: error, listener: config.name}, 'udp listener error'))
     this.refusals = new RefusalLog(config.name, ctx.logger, () => ctx.registry.coarseNow, ctx.onRefused)
-    this.admission = new Admission(() => this.config, ctx.global ?? {live: 0, max: 0}, () => ctx.registry.coarseNow)
+    this.admission = new Admission(() => this.config, ctx.global ?? {live: 0, max: 0}, () => ctx.registry.coarseNow, 1)
   }
 
   get refusedFlows(): number {

@@ -6,10 +6,12 @@
 import {test, before, after, describe} from 'node:test'
 import assert from 'node:assert/strict'
 import {createHash, randomBytes} from 'node:crypto'
-import {chmodSync, statSync} from 'node:fs'
+import {chmodSync, readdirSync, statSync} from 'node:fs'
 import {spawnSync} from 'node:child_process'
-import type net from 'node:net'
-import {connect, readBytes, readLine, closed, until, freePort} from '../helpers/servers.js'
+import net from 'node:net'
+import {once} from 'node:events'
+import {connect, readBytes, readLine, closed, until, freePort, whoAnswers} from '../helpers/servers.js'
+import {ADMIN_LIMITS} from '../../src/admin/server.js'
 import {startLab, rawHttp, httpRequest, parseMetrics, expectCliError, cli, type Lab, type RawResponse} from './harness.js'
 
 const TOKEN = 'e2e-token-' + randomBytes(16).toString('hex')
@@ -42,6 +44,10 @@ function stream(socket: net.Socket, greeting: string): {stop: () => void; done: 
     return {sent: out.digest('hex'), received: sha(all.subarray(greeting.length)), bytes}
   })()
   return {stop: () => (stopping = true), done}
+}
+
+function openFds(pid: number): number {
+  return readdirSync(`/proc/${pid}/fd`).length
 }
 
 /** Runs `jobs` with at most `limit` in flight. */
@@ -243,5 +249,52 @@ describe('admin API', () => {
     await expectCliError((...args) => cli([...args, '--admin', url], {env: {DIVERT_ADMIN_TOKEN: 'wrong-token-wrong-token'}}), {
       args: ['list'], code: 'DIVERT_ERR_ADMIN_UNAUTHORIZED', exit: 5, message: /Authorization: Bearer <token>.*admin\.token_file/,
     })
+  })
+
+  test('issue 11.8: admin connections that send nothing or dribble a request are closed within seconds, at most 64 stay open, proxying goes on', async () => {
+    const {headersTimeoutMs, checkIntervalMs, maxConnections} = ADMIN_LIMITS
+    // Header deadline, Node's check interval, the 1 s for a client that ignores our FIN, and slack for a busy machine.
+    const bound = headersTimeoutMs + checkIntervalMs + 1000 + 2500
+    const pid = lab.daemon.proc.pid!
+    const fdsBefore = openFds(pid)
+    const start = Date.now()
+    const endedAfter: number[] = []
+    const open = async (): Promise<net.Socket> => {
+      // allowHalfOpen: these clients never close their side, whatever the daemon does.
+      const s = net.connect({host: '127.0.0.1', port: adminPort, allowHalfOpen: true})
+      s.on('error', () => undefined)
+      // 'end' (the daemon's FIN), or 'close' when a write after it met a reset first.
+      let seen = false
+      const ended = (): void => {
+        if (!seen) endedAfter.push(Date.now() - start)
+        seen = true
+      }
+      s.once('end', ended).once('close', ended)
+      s.resume()
+      await once(s, 'connect')
+      return s
+    }
+    const idle = await Promise.all(Array.from({length: 200}, open))
+    // Slowloris: a request line and one header byte every 300 ms, never the blank line.
+    const slow = await open()
+    slow.write('GET /status HTTP/1.1\r\nHost: divert\r\n')
+    const drip = setInterval(() => slow.writable && slow.write('X'), 300)
+    try {
+      assert.equal(await whoAnswers(lab.port), 'prod', 'the proxy answers while the admin connections wait')
+      const list = await lab.cli('list', '--json')
+      assert.equal(list.code, 0, list.stderr)
+      await until(() => endedAfter.length === idle.length + 1, bound, `the daemon ending all ${idle.length + 1} idle admin connections`).catch((error: Error) => {
+        throw new Error(`${error.message}; ${endedAfter.length} ended, the last after ${Math.max(0, ...endedAfter)} ms`)
+      })
+      const early = endedAfter.filter((ms) => ms < headersTimeoutMs).length
+      assert.ok(early >= idle.length + 1 - maxConnections, `${early} connections ended before the header deadline: those over ${maxConnections} are refused at once`)
+      // Ended is not enough: the daemon must have let go of the descriptors too.
+      await until(() => openFds(pid) <= fdsBefore + 2, bound, `the daemon's descriptors back to ${fdsBefore} (now ${openFds(pid)})`)
+      assert.ok(Date.now() - start <= bound + 500, `all closed ${Date.now() - start} ms after they opened`)
+      assert.equal(await whoAnswers(lab.port), 'prod')
+    } finally {
+      clearInterval(drip)
+      for (const s of [...idle, slow]) s.destroy()
+    }
   })
 })

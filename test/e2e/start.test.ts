@@ -7,12 +7,13 @@ import assert from 'node:assert/strict'
 import net from 'node:net'
 import {once} from 'node:events'
 import {execFileSync} from 'node:child_process'
-import {writeFileSync} from 'node:fs'
+import {existsSync, writeFileSync} from 'node:fs'
 import {open, writeFile} from 'node:fs/promises'
 import {join} from 'node:path'
 import {spawnDaemon, tempDir} from '../helpers/daemon.js'
-import {startServer, connect, readLine, closed, freePort, type TestServer} from '../helpers/servers.js'
+import {startServer, connect, readLine, closed, freePort, until, whoAnswers, type TestServer} from '../helpers/servers.js'
 import {cli} from './harness.js'
+import {catches} from '../helpers/proc.js'
 
 describe('divert start', () => {
   const {dir, cleanup} = tempDir('divert-e2e-start-')
@@ -28,6 +29,14 @@ describe('divert start', () => {
     const file = join(dir, name)
     writeFileSync(file, text)
     return file
+  }
+
+  /** A config `name` with listener main on a free port in front of a fresh echo backend "prod". */
+  async function prodConfig(name: string): Promise<{port: number; file: string}> {
+    const prod = await startServer('prod')
+    servers.push(prod)
+    const port = await freePort()
+    return {port, file: config(name, `listeners:\n  - { name: main, bind: "127.0.0.1:${port}", backend: prod }\nbackends:\n  prod: { servers: [ { address: "${prod.address}" } ] }\n`)}
   }
 
   test('a bad config: non-zero exit, and stderr names file:line:col and the path in the document', async () => {
@@ -93,13 +102,10 @@ describe('divert start', () => {
   })
 
   test('SIGTERM: live sessions are drained, the daemon logs "divert stopped" and exits 0', async () => {
-    const prod = await startServer('prod')
-    servers.push(prod)
-    const port = await freePort()
-    const file = config('ok.yaml', `listeners:\n  - { name: main, bind: "127.0.0.1:${port}", backend: prod }\nbackends:\n  prod: { servers: [ { address: "${prod.address}" } ] }\n`)
+    const {port, file} = await prodConfig('ok.yaml')
     const daemon = await spawnDaemon(file, {admin, dir, args: ['--drain', '300ms']})
     try {
-      const other = config('other.yaml', `listeners:\n  - { name: main, bind: "127.0.0.1:${await freePort()}", backend: prod }\nbackends:\n  prod: { servers: [ { address: "${prod.address}" } ] }\n`)
+      const {file: other} = await prodConfig('other.yaml')
       const second = await cli(['start', '-c', other, '--admin', admin])
       assert.notEqual(second.code, 0, 'a second daemon on the same admin socket is refused')
       assert.match(second.stderr, new RegExp(`another divert daemon is already listening on ${admin.replace(/\./g, '\\.')}`))
@@ -113,6 +119,57 @@ describe('divert start', () => {
       assert.ok(stopped, 'a "divert stopped" log line')
       assert.ok(daemon.logs.some((l) => l.msg === 'drain period over: closing the remaining sessions'))
       assert.equal(daemon.stderr.join(''), '')
+    } finally {
+      await daemon.stop('SIGKILL')
+    }
+  })
+
+  test('issue 11.11: SIGHUP from the first moments of start-up on is held, the daemon gets ready and keeps running', async () => {
+    const {port, file} = await prodConfig('early-hup.yaml')
+    const spawnedAt = Date.now()
+    const daemon = await spawnDaemon(file, {admin: join(dir, 'early-hup.sock'), dir, waitReady: false})
+    try {
+      const pid = daemon.proc.pid!
+      // The first SIGHUP goes as soon as the process catches it, or at 400 ms at the latest: loading
+      // oclif and the daemon takes ~0.6 s (1.5 s on a busy machine), so a handler installed only then
+      // is too late. Then one every 50 ms until the ready line.
+      await until(() => catches(pid, 'SIGHUP') || Date.now() - spawnedAt >= 400, 5000, 'a SIGHUP handler or 400 ms')
+      let sent = 0
+      const hup = (): void => {
+        if (daemon.proc.exitCode === null && daemon.proc.signalCode === null && daemon.proc.kill('SIGHUP')) sent++
+      }
+      hup()
+      const more = setInterval(hup, 50)
+      try {
+        await daemon.waitForLog((l) => l.msg === 'divert ready')
+      } finally {
+        clearInterval(more)
+      }
+      assert.ok(sent >= 1, 'at least one SIGHUP before ready')
+      await daemon.waitForLog((l) => l.action === 'config.reload' && l.by === 'SIGHUP')
+      assert.equal(daemon.proc.exitCode, null, 'still running')
+      assert.equal(await whoAnswers(port), 'prod')
+      assert.equal(await daemon.stop('SIGTERM'), 0)
+    } finally {
+      await daemon.stop('SIGKILL')
+    }
+  })
+
+  test('issue 11.11: a second SIGTERM exits at once and removes the admin socket this daemon bound', async () => {
+    const {port, file} = await prodConfig('twice.yaml')
+    const sock = join(dir, 'twice.sock')
+    const daemon = await spawnDaemon(file, {admin: sock, dir, args: ['--drain', '60s']})
+    try {
+      const live = await connect({port})
+      assert.equal(await readLine(live), 'prod')
+      assert.ok(existsSync(sock))
+      daemon.proc.kill('SIGTERM')
+      // The live session holds the drain open: the second signal must not wait for it.
+      await daemon.waitForLog((l) => l.msg === 'draining live sessions')
+      daemon.proc.kill('SIGTERM')
+      assert.equal(await daemon.stop(), 1)
+      assert.equal(existsSync(sock), false, 'the admin socket file is removed')
+      live.destroy()
     } finally {
       await daemon.stop('SIGKILL')
     }

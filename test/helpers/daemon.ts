@@ -75,8 +75,10 @@ export interface Spawned {
  * `bin/run.js start -c FILE --log-format json --admin SOCK` as a child; resolves at its ready line,
  * or at once with `waitReady: false` (the caller waits with waitForLog).
  */
-export async function spawnDaemon(configFile: string, opts: {admin: string; dir: string; args?: string[]; env?: NodeJS.ProcessEnv; waitReady?: boolean}): Promise<Spawned> {
-  const proc = spawn(process.execPath, [BIN, 'start', '-c', configFile, '--log-format', 'json', '--admin', opts.admin, ...(opts.args ?? [])], {
+export async function spawnDaemon(configFile: string, opts: {admin: string; dir: string; args?: string[]; env?: NodeJS.ProcessEnv; waitReady?: boolean; wrapper?: string[]}): Promise<Spawned> {
+  // `wrapper`: a command that execs the rest (e.g. `prlimit --nofile=256:256`).
+  const [command, ...pre] = [...(opts.wrapper ?? []), process.execPath]
+  const proc = spawn(command, [...pre, BIN, 'start', '-c', configFile, '--log-format', 'json', '--admin', opts.admin, ...(opts.args ?? [])], {
     stdio: ['ignore', 'pipe', 'pipe'], env: {...process.env, ...opts.env},
   })
   const logs: Array<Record<string, any>> = []

@@ -111,3 +111,29 @@ async function fetchMetrics(socketPath: string): Promise<string> {
     }).on('error', reject)
   })
 }
+
+test('issue 11.9: accept(2) failing with EMFILE is a refused client, counted and logged once, not an error line per attempt', async () => {
+  const prod = await startServer('prod')
+  const p = await freePort()
+  const h = await startInProcess(`
+listeners: [ { name: l, bind: "127.0.0.1:${p}", backend: b } ]
+backends: { b: { servers: [ { address: "${prod.address}" } ] } }
+`)
+  try {
+    // What net.Server emits when libuv's spare descriptor is used up too (onconnection with an errno):
+    // the real condition needs the whole process out of descriptors.
+    const server = (h.daemon.proxies.get('l') as unknown as {server: net.Server}).server
+    for (let i = 0; i < 3; i++) server.emit('error', Object.assign(new Error('accept EMFILE'), {code: 'EMFILE', errno: -24, syscall: 'accept'}))
+    assert.equal(h.daemon.refused.get('l'), 3)
+    const lines = h.logs.find('session refused')
+    assert.equal(lines.length, 1)
+    assert.match(lines[0].reason, /EMFILE \(out of file descriptors\)/)
+    assert.equal(lines[0].client, null)
+    assert.equal(h.logs.find('listener error').length, 0)
+    const still = await held(p, '127.0.0.2') // the listener still serves
+    still.destroy()
+  } finally {
+    await h.stop()
+    await prod.close()
+  }
+})

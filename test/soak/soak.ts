@@ -17,7 +17,7 @@ import {fileURLToPath} from 'node:url'
 import {parseArgs} from 'node:util'
 import Table from 'cli-table3'
 import {AdminClient} from '../../src/admin/client.js'
-import {raiseFdLimit} from '../../src/fdlimit.js'
+import {openFilesLimit} from '../../src/fdlimit.js'
 import {spawnDaemon, tempDir, type Spawned} from '../helpers/daemon.js'
 import {freePort, freeUdpPort} from '../helpers/servers.js'
 import {flatness, type Sample} from './verdict.js'
@@ -164,7 +164,7 @@ function printSamples(samples: Sample[]): void {
 }
 
 export async function main(argv: string[]): Promise<number> {
-  const limits = raiseFdLimit()
+  const limits = openFilesLimit()
   const o = options(argv, limits.hard)
   console.log(`soak: ${o.tcp} TCP sessions + ${o.udp} UDP flows for ${o.minutes} min (open-files hard limit ${limits.hard}; the daemon needs ~${2 * o.tcp + o.udp + DAEMON_SPARE_FDS})`)
   const {dir, cleanup} = tempDir('divert-soak-')

@@ -9,7 +9,6 @@
 import net from 'node:net'
 import dgram from 'node:dgram'
 import {once} from 'node:events'
-import {raiseFdLimit} from '../../src/fdlimit.js'
 
 export type ToWorker =
   | {type: 'open'; port: number; count: number; sources: string[]; pingEveryMs: number}
@@ -193,7 +192,6 @@ function udpClients(): void {
 }
 
 const role = process.argv[2]
-raiseFdLimit()
 if (role === 'backends') await backends()
 else if (role === 'tcp') tcpClients()
 else if (role === 'udp') udpClients()

@@ -210,7 +210,7 @@ class UdpFlow implements SessionTransport {
   private readonly upstream: dgram.Socket
   private readonly session: Session
   private readonly server: Server
-  private readonly tap?: Tap
+  private tap?: Tap
   private readonly header?: Buffer
   private inBytes = 0
   private outBytes = 0
@@ -311,6 +311,11 @@ class UdpFlow implements SessionTransport {
   }
 
   // SessionTransport
+  setTap(tap: Tap): void {
+    this.tap = tap
+    this.session.taps = [tap]
+  }
+
   bytesIn(): number { return this.inBytes }
   bytesOut(): number { return this.outBytes }
   packetsIn(): number { return this.inPackets }

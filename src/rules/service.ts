@@ -156,7 +156,9 @@ export class RuleService {
     const next = this.table.nextExpiry()
     if (next === undefined || this.stopped) return
     const delay = Math.min(Math.max(0, next - this.now()), 2 ** 31 - 1)
-    this.expiryTimer = setTimeout(() => void this.exclusive(() => this.expire()), delay)
+    this.expiryTimer = setTimeout(() => {
+      this.exclusive(() => this.expire()).catch((error) => this.o.logger.error({err: error}, 'rule expiry failed'))
+    }, delay)
   }
 
   /** No more expiry; changes already queued still run. */

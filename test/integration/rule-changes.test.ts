@@ -13,7 +13,8 @@ import net from 'node:net'
 import {readFileSync, writeFileSync} from 'node:fs'
 import {join} from 'node:path'
 import {startInProcess, type InProcess} from '../helpers/daemon.js'
-import {connect, freePort, readBytes, readLine, startServer, until, whoAnswers, type TestServer} from '../helpers/servers.js'
+import {connect, freePort, freeUdpPort, readBytes, readLine, startServer, until, whoAnswers, type TestServer} from '../helpers/servers.js'
+import {silent, startUdpEcho, UdpClient, type UdpEcho} from '../helpers/udp.js'
 import {flowsOf, sideBytes} from '../helpers/capture.js'
 import type {AdminClient} from '../../src/admin/client.js'
 import {adminOf} from '../faults/kit.js'
@@ -25,6 +26,8 @@ describe('live sessions follow rule changes', () => {
   /** Bytes each mirror connection received, in accept order. */
   const mirrored: Buffer[][] = []
   let port: number
+  let udpPort: number
+  let uprod: UdpEcho, umirror: UdpEcho
   const clients: net.Socket[] = []
 
   function config(withGone: boolean): string {
@@ -32,7 +35,10 @@ describe('live sessions follow rule changes', () => {
 state: ./state.json
 listeners:
   - { name: main, bind: "127.0.0.1:${port}", backend: prod }
+  - { name: vpn, protocol: udp, bind: "127.0.0.1:${udpPort}", backend: uprod }
 backends:
+  uprod: { servers: [ { address: "${uprod.address}" } ] }
+  umirror: { servers: [ { address: "${umirror.address}" } ] }
   prod: { servers: [ { address: "${prod.address}" } ] }
   staging: { servers: [ { address: "${staging.address}" } ] }
   mirror: { servers: [ { address: "${mirror.address}" } ] }
@@ -61,7 +67,9 @@ ${withGone ? `  gone: { servers: [ { address: "${gone.address}" } ] }` : ''}
       socket.on('data', (c: Buffer) => got.push(c))
       socket.on('end', () => socket.end())
     })
+    ;[uprod, umirror] = await Promise.all([startUdpEcho('uprod'), startUdpEcho('umirror', {reply: silent})])
     port = await freePort()
+    udpPort = await freeUdpPort()
     d = await startInProcess(config(true))
     admin = adminOf(d)
   })
@@ -70,7 +78,7 @@ ${withGone ? `  gone: { servers: [ { address: "${gone.address}" } ] }` : ''}
     for (const c of clients) c.destroy()
     await admin?.close()
     await d?.stop()
-    await Promise.all([prod, staging, gone, mirror].map((s) => s?.close()))
+    await Promise.all([prod, staging, gone, mirror, uprod, umirror].map((s) => s?.close()))
   })
 
   test('issue 11.17: divert rm of a mirror rule closes a live session\'s mirror connection; the session goes on, the mirror gets no more bytes', async () => {
@@ -102,6 +110,25 @@ ${withGone ? `  gone: { servers: [ { address: "${gone.address}" } ] }` : ''}
     assert.equal(sideBytes(flows[0], 'client').toString(), 'recorded-1recorded-2')
     assert.equal(sideBytes(flows[0], 'server').toString(), 'recorded-1recorded-2')
     await echo(s, 'still-up')
+  })
+
+  test('issue 11.17: a live UDP flow gets the mirror of a rule added for its source, and loses it at divert rm', async () => {
+    const client = await UdpClient.open({local: '127.0.0.64'})
+    try {
+      const said = async (text: string): Promise<void> => assert.equal((await client.request(text, udpPort)).payload.toString(), `uprod:${text}`)
+      await said('one')
+      await admin.addRule({source: '127.0.0.64', mirror: 'umirror'})
+      await said('two')
+      await until(() => umirror.received.length === 1, 5000, 'the mirror got the datagram sent after the add')
+      assert.equal(umirror.received[0].payload.toString(), 'two')
+      await admin.removeRule('127.0.0.64')
+      assert.equal((await admin.sessions({source: '127.0.0.64'}))[0].taps?.mirror, undefined, 'the flow shows no mirror any more')
+      await said('three')
+      await said('four')
+      assert.deepEqual(umirror.received.map((d) => d.payload.toString()), ['two'], 'nothing mirrored after the rm')
+    } finally {
+      await client.close()
+    }
   })
 
   test('issue 11.10: rules added while a reload drops a backend are checked against the config in force when they run: every acknowledged one is saved and routes, none names the dropped backend', async () => {

@@ -141,6 +141,7 @@ export class Daemon {
 
   /** The taps a decision asks for (a mirror to a server of backend M, a recorder into FILE), as a TapSet that can change. */
   tapsFor(d: Decision, meta: SessionMeta): Tap | undefined {
+    if (!d.mirror && !d.record) return undefined
     const set = this.tapSet(meta)
     this.attachTaps(set, d.mirror, d.record)
     return set.keys.length > 0 ? set : undefined

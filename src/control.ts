@@ -1,23 +1,24 @@
 /**
- * DaemonControl: what the admin API can do to a running daemon, as methods over its owners (rule
- * table, registry, backends). Validates names against the live config, persists runtime rules before
- * answering, and writes one audit line per change (what, by whom, when).
+ * DaemonControl: what the admin API can do to a running daemon, as methods over its owners (the
+ * RuleService for rule changes, registry, backends). Parses request fields, and writes one audit
+ * line per change (what, by whom, when).
  *
- *   AdminServer routes ─▶ DaemonControl ─▶ RuleTable / SessionRegistry / Backends
+ *   AdminServer routes ─▶ DaemonControl ─▶ RuleService / SessionRegistry / Backends
  */
-import {isAbsolute, resolve, dirname} from 'node:path'
 import {DivertError} from './errors.js'
 import {parseDuration} from './config/duration.js'
 import {parseSize} from './config/size.js'
 import {formatPrefix, normalizeAddress, parseCidr} from './rules/cidr.js'
 import {RuleTable, type Rule} from './rules/table.js'
+import {checkRuleSpec} from './rules/spec.js'
+import {checkBackend, checkListener, type KeptFields} from './rules/service.js'
 import {isRefusal} from './rules/router.js'
 import type {SessionFilter} from './session/registry.js'
 import {formatEndpoint} from './net/endpoint.js'
 import {renderMetrics, type MetricFamily} from './admin/metrics.js'
 import type {Control} from './admin/routes.js'
 import type {
-  AddRuleRequest, AddRuleResult, BackendView, ExplainResult, KillResult, ReloadResult, RemoveRulesResult,
+  AddRuleRequest, AddRuleResult, BackendView, KeptView, ExplainResult, KillResult, ReloadResult, RemoveRulesResult,
   RuleView, SessionView, StatusView,
 } from './admin/protocol.js'
 import type {Daemon} from './daemon.js'
@@ -54,11 +55,6 @@ export class DaemonControl implements Control {
 
   async addRule(req: AddRuleRequest, who: string): Promise<AddRuleResult> {
     const prefix = parseCidr(req.source)
-    if (!req.to && !req.mirror && !req.record) {
-      throw new DivertError('INVALID_ARGUMENT', 'a rule needs at least one action: --to BACKEND, --mirror BACKEND or --record FILE')
-    }
-    for (const b of [req.to, req.mirror]) if (b) this.backendNamed(b)
-    if (req.listener) this.listenerNamed(req.listener)
     const forMs = req.for === undefined ? undefined : parseDuration(req.for, '--for')
     if (forMs === 0) throw new DivertError('INVALID_DURATION', '--for must be longer than 0')
     const expiresAt = forMs === undefined ? undefined : Date.now() + forMs
@@ -67,53 +63,32 @@ export class DaemonControl implements Control {
     if (expiresAt !== undefined && !Number.isFinite(new Date(expiresAt).getTime())) {
       throw new DivertError('INVALID_DURATION', `--for "${req.for}" ends after the last date a rule can carry (year 275760): give a shorter duration`)
     }
-    const record = req.record ? absolute(req.record, dirname(this.d.config.file)) : undefined
-    if (req.maxSize !== undefined && !record) throw new DivertError('INVALID_ARGUMENT', '--max-size limits a recording: give --record FILE too')
     const recordMaxBytes = req.maxSize === undefined ? undefined : parseSize(req.maxSize, '--max-size')
-    if (record) await this.d.recordings.acquire(record, {maxBytes: recordMaxBytes ?? this.d.config.captureMaxBytes, logger: this.d.logger})
-    const {rule, replaced} = this.d.rules.add({
-      source: req.source, to: req.to, mirror: req.mirror, record, recordMaxBytes, listener: req.listener, note: req.note,
-      expiresAt,
-    }, 'runtime')
-    try {
-      await this.persist()
-    } catch (error) {
-      // Not saved means not in force: the caller is told it failed, so the table must agree.
-      this.d.rules.remove(rule.id)
-      if (replaced) this.restore([replaced])
-      if (record) await this.d.recordings.release(record)
-      throw error
-    }
-    if (replaced?.record) await this.d.recordings.release(replaced.record)
-    this.d.scheduleExpiry()
+    const spec = {source: req.source, to: req.to, mirror: req.mirror, record: req.record, recordMaxBytes, listener: req.listener, note: req.note, expiresAt}
+    checkRuleSpec(spec)
+    const {rule, replaced, kept} = await this.d.ruleService.add(spec)
 
     const filter: SessionFilter = {source: prefix, listener: req.listener}
     const matched = [...this.d.registry.matching(filter)].length
     const policy = req.existing ?? 'keep'
     const killed = policy === 'kill' ? this.d.registry.kill(filter, 'rule-changed') : 0
-    this.audit(replaced ? 'rule.replace' : 'rule.add', who, {rule: RuleTable.view(rule), replaced: replaced ? RuleTable.view(replaced) : null, existing: {policy, matched, killed}})
-    return {rule: RuleTable.view(rule), replaced: replaced ? RuleTable.view(replaced) : null, existing: {policy, matched, killed}}
+    const result: AddRuleResult = {
+      rule: RuleTable.view(rule), replaced: replaced ? RuleTable.view(replaced) : null, existing: {policy, matched, killed},
+      kept: replaced ? keptView(kept) : null,
+    }
+    this.audit(replaced ? 'rule.replace' : 'rule.add', who, {...result})
+    return result
   }
 
   async removeRule(key: string, listener: string | undefined, who: string): Promise<RemoveRulesResult> {
-    if (listener) this.listenerNamed(listener)
-    const removed = this.d.rules.remove(key, {listener})
-    return this.afterRemove([removed], who)
+    return this.afterRemove(await this.d.ruleService.remove(key, listener), who)
   }
 
   async removeAllRules(who: string): Promise<RemoveRulesResult> {
-    return this.afterRemove(this.d.rules.removeAll('runtime'), who)
+    return this.afterRemove(await this.d.ruleService.removeAll(), who)
   }
 
-  private async afterRemove(removed: Rule[], who: string): Promise<RemoveRulesResult> {
-    try {
-      await this.persist()
-    } catch (error) {
-      this.restore(removed)
-      throw error
-    }
-    await this.d.closeRecordings(removed)
-    this.d.scheduleExpiry()
+  private afterRemove(removed: Rule[], who: string): RemoveRulesResult {
     const result: RemoveRulesResult = {removed: [], restored: []}
     for (const r of removed) {
       const back = this.d.rules.find(r.source, r.listener)
@@ -183,28 +158,12 @@ export class DaemonControl implements Control {
     return this.d.reload(who)
   }
 
-  /** Puts rules back as they were (same id, creation time and hit count) after a failed save. */
-  private restore(rules: Rule[]): void {
-    for (const r of rules) this.d.rules.add(RuleTable.spec(r), 'runtime').rule.hits = r.hits
-  }
-
-  private async persist(): Promise<void> {
-    await this.d.saveState()
-  }
-
   private backendNamed(name: string): void {
-    if (!this.d.backends.has(name)) {
-      throw new DivertError('BACKEND_UNKNOWN', `unknown backend "${name}" (known: ${[...this.d.backends.keys()].join(', ')})`, {details: {known: [...this.d.backends.keys()]}})
-    }
+    checkBackend(this.d.backends, name)
   }
 
   private listenerNamed(name: string): {name: string; backend: string} {
-    const l = this.d.config.listeners.find((x) => x.name === name)
-    if (!l) {
-      const known = this.d.config.listeners.map((x) => x.name)
-      throw new DivertError('LISTENER_UNKNOWN', `unknown listener "${name}" (known: ${known.join(', ')})`, {details: {known}})
-    }
-    return l
+    return checkListener(this.d.config, name)
   }
 
   private audit(action: string, who: string, what: Record<string, unknown>): void {
@@ -233,8 +192,13 @@ function collectMetrics(d: Daemon): MetricFamily[] {
   ]
 }
 
-function absolute(p: string, base: string): string {
-  return isAbsolute(p) ? p : resolve(base, p)
+/** What a replacing add took over from the old rule, as the API shows it. */
+function keptView(k: KeptFields): KeptView {
+  return {
+    ...(k.expiresAt === undefined ? {} : {expiresAt: new Date(k.expiresAt).toISOString()}),
+    ...(k.note === undefined ? {} : {note: k.note}),
+    ...(k.recordMaxBytes === undefined ? {} : {recordMaxBytes: k.recordMaxBytes}),
+  }
 }
 
 function noSession(id: string): DivertError {

@@ -1,10 +1,11 @@
 /**
- * Daemon: the composition root. Reads the config, builds the owners (rule table, backends with
- * health checkers, session registry, recordings), binds every listener and the admin API, then runs
- * the two coarse timers (activity/idle tick, rule expiry). stop() drains: stop accepting, let live
+ * Daemon: the composition root. Reads the config, builds the owners (rule table and the RuleService
+ * that changes it, backends with health checkers, session registry, recordings), binds every listener
+ * and the admin API, then runs the coarse activity/idle tick (the RuleService runs expiry). Live
+ * sessions' mirror/record taps follow rule changes (retap). stop() drains: stop accepting, let live
  * sessions finish for the grace period, close the rest.
  *
- *   config ─▶ RuleTable + Backends + Registry ─▶ Router ─▶ Tcp/Udp proxies ◀─ AdminServer ◀─ CLI
+ *   config ─▶ RuleService(RuleTable) + Backends + Registry ─▶ Router ─▶ Tcp/Udp proxies ◀─ AdminServer ◀─ CLI
  */
 import {lstatSync, readFileSync} from 'node:fs'
 import type {Logger} from 'pino'
@@ -13,11 +14,12 @@ import type {Config, ListenerConfig} from './config/types.js'
 import {DivertError} from './errors.js'
 import {Backend} from './backends/backend.js'
 import {HealthChecker, tcpConnectCheck} from './backends/health.js'
-import {RuleTable, type Rule} from './rules/table.js'
+import {RuleTable} from './rules/table.js'
 import {Router, type Decision} from './rules/router.js'
-import {StateStore, missingNames} from './rules/state.js'
-import {SessionRegistry} from './session/registry.js'
-import {fanOut} from './session/fanout.js'
+import {StateStore} from './rules/state.js'
+import {RuleService} from './rules/service.js'
+import {SessionRegistry, type Session} from './session/registry.js'
+import {TapSet} from './session/fanout.js'
 import type {SessionMeta, Tap} from './session/types.js'
 import {TcpProxy} from './net/tcp-proxy.js'
 import {UdpProxy} from './net/udp-proxy.js'
@@ -60,15 +62,14 @@ export class Daemon {
   /** Live sessions over all listeners against `limits.max_connections`. */
   readonly globalLimit: GlobalLimit = {live: 0, max: 0}
   adminSocket?: string
-  state?: StateStore
+  /** The one way rules change (admin, expiry, reload, boot): see src/rules/service.ts. */
+  readonly ruleService: RuleService
   capacity?: {openFiles: number; tcpSessions: number; udpFlows: number}
   private admin?: AdminServer
   private checkers: HealthChecker[] = []
   private ticker?: NodeJS.Timeout
-  private expiryTimer?: NodeJS.Timeout
   private stopping?: Promise<void>
   private ready = false
-  private reloading: Promise<unknown> = Promise.resolve()
 
   private constructor(readonly opts: DaemonOptions) {
     const now = opts.now ?? Date.now
@@ -77,6 +78,10 @@ export class Daemon {
     this.registry = new SessionRegistry({logger: opts.logger, now})
     this.router = new Router({rules: this.rules, backends: this.backends})
     this.recordings = new RecordingSet()
+    this.ruleService = new RuleService({
+      table: this.rules, recordings: this.recordings, logger: opts.logger, now,
+      config: () => this.config, backends: () => this.backends, onChange: () => this.retap(),
+    })
   }
 
   get logger(): Logger {
@@ -101,14 +106,13 @@ export class Daemon {
     this.backends = buildBackends(this.config)
     this.router.state = {rules: this.rules, backends: this.backends}
     this.rules.replaceConfigRules(this.config.rules)
-    await this.restoreState()
-    await this.openRecordings(this.rules.snapshot())
+    await this.ruleService.restore(this.config.state ? new StateStore(this.config.state) : undefined)
+    await this.ruleService.openRecordings(this.rules.snapshot())
     this.startHealth()
     for (const l of this.config.listeners) this.proxies.set(l.name, this.createProxy(l))
     for (const p of this.proxies.values()) await p.listen()
     await this.startAdmin()
     this.ticker = setInterval(() => this.tick(), this.opts.tickMs ?? 1000)
-    this.scheduleExpiry()
     this.logger.info({
       listeners: [...this.proxies.values()].map((p) => `${p.config.name} ${p.config.protocol} ${endpointString(p.config.bind)}`),
       admin: this.adminSocket, rules: this.rules.size, capacity: this.capacity,
@@ -137,54 +141,54 @@ export class Daemon {
     return l.protocol === 'tcp' ? new TcpProxy(l, ctx) : new UdpProxy(l, ctx)
   }
 
-  /** The taps a decision asks for: a mirror to a server of backend M, a recorder into FILE. */
+  /** The taps a decision asks for (a mirror to a server of backend M, a recorder into FILE), as a TapSet that can change. */
   tapsFor(d: Decision, meta: SessionMeta): Tap | undefined {
-    const taps: Tap[] = []
-    const mirrorServer = d.mirror?.pick(meta.client.address)
-    if (d.mirror && !mirrorServer) taps.push(createUnavailableMirrorTap(d.mirror.name))
-    if (d.mirror && mirrorServer) {
-      taps.push(createMirrorTap(meta, {backend: d.mirror.name, server: mirrorServer.address, proxyProtocol: d.mirror.config.proxyProtocol}, {
-        bufferBytes: this.config.mirrorBufferBytes, logger: this.logger, local: meta.local,
-      }))
-    }
-    const recording = d.record ? this.recordings.get(d.record) : undefined
-    if (recording) taps.push(recording.tap(meta))
-    return fanOut(taps, (_t, error) => this.logger.warn({session: meta.id, err: error}, 'a tap failed and was detached'))
+    if (!d.mirror && !d.record) return undefined
+    const set = this.tapSet(meta)
+    this.attachTaps(set, d.mirror, d.record)
+    return set.keys.length > 0 ? set : undefined
   }
 
-  private async restoreState(): Promise<void> {
-    if (!this.config.state) return
-    this.state = new StateStore(this.config.state)
-    const loaded = await this.state.load()
-    if (loaded.movedAside) {
-      this.logger.error({state: this.config.state, movedTo: loaded.movedAside, problem: loaded.problem}, `state file is corrupt (${loaded.problem}): moved aside to ${loaded.movedAside}; starting with no runtime rules — restore them from that file`)
-    }
-    for (const r of loaded.rules) {
-      if (missingNames(r, this.config).length > 0) {
-        this.logger.error({rule: r}, `runtime rule ${r.id} for ${r.source} names a backend or listener the config no longer has; not applied (re-add it with divert add)`)
-        continue
-      }
-      this.rules.add(r, 'runtime')
-    }
-    const expired = this.rules.expire()
-    for (const r of expired) this.logger.info({audit: true, action: 'rule.expired', by: 'expiry', rule: RuleTable.view(r)}, `rule ${r.id} for ${r.source} expired while the daemon was down`)
-    if (loaded.rules.length > 0) this.logger.info({state: this.config.state, rules: loaded.rules.length - expired.length}, 'runtime rules restored')
+  private tapSet(meta: SessionMeta): TapSet {
+    return new TapSet(meta, (_t, error) => this.logger.warn({session: meta.id, err: error}, 'a tap failed and was detached'))
   }
 
-  async saveState(): Promise<void> {
-    if (!this.state) return
-    const runtime = this.rules.snapshot().filter((r) => r.origin === 'runtime')
-    await this.state.save(runtime.map((r) => RuleTable.spec(r)))
-  }
-
-  async openRecordings(rules: Rule[]): Promise<void> {
-    for (const r of rules) {
-      if (r.record) await this.recordings.acquire(r.record, {maxBytes: r.recordMaxBytes ?? this.config.captureMaxBytes, logger: this.logger})
+  /** Attaches the mirror and recorder asked for that `set` lacks; detaches the ones no longer asked for. */
+  private attachTaps(set: TapSet, mirror: Backend | undefined, record: string | undefined): void {
+    const want = new Map<string, () => Tap | undefined>()
+    if (mirror) want.set(`mirror:${mirror.name}`, () => this.mirrorTap(mirror, set.meta))
+    if (record) want.set(`record:${record}`, () => this.recordings.get(record)?.tap(set.meta))
+    for (const key of set.keys) if (!want.has(key)) set.detach(key, 'rule-changed')
+    for (const [key, make] of want) {
+      if (set.keys.includes(key)) continue
+      const tap = make()
+      if (tap) set.attach(key, tap)
     }
   }
 
-  async closeRecordings(rules: Rule[]): Promise<void> {
-    for (const r of rules) if (r.record) await this.recordings.release(r.record)
+  private mirrorTap(mirror: Backend, meta: SessionMeta): Tap {
+    const server = mirror.pick(meta.client.address)
+    if (!server) return createUnavailableMirrorTap(mirror.name)
+    return createMirrorTap(meta, {backend: mirror.name, server: server.address, proxyProtocol: mirror.config.proxyProtocol}, {
+      bufferBytes: this.config.mirrorBufferBytes, logger: this.logger, local: meta.local,
+    })
+  }
+
+  /**
+   * Taps follow the rules: after a rule change every live session gets the mirror and recorder of
+   * the rule that now matches it (README: `divert rm` stops mirroring and recording). Its backend and
+   * server stay — moving a session is `--existing kill`'s job.
+   */
+  retap(): void {
+    for (const s of this.registry.matching({})) {
+      const rule = this.rules.lookup(s.client.address, s.listener)
+      const mirror = rule?.mirror === undefined ? undefined : this.backends.get(rule.mirror)
+      const existing = s.taps[0] instanceof TapSet ? s.taps[0] : undefined
+      if (!existing && !mirror && !rule?.record) continue
+      const set = existing ?? this.tapSet(metaOf(s))
+      this.attachTaps(set, mirror, rule?.record)
+      if (!existing && set.keys.length > 0) s.transport.setTap?.(set)
+    }
   }
 
   /** Starts a checker for every backend that has a health check and no checker yet. */
@@ -229,23 +233,6 @@ export class Daemon {
     for (const p of this.proxies.values()) p.sweep()
   }
 
-  /** One timer for the next rule expiry; re-armed whenever rules change. */
-  scheduleExpiry(): void {
-    clearTimeout(this.expiryTimer)
-    const next = this.rules.nextExpiry()
-    if (next === undefined || this.stopping) return
-    const delay = Math.min(Math.max(0, next - Date.now()), 2 ** 31 - 1)
-    this.expiryTimer = setTimeout(() => void this.expireRules(), delay)
-  }
-
-  private async expireRules(): Promise<void> {
-    const expired = this.rules.expire()
-    for (const r of expired) this.logger.info({audit: true, action: 'rule.expired', by: 'expiry', rule: RuleTable.view(r)}, `rule ${r.id} for ${r.source} expired`)
-    await this.closeRecordings(expired)
-    await this.saveState().catch((error) => this.logger.error({err: error}, 'could not save state after expiry'))
-    this.scheduleExpiry()
-  }
-
   /**
    * Re-reads the config file and applies it without dropping live sessions: listeners are added,
    * closed or rebound, backends whose config changed are rebuilt (live sessions keep their server),
@@ -255,9 +242,7 @@ export class Daemon {
    * in without an await in between, so no new session sees half of each. Reloads run one at a time.
    */
   reload(who: string): Promise<ReloadResult> {
-    const run = this.reloading.catch(() => undefined).then(() => this.applyReload(who))
-    this.reloading = run
-    return run
+    return this.ruleService.reload(() => this.applyReload(who))
   }
 
   private async applyReload(who: string): Promise<ReloadResult> {
@@ -291,9 +276,8 @@ export class Daemon {
     this.globalLimit.max = next.maxConnections
     result.rules = this.rules.size
     this.restartHealth()
-    this.scheduleExpiry()
     for (const p of plan.retire) await closeProxy(p)
-    await this.closeRecordings(oldConfigRules)
+    await this.ruleService.closeRecordings(oldConfigRules)
     this.logger.info({audit: true, action: 'config.reload', by: who, ...result}, 'config reloaded')
     return result
   }
@@ -326,7 +310,11 @@ export class Daemon {
   /** Puts the freshly bound listeners in place and gives kept ones their new options (same bind). */
   private commitListeners(plan: ListenerPlan, fresh: Map<string, ListenerProxy>): ReloadResult['listeners'] {
     const result = {added: [] as string[], removed: [] as string[], changed: [] as string[]}
-    for (const [proxy, l] of plan.keep) proxy.config = l
+    for (const [proxy, l] of plan.keep) {
+      // Same bind, other options (limits, timeouts, backend…): in force from now on, and reported.
+      if (!sameJson(proxy.config, l)) result.changed.push(l.name)
+      proxy.config = l
+    }
     for (const p of plan.retire) {
       if (this.proxies.get(p.config.name) === p) this.proxies.delete(p.config.name)
       if (!fresh.has(p.config.name)) result.removed.push(p.config.name)
@@ -359,7 +347,7 @@ export class Daemon {
 
   private async shutdown(drainMs: number): Promise<void> {
     clearInterval(this.ticker)
-    clearTimeout(this.expiryTimer)
+    this.ruleService.stop()
     await Promise.all([...this.proxies.values()].map((p) => p.close()))
     if (this.registry.size > 0) {
       this.logger.info({sessions: this.registry.size, drainMs}, 'draining live sessions')
@@ -376,6 +364,11 @@ export class Daemon {
     await this.recordings.closeAll()
     if (this.ready) this.logger.info({uptimeMs: Date.now() - this.startedAt}, 'divert stopped')
   }
+}
+
+/** What a tap needs of a session it joins mid-stream; the listener address is not kept, so a PROXY header names the server. */
+function metaOf(s: Session): SessionMeta {
+  return {id: s.id, protocol: s.protocol, listener: s.listener, backend: s.backend, rule: s.rule, client: s.client, server: s.server, startedAt: s.startedAt}
 }
 
 export function buildBackends(config: Config): Map<string, Backend> {

@@ -27,6 +27,14 @@ export interface AddRuleResult {
   replaced: RuleView | null
   /** Live sessions from SOURCE (on the rule's listener scope) when the rule was added. */
   existing: {policy: 'keep' | 'kill'; matched: number; killed: number}
+  /** On a replace: what the new rule took over from the old one because the call did not set it; else null. */
+  kept: KeptView | null
+}
+
+export interface KeptView {
+  expiresAt?: string
+  note?: string
+  recordMaxBytes?: number
 }
 
 export interface RemoveRulesResult {

@@ -106,6 +106,8 @@ export function addRuleText(r: AddRuleResult): string {
       ? `replaced rule ${r.replaced.id} (${ruleActions(r.replaced)}) for ${rule.source}${scope}: now ${ruleActions(rule)} [${rule.id}]`
       : `added rule ${rule.id}: ${rule.source}${scope} → ${ruleActions(rule)}`,
   ]
+  const kept = keptText(r.kept)
+  if (kept) lines.push(`kept: ${kept} (from the replaced rule: give --for/--note/--max-size to change them, or divert rm first to drop them)`)
   if (rule.expiresAt) lines.push(`expires ${expiresIn(rule.expiresAt)} (${rule.expiresAt})`)
   const {policy, matched, killed} = r.existing
   const n = (k: number): string => `${k} live session${k === 1 ? '' : 's'}`
@@ -125,6 +127,16 @@ export function removeText(r: RemoveRulesResult): string {
   const kill = only ? `divert kill --source ${only.source}${only.listener ? ` --listener ${only.listener}` : ''}` : 'divert kill --source SOURCE'
   lines.push(`live sessions keep their backend; \`${kill}\` moves them now`)
   return escapeLines(lines)
+}
+
+function keptText(k: AddRuleResult['kept']): string {
+  if (!k) return ''
+  const bits = [
+    k.expiresAt && `expires ${k.expiresAt}`,
+    k.note !== undefined && `note ${JSON.stringify(k.note)}`,
+    k.recordMaxBytes !== undefined && `max size ${k.recordMaxBytes} bytes`,
+  ]
+  return bits.filter(Boolean).join(', ')
 }
 
 export function reloadText(r: ReloadResult): string {

@@ -188,6 +188,16 @@ class TcpConnection implements SessionTransport, DeadlineWaiter {
     if (this.tap) s.taps = [this.tap]
   }
 
+  /** A tap given mid-session (a rule added): an untapped connection switches to the tapped handlers. */
+  setTap(tap: Tap): void {
+    if (!this.tap) {
+      swapListener(this.client, 'data', onClientData, onClientDataTapped)
+      swapListener(this.upstream, 'data', onServerData, onServerDataTapped)
+    }
+    this.tap = tap
+    this.session.taps = [tap]
+  }
+
   onConnected(): void {
     this.connected = true
     this.proxy.deadlines.connectDone(this)
@@ -291,6 +301,11 @@ function wire(c: TcpConnection, client: net.Socket, upstream: net.Socket): void 
   upstream.on('end', onServerEnd)
   client.on('close', onClose)
   upstream.on('close', onClose)
+}
+
+function swapListener(s: net.Socket, event: string, from: (this: net.Socket, chunk: Buffer) => void, to: (this: net.Socket, chunk: Buffer) => void): void {
+  s.off(event, from)
+  s.on(event, to)
 }
 
 function onConnect(this: net.Socket): void {

@@ -210,7 +210,7 @@ class UdpFlow implements SessionTransport {
   private readonly upstream: dgram.Socket
   private readonly session: Session
   private readonly server: Server
-  private readonly tap?: Tap
+  private tap?: Tap
   /** PROXY v2 header of every datagram; re-encoded when the client moves to another port. */
   private header?: Buffer
   private readonly local: Peer
@@ -324,6 +324,11 @@ class UdpFlow implements SessionTransport {
   }
 
   // SessionTransport
+  setTap(tap: Tap): void {
+    this.tap = tap
+    this.session.taps = [tap]
+  }
+
   bytesIn(): number { return this.inBytes }
   bytesOut(): number { return this.outBytes }
   packetsIn(): number { return this.inPackets }

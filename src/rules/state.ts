@@ -5,12 +5,19 @@
  * directories). A crash leaves either the old or the new file, never a torn one. Saves are
  * serialised and coalesced: callers await the save that includes their change.
  *
- *   RuleTable (runtime rules) ─save()─▶ STATE.tmp-PID ─fsync─rename─▶ STATE
+ * The temp file gets a random name and is opened O_CREAT|O_EXCL|O_NOFOLLOW: the state directory may
+ * be writable by others (e.g. /tmp), and a predictable name there lets anyone plant a symlink that
+ * the write would follow onto its target (CWE-377/CWE-59; open(2) on O_EXCL: "symbolic links are
+ * not followed").
+ *
+ *   RuleService ─save()─▶ .STATE.tmp-PID-RANDOM ─fsync─rename─▶ STATE
  */
-import {promises as fs} from 'node:fs'
+import {constants as fsConstants, promises as fs} from 'node:fs'
+import {randomBytes} from 'node:crypto'
 import {basename, dirname, join} from 'node:path'
 import {DivertError} from '../errors.js'
 import type {Config, RuleSpec} from '../config/types.js'
+import {checkRuleSpec} from './spec.js'
 
 export interface StoredRule extends RuleSpec {
   id: string
@@ -29,7 +36,19 @@ export interface LoadResult {
   problem?: string
 }
 
-export class StateStore {
+/** Where runtime rules are kept: today the state file; a shared store (e.g. Redis) implements the same. */
+export interface RuleStore {
+  /** A human name for messages (the file path, the URL). */
+  readonly path: string
+  load(): Promise<LoadResult>
+  /** Persists the full runtime set; resolves once it is durably stored, rejects with STATE_WRITE. */
+  save(rules: StoredRule[]): Promise<void>
+}
+
+/** O_EXCL makes open(2) fail on any existing name, a dangling symlink included; O_NOFOLLOW is belt and braces. */
+const TEMP_FLAGS = fsConstants.O_CREAT | fsConstants.O_EXCL | fsConstants.O_NOFOLLOW | fsConstants.O_WRONLY
+
+export class StateStore implements RuleStore {
   private pending?: Promise<void>
   private queued?: {rules: StoredRule[]; waiters: Array<{resolve: () => void; reject: (e: unknown) => void}>}
 
@@ -58,7 +77,7 @@ export class StateStore {
     return problem === undefined ? {rules: (JSON.parse(text) as StateFile).rules} : {rules: [], problem}
   }
 
-  /** Temp files are `.STATE.tmp-PID`, next to the state file so that rename(2) stays within one filesystem. */
+  /** Temp files are `.STATE.tmp-PID-RANDOM`, next to the state file so that rename(2) stays within one filesystem. */
   private get tempPrefix(): string {
     return `.${basename(this.path)}.tmp-`
   }
@@ -71,7 +90,8 @@ export class StateStore {
     const names = await fs.readdir(dirname(this.path)).catch(() => [] as string[])
     for (const name of names) {
       if (!name.startsWith(this.tempPrefix)) continue
-      const pid = Number(name.slice(this.tempPrefix.length))
+      // `PID-RANDOM`, or a bare `PID` as older versions wrote it.
+      const pid = Number(name.slice(this.tempPrefix.length).split('-')[0])
       if (!Number.isInteger(pid) || pid <= 0 || (pid !== process.pid && isAlive(pid))) continue
       await fs.unlink(join(dirname(this.path), name)).catch(() => undefined)
     }
@@ -110,10 +130,10 @@ export class StateStore {
 
   private async write(rules: StoredRule[]): Promise<void> {
     const dir = dirname(this.path)
-    const tmp = join(dir, `${this.tempPrefix}${process.pid}`)
+    const tmp = join(dir, `${this.tempPrefix}${process.pid}-${randomBytes(8).toString('hex')}`)
     const body = JSON.stringify({version: 1, rules} satisfies StateFile, null, 2) + '\n'
+    const fh = await fs.open(tmp, TEMP_FLAGS, 0o600)
     try {
-      const fh = await fs.open(tmp, 'w', 0o600)
       try {
         await fh.writeFile(body)
         await fh.sync()
@@ -164,6 +184,16 @@ function validate(text: string): string | undefined {
   }
   const d = data as Partial<StateFile>
   if (!d || typeof d !== 'object' || d.version !== 1 || !Array.isArray(d.rules)) return 'expected {"version": 1, "rules": [...]}'
-  const bad = d.rules.findIndex((r) => !r || typeof r !== 'object' || typeof r.source !== 'string' || typeof r.id !== 'string')
-  return bad >= 0 ? `rules[${bad}] has no source or id` : undefined
+  const ids = new Map<unknown, number>()
+  for (const [i, r] of d.rules.entries()) {
+    if (!r || typeof r !== 'object' || typeof r.id !== 'string') return `rules[${i}] has no id`
+    if (ids.has(r.id)) return `rules[${i}] has id ${r.id}, like rules[${ids.get(r.id)}]`
+    ids.set(r.id, i)
+    try {
+      checkRuleSpec(r)
+    } catch (error) {
+      return `rules[${i}] (${String(r.source)}): ${(error as Error).message}`
+    }
+  }
+  return undefined
 }

@@ -25,6 +25,8 @@ export interface SessionTransport {
   packetsOut?(): number
   /** Ends the session; the proxy later calls registry.close() with the final cause. */
   kill(cause: CloseCause): void
+  /** Gives a live session its tap (taps follow rule changes); the proxy feeds it from the next byte. */
+  setTap?(tap: Tap): void
 }
 
 export interface SessionInit {

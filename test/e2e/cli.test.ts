@@ -73,6 +73,26 @@ describe('runtime control through the CLI, one source per test', {concurrency: t
     assert.equal((await lab.cli('rm', '127.0.0.2')).code, 0)
   })
 
+  test('issue 11.14: replacing a rule keeps the expiry and note the new call does not set, and says what it kept', async () => {
+    const first = await lab.cli('add', '127.0.0.40', '--to', 'staging', '--for', '2h', '--note', 'ticket')
+    assert.equal(first.code, 0, first.stderr)
+    const mine = async (): Promise<any> => (await lab.cli('list', '--json')).json().find((r: any) => r.source === '127.0.0.40')
+    const old = await mine()
+    const again = await lab.cli('add', '127.0.0.40', '--to', 'debug', '--existing', 'kill')
+    assert.equal(again.code, 0, again.stderr)
+    assert.match(again.stdout, new RegExp(`^kept: expires ${old.expiresAt.replace(/[.]/g, '\\.')}, note "ticket" \\(from the replaced rule`, 'm'))
+    const now = await mine()
+    assert.deepEqual([now.to, now.expiresAt, now.note], ['debug', old.expiresAt, 'ticket'], 'actions are the new call\'s; expiry and note are kept')
+    assert.equal(await whoAnswers(lab.port, '127.0.0.40'), 'debug')
+    const json = (await lab.cli('add', '127.0.0.40', '--to', 'staging', '--note', 'other', '--json')).json()
+    assert.deepEqual(json.kept, {expiresAt: old.expiresAt}, 'a note given is the new one; only the expiry is kept')
+    assert.equal(json.rule.note, 'other')
+    assert.equal((await lab.cli('rm', '127.0.0.40')).code, 0)
+    const fresh = (await lab.cli('add', '127.0.0.40', '--to', 'staging', '--json')).json()
+    assert.deepEqual([fresh.kept, fresh.rule.expiresAt, fresh.rule.note], [null, null, null], 'after rm nothing is kept')
+    assert.equal((await lab.cli('rm', '127.0.0.40')).code, 0)
+  })
+
   test('--existing keep (the default) leaves a live session on its backend and says how to move it', async () => {
     const live = await open(lab, '127.0.0.4')
     try {

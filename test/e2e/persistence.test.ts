@@ -4,7 +4,7 @@
  */
 import {test, before, after, describe} from 'node:test'
 import assert from 'node:assert/strict'
-import {readFileSync, readdirSync, statSync, writeFileSync} from 'node:fs'
+import {lstatSync, readFileSync, readdirSync, rmSync, statSync, symlinkSync, writeFileSync} from 'node:fs'
 import {join} from 'node:path'
 import {whoAnswers} from '../helpers/servers.js'
 import {startLab, rawHttp, httpRequest, type Lab} from './harness.js'
@@ -108,5 +108,44 @@ describe('runtime rules persist in the state file', () => {
     assert.deepEqual(rules.map((r: any) => r.origin), ['config'])
     const id = RULE_ID.exec(await ok('add', '127.0.0.5', '--to', 'staging'))![0]
     assert.deepEqual(stateNow().rules.map((r) => r.id), [id], 'a fresh state file is written')
+  })
+
+  test('issue 11.7: symlinks planted at the temp names (old-style .STATE.tmp-PID and others) are never followed: their target is unchanged', async () => {
+    const victim = join(lab.dir, 'victim.txt')
+    writeFileSync(victim, 'precious', {mode: 0o600})
+    const pid = lab.daemon.proc.pid!
+    const planted = [`.state.json.tmp-${pid}`, `.state.json.tmp-${pid}-0`, '.state.json.tmp-1', `.state.json.tmp-${pid + 1}`].map((n) => join(lab.dir, n))
+    for (const p of planted) symlinkSync(victim, p)
+    try {
+      const id = RULE_ID.exec(await ok('add', '127.0.0.21', '--to', 'staging'))![0]
+      await ok('rm', '127.0.0.21')
+      await ok('add', '127.0.0.22', '--to', 'debug')
+      assert.equal(readFileSync(victim, 'utf8'), 'precious', 'the symlinks\' target is untouched')
+      assert.ok(lstatSync(state).isFile() && !lstatSync(state).isSymbolicLink(), 'the state file is a regular file, not a planted link')
+      for (const p of planted) assert.ok(lstatSync(p).isSymbolicLink(), `${p} is left as it was`)
+      const saved = JSON.parse(readFileSync(state, 'utf8')).rules.map((r: any) => r.source)
+      assert.ok(saved.includes('127.0.0.22') && !saved.includes('127.0.0.21'), `saved: ${saved.join(', ')} (${id} removed)`)
+    } finally {
+      for (const p of [...planted, victim]) rmSync(p, {force: true})
+    }
+  })
+
+  test('issue 11.12: a state file that is valid JSON but holds an invalid rule is moved aside; the error names the file, the rule and the problem; the daemon starts', async () => {
+    const bad = {version: 1, rules: [
+      {id: 'r00aa01', source: '127.0.0.30', to: 'staging', createdAt: Date.now()},
+      {id: 'r00aa02', source: '10.0.0.1/8', to: 'staging', createdAt: Date.now()},
+    ]}
+    const text = JSON.stringify(bad)
+    assert.equal(await lab.restart(() => writeFileSync(state, text, {mode: 0o600})), 0)
+    const aside = readdirSync(lab.dir).filter((f) => f.startsWith('state.json.corrupt-'))
+    const mine = aside.find((f) => readFileSync(join(lab.dir, f), 'utf8') === text)
+    assert.ok(mine, `the file is moved aside with its bytes (${aside.join(', ')})`)
+    const logged = lab.daemon.logs.find((l) => l.level === 50 && String(l.msg).includes(state))
+    assert.ok(logged, `an error line naming ${state}: ${JSON.stringify(lab.daemon.logs.filter((l) => l.level >= 40))}`)
+    assert.match(String(logged.msg), /rules\[1\] \(10\.0\.0\.1\/8\): "10\.0\.0\.1\/8" has host bits set below \/8: did you mean 10\.0\.0\.0\/8\?/)
+    assert.ok(String(logged.msg).includes(mine), 'and where the file went')
+    const rules = (await lab.cli('list', '--json')).json()
+    assert.deepEqual(rules.map((r: any) => r.origin), ['config'], 'no rule of the bad file is in force')
+    assert.equal(await whoAnswers(lab.port, '127.0.0.30'), 'prod')
   })
 })

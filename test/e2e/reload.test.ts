@@ -17,7 +17,7 @@ import {join} from 'node:path'
 import {spawnDaemon, tempDir, type Spawned} from '../helpers/daemon.js'
 import {startServer, connect, readBytes, readLine, whoAnswers, freePort, freeUdpPort, type TestServer} from '../helpers/servers.js'
 import {startUdpEcho, UdpClient, type UdpEcho} from '../helpers/udp.js'
-import {cli, expectCliError, rawHttp, httpRequest} from './harness.js'
+import {cli, expectCliError, rawHttp, httpRequest, startLab} from './harness.js'
 
 const esc = (s: string): string => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')
 
@@ -282,5 +282,33 @@ ${s.rules.map((r) => `  - ${r}`).join('\n')}
     assert.equal(closedLine.cause, 'client-closed')
     assert.equal(closedLine.bytesIn, live.bytes)
     assert.deepEqual(daemon.logs.filter((l) => l.level >= 50 && !/reload failed/.test(String(l.msg))), [], 'no other error logged')
+  })
+})
+
+describe('issue 11.16: a kept listener whose options changed', () => {
+  test('issue 11.16: divert reload --json lists a listener whose limits and backend changed under changed, and the new options are in force', async () => {
+    const lab = await startLab()
+    const held: net.Socket[] = []
+    try {
+      const text = readFileSync(lab.configFile, 'utf8')
+      const alt = `{ name: alt, bind: "127.0.0.1:${lab.altPort}", backend: prod }`
+      assert.ok(text.includes(alt))
+      writeFileSync(lab.configFile, text.replace(alt, `{ name: alt, bind: "127.0.0.1:${lab.altPort}", backend: staging, max_connections: 1 }`))
+      const r = await lab.cli('reload', '--json')
+      assert.equal(r.code, 0, r.stderr)
+      assert.deepEqual(r.json().listeners, {added: [], removed: [], changed: ['alt']})
+      const text2 = await lab.cli('reload')
+      assert.match(text2.stdout, /^listeners: unchanged$/m, 'a second reload of the same file changes nothing')
+      const first = await connect({port: lab.altPort})
+      held.push(first)
+      assert.equal(await readLine(first), 'staging', 'the new backend serves new sessions')
+      const second = await connect({port: lab.altPort})
+      held.push(second)
+      await assert.rejects(readLine(second, 5000), /closed before a full line/, 'max_connections 1: the second session is refused')
+      assert.equal(await whoAnswers(lab.port), 'prod', 'the unchanged listener is as it was')
+    } finally {
+      for (const s of held) s.destroy()
+      await lab.close()
+    }
   })
 })

@@ -7,13 +7,14 @@
  */
 import {test, before, after, describe} from 'node:test'
 import assert from 'node:assert/strict'
-import {readFileSync, readdirSync} from 'node:fs'
+import {readFileSync, readdirSync, statSync, statfsSync, truncateSync} from 'node:fs'
 import {join} from 'node:path'
 import {startInProcess, type InProcess} from '../helpers/daemon.js'
 import {startServer, freePort, whoAnswers, type TestServer} from '../helpers/servers.js'
 import type {AdminClient} from '../../src/admin/client.js'
 import type {DivertError} from '../../src/errors.js'
 import {ControlSession, Tmpfs, adminOf} from './kit.js'
+import {StateStore} from '../../src/rules/state.js'
 
 const mounted = Tmpfs.mount(256 * 1024)
 const skip = typeof mounted === 'string' ? mounted : false
@@ -110,4 +111,99 @@ backends:
     assert.deepEqual(errors, [], 'a refused admin change is the caller\'s error, not a daemon error line')
     await control.assertUntouched()
   })
+})
+
+/**
+ * Issue 11.10: an `add` whose save fails (ENOSPC) racing an `rm` whose smaller save fits. The disk is
+ * left with exactly the pages the current file holds: a save of fewer rules fits, one more does not.
+ * The add's save is held until the rm has asked to save too, or 200 ms — this only widens the window
+ * an unserialised daemon needs to show the bug; a serialised one gives the same answer either way.
+ */
+describe('issue 11.10: a failed add racing an rm', {skip}, () => {
+  const PAGE = 4096
+  let disk: Tmpfs
+  let servers: TestServer[]
+  let yaml: string
+  let state: string
+  const realSave = StateStore.prototype.save
+
+  before(async () => {
+    disk = Tmpfs.mount(128 * 1024) as Tmpfs
+    state = join(disk.dir, 'state.json')
+    servers = await Promise.all(['prod', 'staging'].map((n) => startServer(n)))
+    yaml = `
+state: ${state}
+listeners:
+  - { name: main, bind: "127.0.0.1:${await freePort()}", backend: prod }
+backends:
+  prod: { servers: [ { address: "${servers[0].address}" } ] }
+  staging: { servers: [ { address: "${servers[1].address}" } ] }
+`
+  })
+
+  after(async () => {
+    StateStore.prototype.save = realSave
+    await Promise.all((servers ?? []).map((s) => s.close()))
+    disk?.unmount()
+  })
+
+  /** Sizes the file to end just below a page boundary, then fills the disk but for that many pages. */
+  async function squeeze(admin: AdminClient, keep: string): Promise<void> {
+    const size = statSync(state).size
+    const target = Math.ceil((size + 40) / PAGE) * PAGE - 40
+    await admin.addRule({source: keep, to: 'staging', note: 'k'.repeat(1 + target - size)})
+    assert.equal(statSync(state).size, target)
+    disk.fill()
+    const pages = Math.ceil(target / PAGE)
+    const free = (): number => statfsSync(disk.dir).bavail
+    const filler = join(disk.dir, 'filler')
+    truncateSync(filler, statSync(filler).size - (pages - free()) * PAGE)
+    assert.equal(free(), pages, 'free pages: exactly what the state file holds')
+  }
+
+  for (let run = 1; run <= 3; run++) {
+    test(`issue 11.10: an add answered 500 STATE_WRITE while an rm of another rule succeeds is not in force after a restart (run ${run})`, async () => {
+      let d = await startInProcess(yaml)
+      let admin = adminOf(d)
+      try {
+        await admin.removeAllRules()
+        await admin.addRule({source: '127.0.0.51', to: 'staging', note: 'k'})
+        await admin.addRule({source: '127.0.0.52', to: 'staging', note: 'y'.repeat(1500)})
+        await squeeze(admin, '127.0.0.51')
+        let saves = 0
+        let secondSave!: () => void
+        const asked = new Promise<void>((resolve) => (secondSave = resolve))
+        StateStore.prototype.save = async function (this: StateStore, rules) {
+          if (++saves === 1) await Promise.race([asked, new Promise((r) => setTimeout(r, 200))])
+          else secondSave()
+          return realSave.call(this, rules)
+        }
+        // Two clients: one undici connection would send the rm only after the add's answer.
+        const other = adminOf(d)
+        const [add, rm] = await Promise.allSettled([
+          admin.addRule({source: '127.0.0.53', to: 'staging', note: 'x'.repeat(200)}),
+          new Promise((r) => setImmediate(r)).then(() => other.removeRule('127.0.0.52')),
+        ]).finally(() => other.close())
+        StateStore.prototype.save = realSave
+        assert.equal(add.status, 'rejected', 'the add does not fit on the disk')
+        assert.equal((add as PromiseRejectedResult).reason.code, 'DIVERT_ERR_STATE_WRITE')
+        assert.equal(rm.status, 'fulfilled', `the rm fits: ${(rm as PromiseRejectedResult).reason?.message}`)
+        const told = (await admin.rules()).map((r) => r.source)
+        assert.deepEqual(told, ['127.0.0.51'], 'in force now: what the callers were told')
+        await admin.close()
+        await d.stop()
+        disk.unfill()
+        d = await startInProcess(yaml)
+        admin = adminOf(d)
+        const restored = (await admin.rules()).map((r) => r.source)
+        assert.deepEqual(restored, ['127.0.0.51'], 'after the restart: the failed add is absent, the rm stays done')
+        assert.deepEqual(JSON.parse(readFileSync(state, 'utf8')).rules.map((r: {source: string}) => r.source), ['127.0.0.51'])
+      } finally {
+        StateStore.prototype.save = realSave
+        disk.unfill()
+        await admin.close()
+        await d.stop()
+      }
+    })
+  }
 })

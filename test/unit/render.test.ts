@@ -75,7 +75,7 @@ test('issue 11.13: every human renderer escapes the strings that come from outsi
     sessionsTable: sessionsTable([session({listener: HOSTILE, backend: HOSTILE, taps: {[HOSTILE]: {state: HOSTILE}}})]),
     statusText: statusText(status(HOSTILE)),
     explainText: explainText([{ip: '127.0.0.2', listener: HOSTILE, rule: bad, backend: HOSTILE, server: '127.0.0.1:1', mirror: HOSTILE, record: HOSTILE, fallbackFrom: HOSTILE, refused: null, limit: HOSTILE, reasons: [HOSTILE]}]),
-    addRuleText: addRuleText({rule: bad, replaced: bad, existing: {policy: 'keep', matched: 2, killed: 0}}),
+    addRuleText: addRuleText({rule: bad, replaced: bad, existing: {policy: 'keep', matched: 2, killed: 0}, kept: {note: HOSTILE}}),
     removeText: removeText({removed: [bad], restored: [bad]}),
     reloadText: reloadText({configFile: HOSTILE, listeners: {added: [HOSTILE], removed: [], changed: []}, backends: {added: [], removed: [HOSTILE], changed: []}, rules: 1}),
     renderReplay: renderReplay(replay(HOSTILE)),

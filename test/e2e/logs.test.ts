@@ -12,7 +12,7 @@ import {writeFileSync} from 'node:fs'
 import {join} from 'node:path'
 import {BIN, tempDir} from '../helpers/daemon.js'
 import {startServer, freePort, readLine, until, whoAnswers, type TestServer} from '../helpers/servers.js'
-import {cpuTicks, rssKiB, writeCalls} from '../helpers/proc.js'
+import {cpuTicks, openFds, rssKiB, writeCalls} from '../helpers/proc.js'
 
 /**
  * Each ends with one "session closed" line (~330 bytes): 1,200 are ~390 KiB, more than the pipe
@@ -107,6 +107,7 @@ describe('log output nobody reads', () => {
     const d = await startUnread(dir, 'unread', backend)
     daemons.push(d.proc)
     const pid = d.proc.pid!
+    const fdsIdle = openFds(pid)
     const rssBefore = rssKiB(pid)
     await sessions(d.port, FLOOD_SESSIONS)
     const rssAfter = rssKiB(pid)
@@ -122,6 +123,8 @@ describe('log output nobody reads', () => {
     // Unread again until the pipe is full: waiting writes are retried now and then, not in a loop.
     d.reading(false)
     await sessions(d.port, 600)
+    // The last sessions' ends (and their close writes) must be over before idle is measured.
+    await until(() => openFds(pid) <= fdsIdle, 10_000, 'the daemon holding no session descriptors')
     // (Backing off from 100 ms to 1 s between attempts: at most 100+200+400+800 ms fit, plus a spare.)
     const blocked = await idleWrites(pid)
     assert.ok(blocked <= 6, `${blocked} write calls in 1.5 s idle with the pipe full`)
@@ -134,11 +137,14 @@ describe('log output nobody reads', () => {
     const d = await startUnread(dir, 'gone', backend)
     daemons.push(d.proc)
     // The reader stops reading (the pipe fills, writes wait), then closes its end for good.
+    const pid = d.proc.pid!
+    const fdsIdle = openFds(pid)
     await sessions(d.port, 600)
     d.proc.stdout!.destroy()
     await sessions(d.port, 200)
+    // The last sessions' ends (and their close writes) must be over before idle is measured.
+    await until(() => openFds(pid) <= fdsIdle, 10_000, 'the daemon holding no session descriptors')
     // Idle for 1.5 s: a destination retried every 100 ms (or in a loop) shows up as CPU time.
-    const pid = d.proc.pid!
     const ticks = cpuTicks(pid)
     const gone = await idleWrites(pid)
     assert.ok(gone <= 2, `${gone} write calls in 1.5 s idle with the log reader gone`)

@@ -2,7 +2,7 @@
  * What /proc says about a child process (proc(5)): its resident memory, CPU time and which signals
  * it catches — facts a test can wait for or bound instead of guessing timing.
  */
-import {readFileSync} from 'node:fs'
+import {readFileSync, readdirSync} from 'node:fs'
 import {constants} from 'node:os'
 
 function status(pid: number): string {
@@ -36,4 +36,9 @@ export function catches(pid: number, signal: NodeJS.Signals): boolean {
   }
   const mask = BigInt(`0x${/^SigCgt:\s+(\w+)/m.exec(text)?.[1] ?? '0'}`)
   return (mask & (1n << BigInt(constants.signals[signal] - 1))) !== 0n
+}
+
+/** Descriptors the process holds now (entries of /proc/PID/fd). */
+export function openFds(pid: number): number {
+  return readdirSync(`/proc/${pid}/fd`).length
 }

@@ -18,8 +18,10 @@ function onTerminal(nodeArgs: string[], env: NodeJS.ProcessEnv): Promise<{code: 
   const quoted = [process.execPath, ...nodeArgs].map((a) => `'${a.replace(/'/g, `'\\''`)}'`).join(' ')
   return new Promise((resolve, reject) => {
     // Neither variable inherited: Node counts FORCE_COLOR as set even when empty (and then warns about NO_COLOR).
-    const {FORCE_COLOR: _force, NO_COLOR: _no, ...inherited} = process.env
-    const p = spawn('script', ['-q', '-e', '-c', quoted, '/dev/null'], {stdio: ['ignore', 'pipe', 'pipe'], env: {...inherited, ...env}})
+    // Nor CI: supports-color (oclif's help) turns colour off on a terminal when CI is set, as .ci/run
+    // does; and a terminal type, since CI may run with none.
+    const {FORCE_COLOR: _force, NO_COLOR: _no, CI: _ci, ...inherited} = process.env
+    const p = spawn('script', ['-q', '-e', '-c', quoted, '/dev/null'], {stdio: ['ignore', 'pipe', 'pipe'], env: {...inherited, TERM: 'xterm-256color', ...env}})
     let out = ''
     p.stdout.on('data', (c: Buffer) => (out += c))
     p.stderr.on('data', (c: Buffer) => (out += c))

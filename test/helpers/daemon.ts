@@ -155,7 +155,9 @@ export interface CliResult {
 /** Runs `bin/run.js ARGS` to completion. */
 export function runCli(args: string[], opts: {env?: NodeJS.ProcessEnv; timeoutMs?: number} = {}): Promise<CliResult> {
   return new Promise((resolve, reject) => {
-    const proc = spawn(process.execPath, [BIN, ...args], {stdio: ['ignore', 'pipe', 'pipe'], env: {...process.env, ...opts.env}})
+    // A COLUMNS the test runner inherited would narrow every table the tests match: only a test sets it.
+    const {COLUMNS: _columns, ...inherited} = process.env
+    const proc = spawn(process.execPath, [BIN, ...args], {stdio: ['ignore', 'pipe', 'pipe'], env: {...inherited, ...opts.env}})
     let stdout = ''
     let stderr = ''
     proc.stdout.on('data', (c: Buffer) => (stdout += c))

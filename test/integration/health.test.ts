@@ -158,6 +158,8 @@ describe('issue 11.22: health checks to a proxy_protocol backend', () => {
     for (const version of ['v2', 'v1', 'v2', 'v1'] as const) await tcpConnectCheck(hap.server, 2000, {proxyProtocol: version})
     // A marker the log must show: one connect without a header, which HAProxy reports as an error.
     await tcpConnectCheck(hap.server, 2000)
+    // HAProxy logs a connection when it ends, after our side is done: wait for the lines, then stop it.
+    await until(() => hap.lines.some((l) => / fe\/\d+: /.test(l)) && hap.lines.filter((l) => / fe be\/s1 /.test(l)).length >= 5, 10_000, 'HAProxy to log the checks').catch(() => undefined)
     const log = await hap.stop()
     // tcplog: a session is "fe be/s1 …"; a connection that failed before one, "fe/1: <why>".
     const errors = log.filter((l) => / fe\/\d+: /.test(l))
@@ -175,7 +177,7 @@ function hasHaproxy(): boolean {
  * HAProxy in the foreground with a TCP frontend `bind … accept-proxy` in front of a loopback server,
  * logging every connection (and every connection error) to stdout. Ready once a check goes through.
  */
-async function startHaproxy(t: {after(fn: () => unknown): void}): Promise<{server: Server; stop(): Promise<string[]>}> {
+async function startHaproxy(t: {after(fn: () => unknown): void}): Promise<{server: Server; lines: string[]; stop(): Promise<string[]>}> {
   const dir = mkdtempSync(join(tmpdir(), 'divert-haproxy-'))
   const behind = new LoopbackServer()
   const behindPort = await behind.listen()
@@ -213,7 +215,7 @@ backend be
   t.after(stop)
   const server = backendFor(port).servers[0]
   await until(() => tcpConnectCheck(server, 1000, {proxyProtocol: 'v2'}).then(() => true, () => false), 10_000, `haproxy to listen on ${port}: ${lines.join(' | ')}`)
-  return {server, stop}
+  return {server, lines, stop}
 }
 
 describe('HealthChecker against a real server (loopback)', () => {

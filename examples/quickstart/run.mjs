@@ -28,13 +28,14 @@ try {
   process.exit(1)
 }
 console.log(`
-divert quickstart — try, in another terminal (the client binds a loopback source, like a device):
+divert quickstart — try, in another terminal (the client binds a loopback source, like a device;
+\`divert\` is on PATH after \`npm link\`, otherwise use \`node bin/run.js\` from this folder):
   node examples/quickstart/client.mjs --from 127.0.0.2      # prod-1 or prod-2 answers (weighted 2:1)
-  npx divert add 127.0.0.2 --to staging                     # divert just that "device" to staging
+  divert add 127.0.0.2 --to staging                         # divert just that "device" to staging
   node examples/quickstart/client.mjs --from 127.0.0.2      # staging answers, naming the real client (PROXY v2)
   node examples/quickstart/client.mjs --from 127.0.0.3      # everyone else still reaches prod
-  npx divert list; npx divert sessions; npx divert explain 127.0.0.2
-  npx divert rm 127.0.0.2                                   # back to production
+  divert list; divert sessions; divert explain 127.0.0.2
+  divert rm 127.0.0.2                                       # back to production
   node examples/quickstart/client.mjs --from 127.0.0.2 --udp   # UDP through the same daemon
 `)
 const daemon = spawn(process.execPath, [here('../../bin/run.js'), 'start', ...startArgs], {stdio: ['ignore', 'inherit', 'inherit'], detached: true})

@@ -9,16 +9,34 @@
 import {test, before, after, describe} from 'node:test'
 import assert from 'node:assert/strict'
 import type net from 'node:net'
+import {join} from 'node:path'
+import {Writable} from 'node:stream'
 import {startInProcess, type InProcess} from '../helpers/daemon.js'
 import {closed, connect, readBytes, readLine, startServer, until, type TestServer} from '../helpers/servers.js'
 import type {AdminClient} from '../../src/admin/client.js'
 import {adminOf, metric, metrics} from '../faults/kit.js'
+
+/** A disk that takes bytes and never says they are written, until released. */
+class StalledDisk extends Writable {
+  private held: Array<() => void> = []
+  private stalled = true
+  override _write(_chunk: Buffer, _enc: BufferEncoding, cb: () => void): void {
+    if (this.stalled) this.held.push(cb)
+    else cb()
+  }
+
+  release(): void {
+    this.stalled = false
+    for (const cb of this.held.splice(0)) cb()
+  }
+}
 
 describe('issue 12.7: /metrics through prom-client', () => {
   let d: InProcess
   let admin: AdminClient
   let prod: TestServer, slow: TestServer, sink: TestServer
   let port: number
+  const stalled = new StalledDisk()
 
   before(async () => {
     prod = await startServer('prod')
@@ -38,6 +56,7 @@ backends:
   })
 
   after(async () => {
+    stalled.release()
     await admin?.close()
     await d?.stop()
     await Promise.all([prod, slow, sink].map((s) => s?.close()))
@@ -108,5 +127,16 @@ backends:
     })
     const m = await metrics(d)
     assert.deepEqual({active: metric(m, 'divert_server_sessions_active', labels), total: metric(m, 'divert_server_sessions_total', labels)}, {active: 0, total: 1})
+  })
+
+  test('issue 12.7: a recording whose disk falls behind: the packets it drops are in divert_recording_dropped_total', async () => {
+    const path = join(d.daemon.config.file, '..', 'slow.pcap')
+    // The daemon's own RecordingSet, holding the file first with a disk that never finishes a write
+    // and a small queue; the rule below takes another reference on the same recording.
+    await d.daemon.recordings.acquire(path, {maxBytes: 1e9, queueBytes: 64 * 1024, openStream: async () => stalled})
+    await admin.addRule({source: '127.0.0.73', record: path})
+    await session('127.0.0.73', 1024 * 1024)
+    const dropped = metric(await metrics(d), 'divert_recording_dropped_total', {file: path})
+    assert.ok(dropped > 0, `divert_recording_dropped_total{file="${path}"} is ${dropped}`)
   })
 })

@@ -15,7 +15,6 @@ import {checkBackend, checkListener, type KeptFields} from './rules/service.js'
 import {isRefusal} from './rules/router.js'
 import type {SessionFilter} from './session/registry.js'
 import {formatEndpoint} from './net/endpoint.js'
-import {renderMetrics, type MetricFamily} from './admin/metrics.js'
 import type {Control} from './admin/routes.js'
 import type {
   AddRuleRequest, AddRuleResult, BackendView, KeptView, ExplainResult, KillResult, ReloadResult, RemoveRulesResult,
@@ -150,8 +149,8 @@ export class DaemonControl implements Control {
     return [...this.d.backends.values()].map((b) => b.snapshot())
   }
 
-  metrics(): string {
-    return renderMetrics(collectMetrics(this.d))
+  metrics(): Promise<string> {
+    return this.d.metrics.render()
   }
 
   reload(who: string): Promise<ReloadResult> {
@@ -169,27 +168,6 @@ export class DaemonControl implements Control {
   private audit(action: string, who: string, what: Record<string, unknown>): void {
     this.d.logger.info({audit: true, action, by: who, at: new Date().toISOString(), ...what}, `audit: ${action} by ${who}`)
   }
-}
-
-function collectMetrics(d: Daemon): MetricFamily[] {
-  const counters = d.registry.counters()
-  const lb = (c: {listener: string; backend: string}): Record<string, string> => ({listener: c.listener, backend: c.backend})
-  const rules = d.rules.snapshot()
-  const servers = [...d.backends.values()].flatMap((b) => b.servers.map((s) => ({backend: b.name, s})))
-  return [
-    {name: 'divert_up', help: 'Seconds since the daemon started.', type: 'gauge', samples: [{value: (Date.now() - d.startedAt) / 1000}]},
-    {name: 'divert_sessions_active', help: 'Live sessions (TCP connections and UDP flows).', type: 'gauge', samples: counters.map((c) => ({labels: lb(c), value: c.active}))},
-    {name: 'divert_sessions_total', help: 'Sessions started.', type: 'counter', samples: counters.map((c) => ({labels: lb(c), value: c.sessions}))},
-    {name: 'divert_sessions_closed_total', help: 'Sessions ended, by cause.', type: 'counter', samples: counters.flatMap((c) => Object.entries(c.closedBy).map(([cause, n]) => ({labels: {...lb(c), cause}, value: n})))},
-    {name: 'divert_sessions_refused_total', help: 'New sessions refused (no server up, limits).', type: 'counter', samples: [...d.refused.entries()].map(([listener, n]) => ({labels: {listener}, value: n}))},
-    {name: 'divert_bytes_in_total', help: 'Bytes received from clients.', type: 'counter', samples: counters.map((c) => ({labels: lb(c), value: c.bytesIn + c.liveBytesIn}))},
-    {name: 'divert_bytes_out_total', help: 'Bytes sent to clients.', type: 'counter', samples: counters.map((c) => ({labels: lb(c), value: c.bytesOut + c.liveBytesOut}))},
-    {name: 'divert_rules', help: 'Rules in the table, by origin.', type: 'gauge', samples: (['config', 'runtime'] as const).map((o) => ({labels: {origin: o}, value: rules.filter((r) => r.origin === o).length}))},
-    {name: 'divert_rule_hits_total', help: 'New sessions each rule matched.', type: 'counter', samples: rules.map((r) => ({labels: {rule: r.id, source: r.source}, value: r.hits}))},
-    {name: 'divert_server_up', help: 'Server health: 1 up, 0 down.', type: 'gauge', samples: servers.map(({backend, s}) => ({labels: {backend, server: s.key}, value: s.up ? 1 : 0}))},
-    {name: 'divert_server_sessions_active', help: 'Live sessions per server.', type: 'gauge', samples: servers.map(({backend, s}) => ({labels: {backend, server: s.key}, value: s.active}))},
-    {name: 'divert_server_sessions_total', help: 'Sessions given to each server.', type: 'counter', samples: servers.map(({backend, s}) => ({labels: {backend, server: s.key}, value: s.total}))},
-  ]
 }
 
 /** What a replacing add took over from the old rule, as the API shows it. */

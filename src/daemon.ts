@@ -30,6 +30,7 @@ import {prepareSocketDir, resolveAdminTarget} from './admin/paths.js'
 import {RecordingSet} from './capture/recorder.js'
 import {createMirrorTap, createUnavailableMirrorTap} from './capture/mirror.js'
 import {DaemonControl} from './control.js'
+import {DaemonMetrics, type MetricsSource} from './admin/metrics.js'
 import type {GlobalLimit} from './net/limits.js'
 import {capacity, openFds, openFilesLimit, FD_RESERVE, type FdLimits} from './fdlimit.js'
 import type {ReloadResult} from './admin/protocol.js'
@@ -65,6 +66,10 @@ export class Daemon {
   /** The one way rules change (admin, expiry, reload, boot): see src/rules/service.ts. */
   readonly ruleService: RuleService
   capacity?: {openFiles: number; tcpSessions: number; udpFlows: number}
+  /** This daemon's Prometheus registry (GET /metrics). */
+  readonly metrics: DaemonMetrics
+  /** Bytes mirrors dropped, per mirror backend (read at scrape time). */
+  readonly mirrorDropped = new Map<string, number>()
   private admin?: AdminServer
   private checkers: HealthChecker[] = []
   private ticker?: NodeJS.Timeout
@@ -75,13 +80,29 @@ export class Daemon {
     const now = opts.now ?? Date.now
     this.startedAt = now()
     this.rules = new RuleTable({now, configFile: opts.configFile})
-    this.registry = new SessionRegistry({logger: opts.logger, now})
+    this.metrics = new DaemonMetrics(this.metricsSource())
+    this.registry = new SessionRegistry({
+      logger: opts.logger, now, onConnect: (s, ms) => this.metrics.connected(s, ms), onClose: (s, ms) => this.metrics.closed(s, ms),
+    })
     this.router = new Router({rules: this.rules, backends: this.backends})
     this.recordings = new RecordingSet()
     this.ruleService = new RuleService({
       table: this.rules, recordings: this.recordings, logger: opts.logger, now,
       config: () => this.config, backends: () => this.backends, onChange: () => this.retap(),
     })
+  }
+
+  /** What /metrics reads at scrape time; the owners are looked up then (a reload replaces the backends). */
+  private metricsSource(): MetricsSource {
+    return {
+      startedAt: this.startedAt,
+      counters: () => this.registry.counters(),
+      refused: () => this.refused.entries(),
+      rules: () => this.rules.snapshot(),
+      servers: () => [...this.backends.values()].flatMap((b) => b.servers.map((s) => ({backend: b.name, key: s.key, up: s.up, active: s.active, total: s.total}))),
+      mirrorDropped: () => this.mirrorDropped.entries(),
+      recordingDropped: () => this.recordings.dropped().entries(),
+    }
   }
 
   get logger(): Logger {
@@ -166,12 +187,27 @@ export class Daemon {
     }
   }
 
+  /**
+   * A mirror copy holds its server as a session does (acquire now, release when the tap closes: at
+   * session end or when a rule change detaches it), so leastconn and the per-server counts see it.
+   */
   private mirrorTap(mirror: Backend, meta: SessionMeta): Tap {
+    const onDrop = (n: number): void => { this.mirrorDropped.set(mirror.name, (this.mirrorDropped.get(mirror.name) ?? 0) + n) }
     const server = mirror.pick(meta.client.address)
-    if (!server) return createUnavailableMirrorTap(mirror.name)
-    return createMirrorTap(meta, {backend: mirror.name, server: server.address, proxyProtocol: mirror.config.proxyProtocol}, {
-      bufferBytes: this.config.mirrorBufferBytes, logger: this.logger, local: meta.local,
+    if (!server) return createUnavailableMirrorTap(mirror.name, {onDrop})
+    server.acquire()
+    const tap = createMirrorTap(meta, {backend: mirror.name, server: server.address, proxyProtocol: mirror.config.proxyProtocol}, {
+      bufferBytes: this.config.mirrorBufferBytes, logger: this.logger, local: meta.local, onDrop,
     })
+    let held = true
+    return {
+      ...tap,
+      close: (cause, reset) => {
+        if (held) server.release()
+        held = false
+        tap.close?.(cause, reset)
+      },
+    }
   }
 
   /**

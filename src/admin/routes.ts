@@ -23,7 +23,7 @@ export interface Control {
   killSessions(filter: SessionFilter, who: string): KillResult
   killSession(id: string, who: string): KillResult
   backends(): BackendView[]
-  metrics(): string
+  metrics(): Promise<string>
   reload(who: string): Promise<ReloadResult>
 }
 

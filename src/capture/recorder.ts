@@ -279,6 +279,8 @@ export interface RecordingSnapshot extends RecordingStats {
  */
 export class RecordingSet {
   private readonly entries = new Map<string, SetEntry>()
+  /** Packets dropped by recordings already closed, per file, so the metric never goes down. */
+  private readonly closedDropped = new Map<string, number>()
 
   async acquire(path: string, opts: RecordingOptions): Promise<Recording> {
     const key = resolve(path)
@@ -302,6 +304,14 @@ export class RecordingSet {
     this.entries.delete(key)
     const rec = await entry.ready.catch(() => undefined)
     await rec?.close()
+    if (rec) this.closedDropped.set(key, (this.closedDropped.get(key) ?? 0) + rec.stats().droppedPackets)
+  }
+
+  /** Packets dropped per file since the daemon started, open and closed recordings alike (for /metrics). */
+  dropped(): Map<string, number> {
+    const out = new Map(this.closedDropped)
+    for (const [key, e] of this.entries) if (e.recording) out.set(key, (out.get(key) ?? 0) + e.recording.stats().droppedPackets)
+    return out
   }
 
   get(path: string): Recording | undefined {

@@ -201,6 +201,7 @@ class TcpConnection implements SessionTransport, DeadlineWaiter {
   onConnected(): void {
     this.connected = true
     this.proxy.deadlines.connectDone(this)
+    this.proxy.context.registry.connected(this.session)
   }
 
   onConnectDeadline(timeoutMs: number): void {

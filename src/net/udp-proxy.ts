@@ -309,6 +309,7 @@ class UdpFlow implements SessionTransport {
     const queued = this.queue ?? []
     this.queue = undefined
     if (this.closed) return
+    this.ctx.registry.connected(this.session)
     for (const m of queued) this.forward(m)
   }
 

@@ -96,6 +96,10 @@ interface CounterKey {
 export interface RegistryOptions {
   logger: Logger
   now?: () => number
+  /** Told once per session when its upstream is connected, with the ms since it was added (metrics). */
+  onConnect?: (s: Session, ms: number) => void
+  /** Told once per session when it ends, with its lifetime in ms (metrics). */
+  onClose?: (s: Session, ms: number) => void
 }
 
 export class SessionRegistry {
@@ -103,6 +107,8 @@ export class SessionRegistry {
   private readonly totals = new Map<string, Totals>()
   private readonly logger: Logger
   private readonly now: () => number
+  private readonly onConnect?: (s: Session, ms: number) => void
+  private readonly onClose?: (s: Session, ms: number) => void
   private seq = 0
   /** Last tick's clock: cheap "now" for per-datagram paths. */
   coarseNow: number
@@ -110,6 +116,8 @@ export class SessionRegistry {
   constructor(opts: RegistryOptions) {
     this.logger = opts.logger
     this.now = opts.now ?? Date.now
+    this.onConnect = opts.onConnect
+    this.onClose = opts.onClose
     this.coarseNow = this.now()
   }
 
@@ -127,6 +135,12 @@ export class SessionRegistry {
     return session
   }
 
+  /** The proxy connected the session's upstream socket (TCP 'connect', UDP connect callback); once per session. */
+  connected(session: Session): void {
+    if (session.closed) return
+    this.onConnect?.(session, this.now() - session.startedAt)
+  }
+
   /** Records the end of a session once: counters into totals, one log line, taps told. */
   close(session: Session, cause: CloseCause, reset = false, extra?: Record<string, unknown>): void {
     if (session.closed) return
@@ -138,6 +152,8 @@ export class SessionRegistry {
     t.bytesIn += bytesIn
     t.bytesOut += bytesOut
     t.closedBy[cause] = (t.closedBy[cause] ?? 0) + 1
+    const durationMs = this.now() - session.startedAt
+    this.onClose?.(session, durationMs)
     for (const tap of session.taps) {
       try {
         tap.close?.(cause, reset)
@@ -151,7 +167,7 @@ export class SessionRegistry {
       session: session.id, protocol: session.protocol, client: formatEndpoint(session.client.address, session.client.port),
       listener: session.listener, rule: session.rule ?? null, backend: session.backend,
       server: formatEndpoint(session.server.address, session.server.port), bytesIn, bytesOut,
-      durationMs: this.now() - session.startedAt, cause,
+      durationMs, cause,
     }
     if (extra) Object.assign(line, extra)
     this.logger.info(line, 'session closed')

@@ -23,15 +23,21 @@ import {runInNewContext} from 'node:vm'
 export const PRIME_BYTES = 16 * 1024 * 1024
 
 export function primeAllocator(): void {
-  let chunk: Buffer | undefined = Buffer.allocUnsafeSlow(PRIME_BYTES)
-  // Touch it so the allocation cannot be elided.
-  chunk[0] = 1
-  chunk = undefined
+  allocateAndDrop()
   // Free it now, not at whichever GC comes next: a start-up that allocates little may reach its first
   // bulk transfer before any GC has run, and until the chunk is freed glibc keeps its default
   // thresholds (measured: 130–220 faults/MB and a third of the throughput until then). A full GC
-  // through V8's own gc() (exposed for this one call) frees the chunk's backing store.
+  // through V8's own gc() (exposed for this one call) frees the chunk's backing store. The chunk is
+  // allocated in a frame of its own that has returned by then: a reference still held in the caller's
+  // registers would make this GC promote the chunk to the old generation instead, where it could
+  // outlive the first transfers (seen: the same slow runs, intermittently).
   collectGarbage()
+}
+
+function allocateAndDrop(): void {
+  const chunk = Buffer.allocUnsafeSlow(PRIME_BYTES)
+  // Touch it so the allocation cannot be elided.
+  chunk[0] = 1
 }
 
 function collectGarbage(): void {

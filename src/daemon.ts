@@ -17,6 +17,7 @@ import {HealthChecker, tcpConnectCheck} from './backends/health.js'
 import {RuleTable} from './rules/table.js'
 import {Router, type Decision} from './rules/router.js'
 import {StateStore} from './rules/state.js'
+import {missingNames} from './rules/spec.js'
 import {RuleService} from './rules/service.js'
 import {SessionRegistry, type Session} from './session/registry.js'
 import {TapSet} from './session/fanout.js'
@@ -321,9 +322,9 @@ export class Daemon {
   /** A runtime rule must keep its backends and listener: refuse a config that drops them, naming the rule. */
   private checkRuntimeRules(next: Config, backends: Map<string, Backend>): void {
     for (const r of this.rules.rulesOf('runtime')) {
-      const missing = [r.to, r.mirror].find((b) => b && !backends.has(b))
-      if (missing) throw new DivertError('CONFIG_INVALID', `${next.file}: backend "${missing}" is gone but runtime rule ${r.id} (${r.source}) uses it: remove the rule first (divert rm ${r.id}) or keep the backend`)
-      if (r.listener && !next.listeners.some((l) => l.name === r.listener)) throw new DivertError('CONFIG_INVALID', `${next.file}: listener "${r.listener}" is gone but runtime rule ${r.id} (${r.source}) is scoped to it: remove the rule first (divert rm ${r.id})`)
+      const [missing] = missingNames(r, {backends, listeners: next.listeners})
+      if (missing?.kind === 'backend') throw new DivertError('CONFIG_INVALID', `${next.file}: backend "${missing.name}" is gone but runtime rule ${r.id} (${r.source}) uses it: remove the rule first (divert rm ${r.id}) or keep the backend`)
+      if (missing?.kind === 'listener') throw new DivertError('CONFIG_INVALID', `${next.file}: listener "${missing.name}" is gone but runtime rule ${r.id} (${r.source}) is scoped to it: remove the rule first (divert rm ${r.id})`)
     }
   }
 

@@ -8,7 +8,8 @@
  */
 import {DivertError} from '../errors.js'
 import {RuleTable} from '../rules/table.js'
-import {StateStore, missingNames} from '../rules/state.js'
+import {StateStore} from '../rules/state.js'
+import {formatMissing, missingNames} from '../rules/spec.js'
 import {loadConfig} from './load.js'
 import type {Config} from './types.js'
 
@@ -51,7 +52,7 @@ async function checkStateRules(config: Config, state: string, table: RuleTable):
   for (const r of rules) {
     const missing = missingNames(r, config)
     try {
-      if (missing.length > 0) throw new Error(`names ${missing.join(' and ')}, which the config does not have; \`divert start\` would skip it`)
+      if (missing.length > 0) throw new Error(`names ${formatMissing(missing)}, which the config does not have; \`divert start\` would skip it`)
       table.add(r, 'runtime')
     } catch (error) {
       problems.push(`${state}: runtime rule ${r.id} for ${r.source}: ${(error as Error).message}`)

@@ -1,7 +1,9 @@
 /**
  * Rule specs: the one check of a rule's own fields (source, actions, expiry, size limit), shared by
  * `divert add` and the state file loader, so a rule refused at runtime is refused from disk too.
- * Names of backends and listeners are checked by their owner against the config in force (RuleService).
+ * missingNames() is the one cross-check of the backend and listener names a rule uses against a
+ * config: reload refuses a config that drops a runtime rule's name, start-up skips such a stored rule,
+ * `divert check` reports it (RuleService checks new rules against the config in force).
  *
  *   divert add ─┐
  *               ├─▶ checkRuleSpec ─▶ RuleTable
@@ -35,4 +37,22 @@ export function checkRuleSpec(spec: Partial<Record<keyof RuleSpec, unknown>>): a
 
 function invalid(message: string): DivertError {
   return new DivertError('INVALID_ARGUMENT', message)
+}
+
+/** A backend or listener a rule names that a config does not have. */
+export interface MissingName {
+  kind: 'backend' | 'listener'
+  name: string
+}
+
+/** What `rule` names that `config` lacks: its `to`/`mirror` backends, then its listener. */
+export function missingNames(rule: Pick<RuleSpec, 'to' | 'mirror' | 'listener'>, config: {backends: {has(name: string): boolean}; listeners: ReadonlyArray<{name: string}>}): MissingName[] {
+  const backends = [rule.to, rule.mirror].filter((b): b is string => b !== undefined && !config.backends.has(b)).map((name) => ({kind: 'backend' as const, name}))
+  const listener = rule.listener && !config.listeners.some((l) => l.name === rule.listener) ? [{kind: 'listener' as const, name: rule.listener}] : []
+  return [...backends, ...listener]
+}
+
+/** `backend "x" and listener "y"`, for messages. */
+export function formatMissing(missing: MissingName[]): string {
+  return missing.map((m) => `${m.kind} "${m.name}"`).join(' and ')
 }

@@ -16,7 +16,7 @@ import {constants as fsConstants, promises as fs} from 'node:fs'
 import {randomBytes} from 'node:crypto'
 import {basename, dirname, join} from 'node:path'
 import {DivertError} from '../errors.js'
-import type {Config, RuleSpec} from '../config/types.js'
+import type {RuleSpec} from '../config/types.js'
 import {checkRuleSpec} from './spec.js'
 
 export interface StoredRule extends RuleSpec {
@@ -153,16 +153,6 @@ export class StateStore implements RuleStore {
       await dh.close()
     }
   }
-}
-
-/**
- * What a stored runtime rule names that `config` no longer has (`backend "x"`, `listener "y"`): such a
- * rule is not applied at start-up, and `divert check` reports it.
- */
-export function missingNames(rule: RuleSpec, config: Pick<Config, 'backends' | 'listeners'>): string[] {
-  const backends = [rule.to, rule.mirror].filter((b): b is string => b !== undefined && !config.backends.has(b)).map((b) => `backend "${b}"`)
-  const listener = rule.listener && !config.listeners.some((l) => l.name === rule.listener) ? [`listener "${rule.listener}"`] : []
-  return [...backends, ...listener]
 }
 
 function isAlive(pid: number): boolean {

@@ -103,10 +103,12 @@ export interface ClientOpts {
   port: number
   host?: string
   localAddress?: string
+  /** Keep the writable side open after a read EOF: what `ending` needs to tell a FIN from a reset. */
+  allowHalfOpen?: boolean
 }
 
 export async function connect(opts: ClientOpts): Promise<net.Socket> {
-  const socket = net.connect({port: opts.port, host: opts.host ?? '127.0.0.1', localAddress: opts.localAddress})
+  const socket = net.connect({port: opts.port, host: opts.host ?? '127.0.0.1', localAddress: opts.localAddress, allowHalfOpen: opts.allowHalfOpen})
   await once(socket, 'connect')
   return socket
 }
@@ -183,6 +185,31 @@ export function closed(socket: net.Socket): Promise<{error?: NodeJS.ErrnoExcepti
     if (socket.destroyed && socket.closed) return resolve({})
     socket.on('error', (e) => (error = e))
     socket.once('close', () => resolve({error}))
+  })
+}
+
+/**
+ * How a connection ended: by a reset or by a FIN. A Node client cannot tell from 'end' alone: when a
+ * reset arrives with data still unread, libuv reports EOF (FIELD-NOTES, Resets). So, as divert does
+ * itself, an empty write follows the EOF: after a FIN it succeeds, after a reset it fails. The socket
+ * must be opened with `allowHalfOpen: true`, or Node ends our side before the probe.
+ */
+export function ending(socket: net.Socket): Promise<{reset: boolean; error?: NodeJS.ErrnoException}> {
+  return new Promise((resolve) => {
+    let error: NodeJS.ErrnoException | undefined
+    let reset = false
+    socket.on('error', (e: NodeJS.ErrnoException) => {
+      error ??= e
+      if (e.code === 'ECONNRESET' || e.code === 'EPIPE') reset = true
+    })
+    socket.once('end', () => {
+      if (!socket.writable) return
+      socket.write(Buffer.alloc(0), (e) => {
+        if (e) reset = true
+        socket.destroy()
+      })
+    })
+    socket.once('close', () => resolve({reset, error}))
   })
 }
 

@@ -31,7 +31,7 @@ export class DaemonControl implements Control {
     const sum = (f: (c: (typeof counters)[number]) => number): number => counters.reduce((a, c) => a + f(c), 0)
     return {
       version: VERSION, pid: process.pid, configFile: this.d.config.file, startedAt: new Date(this.d.startedAt).toISOString(),
-      uptimeMs: Date.now() - this.d.startedAt,
+      uptimeMs: this.d.clock.now() - this.d.startedAt,
       listeners: [...this.d.proxies.values()].map((p) => {
         const a = p.address()
         return {
@@ -56,7 +56,8 @@ export class DaemonControl implements Control {
     const prefix = parseCidr(req.source)
     const forMs = req.for === undefined ? undefined : parseDuration(req.for, '--for')
     if (forMs === 0) throw new DivertError('INVALID_DURATION', '--for must be longer than 0')
-    const expiresAt = forMs === undefined ? undefined : Date.now() + forMs
+    // The daemon's clock, the one the rule table and the expiry timer read: `expiresAt` and the expiry agree.
+    const expiresAt = forMs === undefined ? undefined : this.d.clock.now() + forMs
     // Checked before anything changes: a rule ending past the last Date (ECMA-262 TimeClip: 8.64e15 ms,
     // year 275760) could be added but never shown (toISOString throws).
     if (expiresAt !== undefined && !Number.isFinite(new Date(expiresAt).getTime())) {

@@ -3,7 +3,8 @@
  * that changes it, backends with health checkers, session registry, recordings), binds every listener
  * and the admin API, then runs the coarse activity/idle tick (the RuleService runs expiry). Live
  * sessions' mirror/record taps follow rule changes (retap). stop() drains: stop accepting, let live
- * sessions finish for the grace period, close the rest.
+ * sessions finish for the grace period, close the rest. Every owner it builds reads time and sets
+ * timers through the one clock it was given (src/clock.ts).
  *
  *   config ─▶ RuleService(RuleTable) + Backends + Registry ─▶ Router ─▶ Tcp/Udp proxies ◀─ AdminServer ◀─ CLI
  */
@@ -12,6 +13,7 @@ import type {Logger} from 'pino'
 import {loadConfig} from './config/load.js'
 import type {Config, ListenerConfig} from './config/types.js'
 import {DivertError} from './errors.js'
+import {realClock, type Clock, type Timer} from './clock.js'
 import {Backend} from './backends/backend.js'
 import {HealthChecker, tcpConnectCheck} from './backends/health.js'
 import {RuleTable} from './rules/table.js'
@@ -43,7 +45,9 @@ export interface DaemonOptions {
   logger: Logger
   env?: NodeJS.ProcessEnv
   connect?: Connector
-  now?: () => number
+  /** Time and timers for every owner the daemon builds (tests inject a fake one); realClock when absent. */
+  clock?: Clock
+  /** The coarse activity/idle tick's period (default 1000 ms): idle times have this granularity. */
   tickMs?: number
   /** Test seam: skip touching the real open-files limit. */
   fdLimits?: FdLimits
@@ -60,6 +64,7 @@ export class Daemon {
   readonly recordings: RecordingSet
   readonly proxies = new Map<string, ListenerProxy>()
   readonly startedAt: number
+  readonly clock: Clock
   readonly refused = new Map<string, number>()
   /** Live sessions over all listeners against `limits.max_connections`. */
   readonly globalLimit: GlobalLimit = {live: 0, max: 0}
@@ -73,22 +78,24 @@ export class Daemon {
   readonly mirrorDropped = new Map<string, number>()
   private admin?: AdminServer
   private checkers: HealthChecker[] = []
-  private ticker?: NodeJS.Timeout
+  private ticker?: Timer
+  /** Resolves the drain's wait when the last session closes. */
+  private drained?: () => void
   private stopping?: Promise<void>
   private ready = false
 
   private constructor(readonly opts: DaemonOptions) {
-    const now = opts.now ?? Date.now
-    this.startedAt = now()
-    this.rules = new RuleTable({now, configFile: opts.configFile})
+    const clock = (this.clock = opts.clock ?? realClock)
+    this.startedAt = clock.now()
+    this.rules = new RuleTable({clock, configFile: opts.configFile})
     this.metrics = new DaemonMetrics(this.metricsSource())
     this.registry = new SessionRegistry({
-      logger: opts.logger, now, onConnect: (s, ms) => this.metrics.connected(s, ms), onClose: (s, ms) => this.metrics.closed(s, ms),
+      logger: opts.logger, clock, onConnect: (s, ms) => this.metrics.connected(s, ms), onClose: (s, ms) => this.onSessionClosed(s, ms),
     })
     this.router = new Router({rules: this.rules, backends: this.backends})
     this.recordings = new RecordingSet()
     this.ruleService = new RuleService({
-      table: this.rules, recordings: this.recordings, logger: opts.logger, now,
+      table: this.rules, recordings: this.recordings, logger: opts.logger, clock,
       config: () => this.config, backends: () => this.backends, onChange: () => this.retap(),
     })
   }
@@ -110,6 +117,11 @@ export class Daemon {
     return this.opts.logger
   }
 
+  private onSessionClosed(s: Session, ms: number): void {
+    this.metrics.closed(s, ms)
+    if (this.registry.size === 0) this.drained?.()
+  }
+
   static async start(opts: DaemonOptions): Promise<Daemon> {
     const d = new Daemon(opts)
     try {
@@ -125,7 +137,7 @@ export class Daemon {
     this.config = await loadConfig(this.opts.configFile)
     this.globalLimit.max = this.config.maxConnections
     this.checkFdLimit()
-    this.backends = buildBackends(this.config)
+    this.backends = buildBackends(this.config, this.clock)
     this.router.state = {rules: this.rules, backends: this.backends}
     this.rules.replaceConfigRules(this.config.rules)
     await this.ruleService.restore(this.config.state ? new StateStore(this.config.state) : undefined)
@@ -134,7 +146,7 @@ export class Daemon {
     for (const l of this.config.listeners) this.proxies.set(l.name, this.createProxy(l))
     for (const p of this.proxies.values()) await p.listen()
     await this.startAdmin()
-    this.ticker = setInterval(() => this.tick(), this.opts.tickMs ?? 1000)
+    this.ticker = this.clock.setInterval(() => this.tick(), this.opts.tickMs ?? 1000)
     this.logger.info({
       listeners: [...this.proxies.values()].map((p) => `${p.config.name} ${p.config.protocol} ${endpointString(p.config.bind)}`),
       admin: this.adminSocket, rules: this.rules.size, capacity: this.capacity,
@@ -156,7 +168,7 @@ export class Daemon {
 
   createProxy(l: ListenerConfig): ListenerProxy {
     const ctx = {
-      router: this.router, registry: this.registry, logger: this.logger.child({listener: l.name}), connect: this.opts.connect, global: this.globalLimit,
+      router: this.router, registry: this.registry, logger: this.logger.child({listener: l.name}), connect: this.opts.connect, global: this.globalLimit, clock: this.clock,
       tapsFor: (d: Decision, meta: SessionMeta) => this.tapsFor(d, meta),
       onRefused: (listener: string) => this.refused.set(listener, (this.refused.get(listener) ?? 0) + 1),
     }
@@ -232,7 +244,7 @@ export class Daemon {
   private startHealth(): void {
     for (const b of this.backends.values()) {
       if (!b.config.health || b.config.health.check === 'none' || this.checkers.some((c) => c.backend === b)) continue
-      const checker = new HealthChecker(b, {check: tcpConnectCheck, logger: this.logger})
+      const checker = new HealthChecker(b, {check: tcpConnectCheck, logger: this.logger, clock: this.clock})
       checker.start()
       this.checkers.push(checker)
     }
@@ -287,7 +299,7 @@ export class Daemon {
     const backends = new Map<string, Backend>()
     for (const b of next.backends.values()) {
       const old = this.backends.get(b.name)
-      backends.set(b.name, old && sameJson(old.config, b) ? old : new Backend(b))
+      backends.set(b.name, old && sameJson(old.config, b) ? old : new Backend(b, {clock: this.clock}))
     }
     this.checkRuntimeRules(next, backends)
     // The new config rules are validated and built beside the live ones, in slices (sessions keep flowing).
@@ -383,23 +395,36 @@ export class Daemon {
   }
 
   private async shutdown(drainMs: number): Promise<void> {
-    clearInterval(this.ticker)
+    this.clock.clearTimeout(this.ticker)
     this.ruleService.stop()
     await Promise.all([...this.proxies.values()].map((p) => p.close()))
     if (this.registry.size > 0) {
       this.logger.info({sessions: this.registry.size, drainMs}, 'draining live sessions')
-      await waitFor(() => this.registry.size === 0, drainMs)
+      await this.drain(drainMs)
     }
     if (this.registry.size > 0) {
       this.logger.warn({sessions: this.registry.size}, 'drain period over: closing the remaining sessions')
       this.registry.kill({}, 'shutdown')
-      await waitFor(() => this.registry.size === 0, 2000)
+      await this.drain(2000)
     }
     for (const p of this.proxies.values()) if (p instanceof UdpProxy) p.destroy()
     for (const c of this.checkers) c.stop()
     await this.admin?.close()
     await this.recordings.closeAll()
-    if (this.ready) this.logger.info({uptimeMs: Date.now() - this.startedAt}, 'divert stopped')
+    if (this.ready) this.logger.info({uptimeMs: this.clock.now() - this.startedAt}, 'divert stopped')
+  }
+
+  /** Resolves when the last live session has closed, or after `ms` on the daemon's clock. */
+  private drain(ms: number): Promise<void> {
+    if (this.registry.size === 0 || ms <= 0) return Promise.resolve()
+    return new Promise((resolve) => {
+      const timer = this.clock.setTimeout(() => this.drained?.(), ms)
+      this.drained = () => {
+        this.drained = undefined
+        this.clock.clearTimeout(timer)
+        resolve()
+      }
+    })
   }
 }
 
@@ -408,8 +433,8 @@ function metaOf(s: Session): SessionMeta {
   return {id: s.id, protocol: s.protocol, listener: s.listener, backend: s.backend, rule: s.rule, client: s.client, server: s.server, startedAt: s.startedAt}
 }
 
-export function buildBackends(config: Config): Map<string, Backend> {
-  return new Map([...config.backends.values()].map((b) => [b.name, new Backend(b)]))
+export function buildBackends(config: Config, clock?: Clock): Map<string, Backend> {
+  return new Map([...config.backends.values()].map((b) => [b.name, new Backend(b, {clock})]))
 }
 
 function readToken(file: string): string {
@@ -496,17 +521,4 @@ async function bindAll(proxies: ListenerProxy[]): Promise<void> {
 async function closeProxy(p: ListenerProxy): Promise<void> {
   await p.close()
   if (p instanceof UdpProxy) p.destroy()
-}
-
-function waitFor(done: () => boolean, ms: number): Promise<void> {
-  return new Promise((resolve) => {
-    if (done()) return resolve()
-    const deadline = Date.now() + ms
-    const t = setInterval(() => {
-      if (done() || Date.now() >= deadline) {
-        clearInterval(t)
-        resolve()
-      }
-    }, 50)
-  })
 }

@@ -13,6 +13,7 @@ import type PinoPretty from 'pino-pretty'
 import {escapeControl} from './cli/escape.js'
 import {colorAllowed} from './cli/terminal.js'
 import {FdWriter} from './log-writer.js'
+import {realClock, type Clock, type Timer} from './clock.js'
 
 export type LogFormat = 'pretty' | 'json'
 export type {Logger}
@@ -42,17 +43,6 @@ export interface LineSink {
   flushSync?(): void
 }
 
-export interface BatchTimers {
-  set(fn: () => void, ms: number): unknown
-  clear(handle: unknown): void
-}
-
-const realTimers: BatchTimers = {
-  // unref: a pending log write must not keep a stopping daemon alive; runForeground flushes at exit.
-  set: (fn, ms) => setTimeout(fn, ms).unref(),
-  clear: (handle) => clearTimeout(handle as NodeJS.Timeout),
-}
-
 /**
  * Gathers log lines and hands them to the sink in batches. Under load the daemon writes one line per
  * closed session; an async write per line costs a thread-pool round trip each (measured: ~11% of the
@@ -60,7 +50,7 @@ const realTimers: BatchTimers = {
  */
 export class BatchedDestination implements DestinationStream {
   private buffered = ''
-  private timer: unknown
+  private timer?: Timer
   private readonly onTimer = (): void => {
     this.timer = undefined
     this.flush()
@@ -70,20 +60,21 @@ export class BatchedDestination implements DestinationStream {
     private readonly sink: LineSink,
     private readonly batchMs = 100,
     private readonly batchBytes = 64 * 1024,
-    private readonly timers: BatchTimers = realTimers,
+    private readonly clock: Clock = realClock,
   ) {}
 
   write(line: string): boolean {
     this.buffered += line
     if (this.buffered.length >= this.batchBytes) this.flush()
-    else if (this.timer === undefined) this.timer = this.timers.set(this.onTimer, this.batchMs)
+    // unref: a pending log write must not keep a stopping daemon alive; runForeground flushes at exit.
+    else if (this.timer === undefined) this.timer = this.clock.setTimeout(this.onTimer, this.batchMs).unref()
     return true
   }
 
   /** Hands what is buffered to the sink (which writes it asynchronously); pino's logger.flush(cb) lands here. */
   flush(cb?: (error?: Error) => void): void {
     if (this.timer !== undefined) {
-      this.timers.clear(this.timer)
+      this.clock.clearTimeout(this.timer)
       this.timer = undefined
     }
     if (this.buffered.length > 0) {

@@ -8,6 +8,7 @@
 import type {BackendConfig, BalanceMethod, HealthConfig, ProxyProtocolVersion, ServerConfig} from '../config/types.js'
 import {endpointString, type Endpoint} from '../net/endpoint.js'
 import {createBalancer, type Balancer} from './balancer.js'
+import {realClock, type Clock} from '../clock.js'
 
 export interface CheckResult {
   ok: boolean
@@ -39,7 +40,8 @@ export interface BackendView {
 }
 
 interface ServerOptions {
-  now?: () => number
+  /** Times `lastChange` (realClock when absent). */
+  clock?: Clock
   /** Called after `up` changes, so the backend can refresh its list of up servers. */
   onUpChange?: () => void
 }
@@ -60,7 +62,7 @@ export class Server {
     this.address = config.address
     this.weight = config.weight
     this.key = endpointString(config.address)
-    this.now = opts.now ?? Date.now
+    this.now = (opts.clock ?? realClock).now
     this.onUpChange = opts.onUpChange
     this.lastChange = this.now()
   }
@@ -98,7 +100,7 @@ export class Server {
 export interface BackendOptions {
   /** Randomness for the `random` balancer (tests pass a seeded generator). */
   random?: () => number
-  now?: () => number
+  clock?: Clock
 }
 
 export class Backend {
@@ -113,7 +115,7 @@ export class Backend {
     this.name = config.name
     this.config = config
     const onUpChange = (): void => { this.upServers = undefined }
-    this.servers = config.servers.map((s) => new Server(s, {now: opts.now, onUpChange}))
+    this.servers = config.servers.map((s) => new Server(s, {clock: opts.clock, onUpChange}))
     this.balancer = createBalancer(config.balance, this.servers, opts.random)
   }
 

@@ -8,6 +8,7 @@
 import {EventEmitter} from 'node:events'
 import net from 'node:net'
 import type {Logger} from 'pino'
+import {realClock, type Clock, type Timer} from '../clock.js'
 import type {HealthConfig, ProxyProtocolVersion} from '../config/types.js'
 import type {Backend, Server} from './backend.js'
 import {encodeProxyLocal} from './proxy-protocol.js'
@@ -19,15 +20,10 @@ export interface CheckOptions {
 
 export type HealthCheck = (server: Server, timeoutMs: number, opts?: CheckOptions) => Promise<void>
 
-export interface Timers {
-  setTimeout(fn: () => void, ms: number): unknown
-  clearTimeout(handle: unknown): void
-}
-
 export interface HealthCheckerOptions {
   check: HealthCheck
-  timers?: Timers
-  now?: () => number
+  /** The daemon's clock: intervals, the timeout guard, check times (realClock when absent). */
+  clock?: Clock
   logger?: Logger
 }
 
@@ -52,22 +48,16 @@ interface ServerState {
   successes: number
   failures: number
   /** The timer of the next check, while waiting for it. */
-  next?: unknown
+  next?: Timer
   /** The timeout guard of the check in flight. */
-  guard?: unknown
-}
-
-const realTimers: Timers = {
-  setTimeout: (fn, ms) => setTimeout(fn, ms),
-  clearTimeout: (handle) => clearTimeout(handle as ReturnType<typeof setTimeout>),
+  guard?: Timer
 }
 
 export class HealthChecker extends EventEmitter<{change: [HealthChange]}> {
   readonly backend: Backend
   private readonly config?: HealthConfig
   private readonly check: HealthCheck
-  private readonly timers: Timers
-  private readonly now: () => number
+  private readonly clock: Clock
   private readonly logger?: Logger
   private readonly states: ServerState[]
   private running = false
@@ -80,8 +70,7 @@ export class HealthChecker extends EventEmitter<{change: [HealthChange]}> {
     const health = backend.config.health
     this.config = health && health.check !== 'none' ? health : undefined
     this.check = opts.check
-    this.timers = opts.timers ?? realTimers
-    this.now = opts.now ?? Date.now
+    this.clock = opts.clock ?? realClock
     this.logger = opts.logger
     this.states = backend.servers.map((server) => ({server, successes: 0, failures: 0}))
   }
@@ -103,8 +92,8 @@ export class HealthChecker extends EventEmitter<{change: [HealthChange]}> {
     this.running = false
     this.epoch++
     for (const state of this.states) {
-      if (state.next !== undefined) this.timers.clearTimeout(state.next)
-      if (state.guard !== undefined) this.timers.clearTimeout(state.guard)
+      this.clock.clearTimeout(state.next)
+      this.clock.clearTimeout(state.guard)
       state.next = state.guard = undefined
     }
   }
@@ -112,19 +101,19 @@ export class HealthChecker extends EventEmitter<{change: [HealthChange]}> {
   private run(state: ServerState, config: HealthConfig): void {
     state.next = undefined
     const epoch = this.epoch
-    const started = this.now()
+    const started = this.clock.now()
     let settled = false
     const finish = (error?: unknown): void => {
       if (settled) return
       settled = true
-      if (state.guard !== undefined) this.timers.clearTimeout(state.guard)
+      this.clock.clearTimeout(state.guard)
       state.guard = undefined
       if (epoch !== this.epoch) return
       this.record(state, config, started, error)
-      if (this.running) state.next = this.timers.setTimeout(() => this.run(state, config), config.intervalMs)
+      if (this.running) state.next = this.clock.setTimeout(() => this.run(state, config), config.intervalMs)
     }
     // A check that never settles must not silence this server's checks forever.
-    state.guard = this.timers.setTimeout(() => finish(new CheckTimeoutError(config.timeoutMs)), config.timeoutMs)
+    state.guard = this.clock.setTimeout(() => finish(new CheckTimeoutError(config.timeoutMs)), config.timeoutMs)
     let pending: Promise<void>
     try {
       pending = this.check(state.server, config.timeoutMs, {proxyProtocol: this.backend.config.proxyProtocol})
@@ -136,7 +125,7 @@ export class HealthChecker extends EventEmitter<{change: [HealthChange]}> {
 
   private record(state: ServerState, config: HealthConfig, started: number, error: unknown): void {
     const {server} = state
-    const at = this.now()
+    const at = this.clock.now()
     if (error === undefined) {
       server.lastCheck = {ok: true, at, latencyMs: at - started}
       state.failures = 0

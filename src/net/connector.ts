@@ -1,11 +1,12 @@
 /**
  * The injectable edge between the proxies and the network: how an upstream TCP connection is opened,
  * and how long it may take (ConnectDeadlines). Tests swap the connector to simulate black holes and
- * failures without touching real servers, and the deadline timers to run without real time.
+ * failures without touching real servers, and the clock (src/clock.ts) to run deadlines without real time.
  *
  *   TcpProxy ─connector(to)─▶ net.Socket      TcpProxy ─start/connectDone─▶ ConnectDeadlines ─▶ onConnectDeadline
  */
 import net from 'node:net'
+import {realClock, type Clock, type Timer} from '../clock.js'
 import {normalizeAddress} from '../rules/cidr.js'
 import type {Peer} from '../session/types.js'
 import type {Endpoint} from './endpoint.js'
@@ -46,25 +47,12 @@ export interface DeadlineWaiter {
   onConnectDeadline(timeoutMs: number): void
 }
 
-export interface DeadlineTimers {
-  set(fn: () => void, ms: number): unknown
-  clear(handle: unknown): void
-  now(): number
-}
-
-const realTimers: DeadlineTimers = {
-  // unref: a pending connect is kept alive by its sockets, never by its deadline.
-  set: (fn, ms) => setTimeout(fn, ms).unref(),
-  clear: (handle) => clearTimeout(handle as NodeJS.Timeout),
-  now: Date.now,
-}
-
 /** The waiters that share one timeout value: appended in deadline order, so the head expires first. */
 export interface DeadlineList {
   readonly timeoutMs: number
   head?: DeadlineWaiter
   tail?: DeadlineWaiter
-  timer?: unknown
+  timer?: Timer
 }
 
 /**
@@ -76,7 +64,7 @@ export interface DeadlineList {
 export class ConnectDeadlines {
   private readonly lists = new Map<number, DeadlineList>()
 
-  constructor(private readonly timers: DeadlineTimers = realTimers) {}
+  constructor(private readonly clock: Clock = realClock) {}
 
   /** Starts w's countdown: onConnectDeadline(timeoutMs) runs unless connectDone(w) comes first. */
   start(w: DeadlineWaiter, timeoutMs: number): void {
@@ -85,7 +73,7 @@ export class ConnectDeadlines {
       list = {timeoutMs}
       this.lists.set(timeoutMs, list)
     }
-    w.deadlineAt = this.timers.now() + timeoutMs
+    w.deadlineAt = this.clock.now() + timeoutMs
     w.deadlineList = list
     w.deadlinePrev = list.tail
     w.deadlineNext = undefined
@@ -115,12 +103,13 @@ export class ConnectDeadlines {
   }
 
   private arm(list: DeadlineList, ms: number): void {
-    list.timer = this.timers.set(() => this.expire(list), Math.max(1, ms))
+    // unref: a pending connect is kept alive by its sockets, never by its deadline.
+    list.timer = this.clock.setTimeout(() => this.expire(list), ms).unref()
   }
 
   private expire(list: DeadlineList): void {
     list.timer = undefined
-    const now = this.timers.now()
+    const now = this.clock.now()
     let w = list.head
     while (w && w.deadlineAt <= now) {
       this.connectDone(w)

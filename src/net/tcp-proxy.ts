@@ -9,6 +9,7 @@
 import net from 'node:net'
 import type {Logger} from 'pino'
 import {DivertError} from '../errors.js'
+import {realClock, type Clock} from '../clock.js'
 import {DEFAULTS, type ListenerConfig} from '../config/types.js'
 import type {Server} from '../backends/backend.js'
 import {encodeProxyV1, encodeProxyV2} from '../backends/proxy-protocol.js'
@@ -31,6 +32,8 @@ export interface ProxyContext {
   global?: GlobalLimit
   /** Counts sessions refused (no server, limits) per listener, for /metrics. */
   onRefused?: (listener: string, reason: string) => void
+  /** The daemon's clock (connect deadlines, rate limits, refusal log); realClock when absent. */
+  clock?: Clock
 }
 
 export class TcpProxy {
@@ -43,7 +46,7 @@ export class TcpProxy {
   /** @internal global, per-listener and per-source limits; TcpConnection releases its slot. */
   readonly admission: Admission
   /** @internal connect timeouts of this listener's pending upstream connections. */
-  readonly deadlines = new ConnectDeadlines()
+  readonly deadlines: ConnectDeadlines
 
   constructor(config: ListenerConfig, ctx: ProxyContext) {
     this.config = config
@@ -51,8 +54,10 @@ export class TcpProxy {
     this.connect = ctx.connect ?? tcpConnector
     this.server = net.createServer({allowHalfOpen: true, noDelay: true}, (socket) => this.accept(socket))
     this.server.on('error', (error: NodeJS.ErrnoException) => this.onServerError(error))
-    this.refusals = new RefusalLog(config.name, ctx.logger, Date.now, ctx.onRefused)
-    this.admission = new Admission(() => this.config, ctx.global ?? {live: 0, max: 0}, Date.now, 2)
+    const clock = ctx.clock ?? realClock
+    this.deadlines = new ConnectDeadlines(clock)
+    this.refusals = new RefusalLog(config.name, ctx.logger, clock.now, ctx.onRefused)
+    this.admission = new Admission(() => this.config, ctx.global ?? {live: 0, max: 0}, clock.now, 2)
   }
 
   /** The coarse tick's work for this listener: forget idle per-source limit state. */

@@ -13,6 +13,7 @@
 import {isAbsolute, dirname, resolve} from 'node:path'
 import type {Logger} from 'pino'
 import {DivertError} from '../errors.js'
+import {realClock, type Clock, type Timer} from '../clock.js'
 import type {Config, RuleSpec} from '../config/types.js'
 import type {Backend} from '../backends/backend.js'
 import type {RecordingSet} from '../capture/recorder.js'
@@ -29,7 +30,8 @@ export interface RuleServiceOptions {
   backends: () => Map<string, Backend>
   /** Told after every change that is in force, before recordings let go (live sessions' taps follow). */
   onChange?: () => void
-  now?: () => number
+  /** The daemon's clock, the table's too: the expiry timer fires when the table says a rule expired. */
+  clock?: Clock
 }
 
 /** Fields a replacing `add` did not set and took from the rule it replaced. */
@@ -48,12 +50,12 @@ export interface AddOutcome {
 export class RuleService {
   store?: RuleStore
   private queue: Promise<unknown> = Promise.resolve()
-  private expiryTimer?: NodeJS.Timeout
+  private expiryTimer?: Timer
   private stopped = false
-  private readonly now: () => number
+  private readonly clock: Clock
 
   constructor(private readonly o: RuleServiceOptions) {
-    this.now = o.now ?? Date.now
+    this.clock = o.clock ?? realClock
   }
 
   get table(): RuleTable {
@@ -103,7 +105,7 @@ export class RuleService {
       const record = spec.record === undefined ? undefined : absolute(spec.record, dirname(config.file))
       const found = this.table.find(spec.source, spec.listener)
       const old = found?.origin === 'runtime' ? found : undefined
-      const kept = old ? keptFields(old, spec, this.now()) : {}
+      const kept = old ? keptFields(old, spec, this.clock.now()) : {}
       const merged: RuleSpec = {...spec, record, ...kept}
       checkRuleSpec(merged)
       this.checkNames(merged)
@@ -150,21 +152,23 @@ export class RuleService {
     })
   }
 
-  /** One timer for the next rule expiry; re-armed whenever rules change. */
+  /**
+   * One timer for the next rule expiry; re-armed whenever rules change. An expiry further away than
+   * a timer can wait (clock.ts MAX_DELAY_MS) wakes this early: expire() finds nothing and re-arms.
+   */
   scheduleExpiry(): void {
-    clearTimeout(this.expiryTimer)
+    this.clock.clearTimeout(this.expiryTimer)
     const next = this.table.nextExpiry()
     if (next === undefined || this.stopped) return
-    const delay = Math.min(Math.max(0, next - this.now()), 2 ** 31 - 1)
-    this.expiryTimer = setTimeout(() => {
+    this.expiryTimer = this.clock.setTimeout(() => {
       this.exclusive(() => this.expire()).catch((error) => this.o.logger.error({err: error}, 'rule expiry failed'))
-    }, delay)
+    }, next - this.clock.now())
   }
 
   /** No more expiry; changes already queued still run. */
   stop(): void {
     this.stopped = true
-    clearTimeout(this.expiryTimer)
+    this.clock.clearTimeout(this.expiryTimer)
   }
 
   /** Every rule that names a recording holds one reference on it (boot: config and restored rules). */

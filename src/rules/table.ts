@@ -14,6 +14,7 @@ import {DivertError} from '../errors.js'
 import type {RuleSpec} from '../config/types.js'
 import {formatPrefix, parseCidr, readAddress, type Prefix} from './cidr.js'
 import {eachInSlices} from '../slices.js'
+import {realClock, type Clock} from '../clock.js'
 
 export type RuleOrigin = 'config' | 'runtime'
 
@@ -57,7 +58,8 @@ export interface RuleView {
 }
 
 export interface RuleTableOptions {
-  now?: () => number
+  /** The daemon's clock: expiry and creation times (realClock when absent). */
+  clock?: Clock
   /** Returns 'r' + 6 lowercase hex characters; the table retries when the id is taken. */
   newId?: () => string
   /** Named in RULE_FROM_CONFIG messages. */
@@ -189,6 +191,7 @@ function sameSpec(rule: Rule, spec: RuleSpec): boolean {
 }
 
 export class RuleTable {
+  private readonly clock: Clock
   private readonly now: () => number
   private readonly newId: () => string
   private readonly configFile?: string
@@ -203,7 +206,8 @@ export class RuleTable {
   private taken?: (id: string) => boolean
 
   constructor(opts: RuleTableOptions = {}) {
-    this.now = opts.now ?? Date.now
+    this.clock = opts.clock ?? realClock
+    this.now = this.clock.now
     this.newId = opts.newId ?? defaultId
     this.configFile = opts.configFile
   }
@@ -413,7 +417,7 @@ export class RuleTable {
    * fresh table's derived ids avoid this table's runtime rules.
    */
   private startBuild(specs: RuleSpec[]): ConfigBuild {
-    const next = new RuleTable({now: this.now, newId: this.newId, configFile: this.configFile})
+    const next = new RuleTable({clock: this.clock, newId: this.newId, configFile: this.configFile})
     next.taken = (id) => this.ids.get(id)?.origin === 'runtime'
     return {live: this, next, specs, prefixes: [], kept: [], seen: new Map()}
   }

@@ -12,6 +12,7 @@
  * comparing counters, so `idleMs` has the tick's granularity (1 s by default).
  */
 import type {Logger} from 'pino'
+import {realClock, type Clock} from '../clock.js'
 import type {Protocol} from '../config/types.js'
 import {prefixContains, type Prefix} from '../rules/cidr.js'
 import {formatEndpoint} from '../net/endpoint.js'
@@ -95,7 +96,8 @@ interface CounterKey {
 
 export interface RegistryOptions {
   logger: Logger
-  now?: () => number
+  /** The daemon's clock: session start, idle time, the tick's time (realClock when absent). */
+  clock?: Clock
   /** Told once per session when its upstream is connected, with the ms since it was added (metrics). */
   onConnect?: (s: Session, ms: number) => void
   /** Told once per session when it ends, with its lifetime in ms (metrics). */
@@ -115,7 +117,7 @@ export class SessionRegistry {
 
   constructor(opts: RegistryOptions) {
     this.logger = opts.logger
-    this.now = opts.now ?? Date.now
+    this.now = (opts.clock ?? realClock).now
     this.onConnect = opts.onConnect
     this.onClose = opts.onClose
     this.coarseNow = this.now()

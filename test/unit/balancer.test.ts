@@ -4,6 +4,7 @@ import {createBalancer, fnv1a, murmur3Block, type Balancer} from '../../src/back
 import {Backend, Server} from '../../src/backends/backend.js'
 import type {BackendConfig, BalanceMethod} from '../../src/config/types.js'
 import {parseEndpoint} from '../../src/net/endpoint.js'
+import {FakeClock} from '../helpers/clock.js'
 
 const METHODS: BalanceMethod[] = ['roundrobin', 'leastconn', 'source', 'random']
 
@@ -267,12 +268,12 @@ describe('Backend and Server', () => {
     assert.deepEqual([s.active, s.total], [0, 2])
   })
 
-  it('stamps lastChange only on a real transition', () => {
-    let now = 1000
-    const b = new Backend(backendConfig('roundrobin', [1]), {now: () => now})
+  it('stamps lastChange only on a real transition', async () => {
+    const clock = new FakeClock(1000)
+    const b = new Backend(backendConfig('roundrobin', [1]), {clock})
     const s = b.servers[0]
     assert.equal(s.lastChange, 1000)
-    now = 2000
+    await clock.advance(1000)
     s.up = true
     assert.equal(s.lastChange, 1000)
     s.up = false
@@ -281,7 +282,7 @@ describe('Backend and Server', () => {
 
   it('snapshot is plain camelCase JSON', () => {
     const cfg = {...backendConfig('leastconn', [2, 1]), proxyProtocol: 'v2' as const, health: {check: 'tcp' as const, intervalMs: 2000, timeoutMs: 1000, rise: 2, fall: 3}}
-    const b = new Backend({...cfg, servers: [{address: parseEndpoint('[::1]:23'), weight: 2}, cfg.servers[1]]}, {now: () => 5})
+    const b = new Backend({...cfg, servers: [{address: parseEndpoint('[::1]:23'), weight: 2}, cfg.servers[1]]}, {clock: new FakeClock(5)})
     b.servers[0].acquire()
     b.servers[1].up = false
     b.servers[1].lastCheck = {ok: false, at: 6, error: 'connect ECONNREFUSED'}

@@ -3,47 +3,10 @@ import assert from 'node:assert/strict'
 import {Writable} from 'node:stream'
 import pino from 'pino'
 import {Backend, type Server} from '../../src/backends/backend.js'
-import {CheckTimeoutError, HealthChecker, describeCheckError, type HealthChange, type Timers} from '../../src/backends/health.js'
+import {CheckTimeoutError, HealthChecker, describeCheckError, type HealthChange} from '../../src/backends/health.js'
 import type {BackendConfig, HealthConfig} from '../../src/config/types.js'
 import {parseEndpoint} from '../../src/net/endpoint.js'
-
-/** Timers driven by hand: `advance(ms)` runs what falls due, in order, moving the clock with it. */
-class FakeClock implements Timers {
-  now = 0
-  private seq = 0
-  private readonly pending = new Map<number, {at: number; fn: () => void}>()
-
-  setTimeout = (fn: () => void, ms: number): unknown => {
-    const id = ++this.seq
-    this.pending.set(id, {at: this.now + ms, fn})
-    return id
-  }
-
-  clearTimeout = (handle: unknown): void => {
-    this.pending.delete(handle as number)
-  }
-
-  get size(): number {
-    return this.pending.size
-  }
-
-  async advance(ms: number): Promise<void> {
-    const end = this.now + ms
-    for (;;) {
-      await flush()
-      const due = [...this.pending].filter(([, t]) => t.at <= end).sort((a, b) => a[1].at - b[1].at || a[0] - b[0])[0]
-      if (!due) break
-      this.pending.delete(due[0])
-      this.now = due[1].at
-      due[1].fn()
-    }
-    this.now = end
-    await flush()
-  }
-}
-
-/** Lets settled check promises run their callbacks (no timing involved). */
-const flush = (): Promise<void> => new Promise((resolve) => setImmediate(resolve))
+import {FakeClock} from '../helpers/clock.js'
 
 const refused = (): Error => Object.assign(new Error('connect ECONNREFUSED 127.0.0.1:1'), {code: 'ECONNREFUSED', syscall: 'connect'})
 
@@ -56,7 +19,7 @@ class FakeCheck {
   constructor(private readonly clock: FakeClock) {}
 
   check = (server: Server, timeoutMs: number): Promise<void> => {
-    this.calls.push({server: server.key, timeoutMs, at: this.clock.now})
+    this.calls.push({server: server.key, timeoutMs, at: this.clock.now()})
     const mode = this.mode.get(server.key) ?? 'ok'
     if (mode === 'ok') return Promise.resolve()
     if (mode === 'fail') return Promise.reject(refused())
@@ -86,11 +49,11 @@ function logCapture(): {logger: pino.Logger; lines: Array<Record<string, unknown
 }
 
 function setup(health: HealthConfig | null = HEALTH, n = 2) {
-  const clock = new FakeClock()
+  const clock = new FakeClock(0)
   const fake = new FakeCheck(clock)
   const b = backend(health, n)
   const {logger, lines} = logCapture()
-  const checker = new HealthChecker(b, {check: fake.check, timers: clock, now: () => clock.now, logger})
+  const checker = new HealthChecker(b, {check: fake.check, clock, logger})
   const changes: HealthChange[] = []
   checker.on('change', (c) => changes.push(c))
   return {clock, fake, b, checker, changes, lines, s0: b.servers[0], s1: b.servers[1]}
@@ -188,9 +151,9 @@ describe('HealthChecker', () => {
   })
 
   it('a check that throws synchronously is a failure, not a crash', async () => {
-    const clock = new FakeClock()
+    const clock = new FakeClock(0)
     const b = backend({...HEALTH, fall: 1}, 1)
-    const checker = new HealthChecker(b, {check: () => { throw new Error('boom') }, timers: clock, now: () => clock.now})
+    const checker = new HealthChecker(b, {check: () => { throw new Error('boom') }, clock})
     checker.start()
     await clock.advance(0)
     assert.equal(b.servers[0].up, false)

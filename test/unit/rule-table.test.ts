@@ -6,12 +6,12 @@ import {test} from 'node:test'
 import assert from 'node:assert/strict'
 import {RuleTable, hashWords, type Rule, type RuleOrigin} from '../../src/rules/table.js'
 import {DivertError} from '../../src/errors.js'
+import {FakeClock} from '../helpers/clock.js'
 
 const T0 = Date.UTC(2024, 0, 2, 3, 4, 5)
 
-function fakeClock(start = T0): {now: () => number; advance: (ms: number) => void} {
-  let t = start
-  return {now: () => t, advance: (ms) => (t += ms)}
+function fakeClock(start = T0): FakeClock {
+  return new FakeClock(start)
 }
 
 function sequentialIds(): () => string {
@@ -20,7 +20,7 @@ function sequentialIds(): () => string {
 }
 
 function newTable(clock = fakeClock()): RuleTable {
-  return new RuleTable({now: clock.now, newId: sequentialIds(), configFile: '/etc/divert/divert.yaml'})
+  return new RuleTable({clock, newId: sequentialIds(), configFile: '/etc/divert/divert.yaml'})
 }
 
 function to(table: RuleTable, address: string, listener = 'telnet'): string | undefined {
@@ -144,7 +144,7 @@ test('add refuses bad input and leaves the table unchanged', () => {
 
 test('ids: given ids are kept, collisions are retried, a bad generator is an internal error', () => {
   let calls = 0
-  const t = new RuleTable({now: fakeClock().now, newId: () => (calls++ < 3 ? 'r00000a' : 'r00000b')})
+  const t = new RuleTable({clock: fakeClock(), newId: () => (calls++ < 3 ? 'r00000a' : 'r00000b')})
   assert.equal(t.add({source: '1.1.1.1', id: 'r00000a', createdAt: T0 - 5}, 'runtime').rule.id, 'r00000a')
   assert.equal(t.get('r00000a')?.createdAt, T0 - 5)
   assert.equal(t.add({source: '2.2.2.2'}, 'runtime').rule.id, 'r00000b')
@@ -252,7 +252,7 @@ test('removing the longer prefix lets the shorter one match again', () => {
   assert.equal(to(t, '10.1.0.1'), 'back')
 })
 
-test('expiry: lookup ignores an expired rule before the sweep; expire() returns it; nextExpiry', () => {
+test('expiry: lookup ignores an expired rule before the sweep; expire() returns it; nextExpiry', async () => {
   const clock = fakeClock()
   const t = newTable(clock)
   t.add({source: '10.0.0.0/8', to: 'eight'}, 'runtime')
@@ -260,31 +260,31 @@ test('expiry: lookup ignores an expired rule before the sweep; expire() returns 
   const later = t.add({source: '10.1.1.0/24', to: 'later', expiresAt: T0 + 5000, listener: 'telnet'}, 'runtime').rule
   assert.equal(t.nextExpiry(), T0 + 1000)
   assert.equal(to(t, '10.1.0.1'), 'soon')
-  clock.advance(999)
+  await clock.advance(999)
   assert.deepEqual(t.expire(), [])
   assert.equal(to(t, '10.1.0.1'), 'soon')
-  clock.advance(1)
+  await clock.advance(1)
   assert.equal(to(t, '10.1.0.1'), 'eight', 'expiresAt <= now never matches')
   assert.equal(to(t, '10.1.1.1'), 'later')
   assert.equal(t.size, 3, 'still there until the sweep')
   assert.deepEqual(t.expire(), [soon])
   assert.equal(t.size, 2)
   assert.equal(t.nextExpiry(), T0 + 5000)
-  clock.advance(10_000)
+  await clock.advance(10_000)
   assert.equal(to(t, '10.1.1.1'), 'eight')
   assert.deepEqual(t.expire(), [later])
   assert.equal(t.nextExpiry(), undefined)
   assert.deepEqual(t.expire(), [])
 })
 
-test('an expired runtime rule uncovers the config rule it shadowed, before and after the sweep', () => {
+test('an expired runtime rule uncovers the config rule it shadowed, before and after the sweep', async () => {
   const clock = fakeClock()
   const t = newTable(clock)
   t.replaceConfigRules([{source: '10.0.0.0/8', to: 'config'}])
   t.add({source: '10.0.0.0/8', to: 'runtime', expiresAt: T0 + 10}, 'runtime')
   t.add({source: '10.0.0.0/8', to: 'scoped', expiresAt: T0 + 10, listener: 'telnet'}, 'runtime')
   assert.equal(to(t, '10.0.0.1'), 'scoped')
-  clock.advance(10)
+  await clock.advance(10)
   assert.equal(to(t, '10.0.0.1'), 'config')
   assert.equal(t.expire().length, 2)
   assert.equal(to(t, '10.0.0.1'), 'config')

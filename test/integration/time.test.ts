@@ -150,29 +150,16 @@ rules:
   test('issue 12.4: timeouts.client ends a TCP session whose client is silent, exactly at the timeout, with cause client-timeout', async () => {
     const s = await tcpClient('quiet', '127.0.0.94')
     assert.equal(await readLine(s), 'prod', 'the server talks; only the client is silent')
-    const session = await sessionOf('quiet', '127.0.0.94')
-    const gone = closed(s)
-    await clock.advance(5 * SECOND - 1)
-    assert.ok(stillOpen(session), 'open 1 ms before timeouts.client')
-    await clock.advance(1)
-    await gone
-    await until(() => closes(session.id).length === 1, 5000, 'the session closed line')
-    assert.equal(closes(session.id)[0].cause, 'client-timeout')
+    await endsAfter(s, await sessionOf('quiet', '127.0.0.94'), 5 * SECOND, 'client-timeout')
   })
 
   test('issue 12.4: backend timeouts.server ends a TCP session whose server is silent, exactly at the timeout, with cause server-timeout', async () => {
     const s = await tcpClient('mute', '127.0.0.95')
     s.write('one')
     const session = await sessionOf('mute', '127.0.0.95')
-    const gone = closed(s)
     await clock.advance(2 * SECOND)
     s.write('the client keeps talking')
-    await clock.advance(3 * SECOND - 1)
-    assert.ok(stillOpen(session), 'open 1 ms before timeouts.server')
-    await clock.advance(1)
-    await gone
-    await until(() => closes(session.id).length === 1, 5000, 'the session closed line')
-    assert.equal(closes(session.id)[0].cause, 'server-timeout')
+    await endsAfter(s, session, 3 * SECOND, 'server-timeout')
   })
 
   test('issue 12.4: bytes from the server refresh timeouts.server', async () => {
@@ -182,12 +169,17 @@ rules:
     await clock.advance(3 * SECOND)
     s.write('ping')
     assert.equal((await readBytes(s, 4)).toString(), 'ping') // seen by the tick at 4 s
+    await endsAfter(s, session, SECOND + 5 * SECOND, 'server-timeout')
+  })
+
+  /** Steps the clock to 1 ms before `ms` from now (the session still open), then onto it: closed, with `cause`. */
+  async function endsAfter(s: net.Socket, session: Session, ms: number, cause: string): Promise<void> {
     const gone = closed(s)
-    await clock.advance(SECOND + 5 * SECOND - 1)
-    assert.ok(stillOpen(session), 'open 1 ms before timeouts.server counted from the answer')
+    await clock.advance(ms - 1)
+    assert.ok(stillOpen(session), `open 1 ms before the ${cause}`)
     await clock.advance(1)
     await gone
     await until(() => closes(session.id).length === 1, 5000, 'the session closed line')
-    assert.equal(closes(session.id)[0].cause, 'server-timeout')
-  })
+    assert.equal(closes(session.id)[0].cause, cause)
+  }
 })

@@ -9,6 +9,7 @@ import {randomBytes, createHash} from 'node:crypto'
 import {startInProcess, type InProcess} from '../helpers/daemon.js'
 import {freeUdpPort, until} from '../helpers/servers.js'
 import {startUdpEcho, UdpClient, raw, silent, type UdpEcho, type Datagram} from '../helpers/udp.js'
+import {FakeClock} from '../helpers/clock.js'
 import {AdminClient} from '../../src/admin/client.js'
 import {parseCidr} from '../../src/rules/cidr.js'
 import type {DaemonOptions} from '../../src/daemon.js'
@@ -213,7 +214,8 @@ backends:
   })
 })
 
-describe('udp.idle_timeout', () => {
+describe('udp.idle_timeout (on a fake clock)', () => {
+  const clock = new FakeClock()
   let prod: UdpEcho, mute: UdpEcho
   let l: Lab
 
@@ -227,7 +229,7 @@ backends:
   mute: { servers: [ { address: "${mute.address}" } ] }
 rules:
   - { source: 127.0.0.31, to: mute }
-`, {tickMs: 100})
+`, {clock, tickMs: 100})
   })
 
   after(async () => {
@@ -235,21 +237,22 @@ rules:
     await Promise.all([prod, mute].map((s) => s?.close()))
   })
 
-  /** Resolves with how long after `since` the client's flow left the registry. */
+  /** Steps the clock a tick at a time until the client's flow left the registry; how long after `since` that was. */
   async function goneAfter(address: string, since: number): Promise<number> {
-    await until(() => l.flows('idle', address).length === 0, 4000, `the flow of ${address} to expire`)
-    return Date.now() - since
+    while (l.flows('idle', address).length > 0 && clock.now() - since < 4000) await clock.advance(100)
+    return clock.now() - since
   }
 
   test('a silent flow closes after ~1 s and logs idle-timeout; so does one whose backend never answers', async () => {
     const port = l.port('idle')
     const [talker, ignored] = await Promise.all([l.client('127.0.0.30'), l.client('127.0.0.31')])
     await talker.request('once', port)
-    const t0 = Date.now()
+    const t0 = clock.now()
     await ignored.send('into the void', port)
     await until(() => mute.received.length === 1, 2000, 'the datagram to reach the mute backend')
     assert.equal(l.flows('idle', '127.0.0.31').length, 1)
-    const [a, b] = await Promise.all([goneAfter('127.0.0.30', t0), goneAfter('127.0.0.31', t0)])
+    const a = await goneAfter('127.0.0.30', t0)
+    const b = await goneAfter('127.0.0.31', t0)
     for (const ms of [a, b]) assert.ok(ms >= 900 && ms < 2000, `closed ${ms} ms after the last datagram, expected ~1000`)
     const closes = l.d.logs.find('session closed').filter((x) => x.listener === 'idle')
     assert.deepEqual(closes.map((x) => x.cause), ['idle-timeout', 'idle-timeout'])
@@ -264,7 +267,7 @@ rules:
     const [flow] = l.flows('idle', '127.0.0.32')
     // 2.5 s of traffic every 200 ms: 2.5 idle timeouts, never 1 s of silence.
     for (let i = 1; i <= 12; i++) {
-      await new Promise((r) => setTimeout(r, 200))
+      await clock.advance(200)
       assert.equal(text(await c.request(String(i), port)), `prod:${i}`)
     }
     assert.deepEqual(l.flows('idle', '127.0.0.32').map((f) => f.id), [flow.id])
@@ -485,19 +488,21 @@ backends:
   })
 })
 
-test('zero-length keepalive datagrams keep a flow alive past the idle timeout', async () => {
+test('zero-length keepalive datagrams keep a flow alive past the idle timeout (on a fake clock)', async () => {
+  const clock = new FakeClock()
   const echo = await startUdpEcho('keep', {reply: silent})
   const h = await startInProcess(`
 listeners: [ { name: k, protocol: udp, bind: "127.0.0.1:0", backend: b, udp: { idle_timeout: 1s } } ]
 backends: { b: { servers: [ { address: "127.0.0.1:${echo.port}" } ] } }
-`, {tickMs: 100})
+`, {clock, tickMs: 100})
   const client = await UdpClient.open({local: '127.0.0.1'})
   try {
     const port = h.daemon.proxies.get('k')!.address()!.port
-    const started = Date.now()
-    while (Date.now() - started < 2500) {
+    const started = clock.now()
+    for (let sent = 1; clock.now() - started < 2500; sent++) {
       await client.send(Buffer.alloc(0), port)
-      await new Promise((r) => setTimeout(r, 200))
+      await until(() => echo.received.length === sent, 5000, 'the keepalive to reach the backend')
+      await clock.advance(200)
     }
     assert.equal(h.logs.find('session closed').length, 0, 'the flow was never closed as idle')
     assert.equal(echo.sources().size, 1, 'one upstream socket for the whole time')

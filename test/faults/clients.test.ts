@@ -3,6 +3,7 @@
  * resets, one that never reads a firehose, one that goes quiet (client timeout), and a UDP client
  * that vanishes (idle timeout). Each checks the client's and the server's view, the "session closed"
  * line and its cause, /metrics or `divert sessions`, and that a control session noticed nothing.
+ * The daemon runs on a fake clock: the timeouts come when the test advances it, not after sleeps.
  */
 import {test, before, after, describe} from 'node:test'
 import assert from 'node:assert/strict'
@@ -11,12 +12,14 @@ import {createHash, randomBytes} from 'node:crypto'
 import {startInProcess, type InProcess} from '../helpers/daemon.js'
 import {startServer, connect, readLine, readBytes, closed, freePort, freeUdpPort, until, type TestServer} from '../helpers/servers.js'
 import {startUdpEcho, UdpClient, type UdpEcho} from '../helpers/udp.js'
+import {FakeClock} from '../helpers/clock.js'
 import {ControlSession, adminOf, closedLine, metric, metrics, sessions} from './kit.js'
 
 const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex')
 const AFTER_FIN = randomBytes(1024 * 1024)
 
 describe('client faults', () => {
+  const clock = new FakeClock()
   let d: InProcess
   let control: ControlSession
   let calm: TestServer, late: TestServer, holder: TestServer, firehose: TestServer
@@ -69,7 +72,7 @@ backends:
   holder: { servers: [ { address: "${holder.address}" } ], ${none} }
   firehose: { servers: [ { address: "${firehose.address}" } ], ${none} }
   udp: { servers: [ { address: "${udp.address}" } ], ${none} }
-`, {tickMs: 50})
+`, {clock, tickMs: 50})
     control = await ControlSession.open(d, port.ctl)
   })
 
@@ -151,12 +154,12 @@ backends:
     assert.equal(await readLine(quiet), 'calm')
     assert.equal(await readLine(chatty), 'calm')
     const quietEnd = closed(quiet)
-    const started = Date.now()
-    while (Date.now() - started < 1200) {
+    const started = clock.now()
+    while (clock.now() - started < 1200) {
       const back = readBytes(chatty, 5)
       chatty.write('hello')
       assert.equal((await back).toString(), 'hello')
-      await new Promise((r) => setTimeout(r, 100))
+      await clock.advance(100)
     }
     await quietEnd
     const line = await closedLine(d, quietClient)
@@ -173,6 +176,7 @@ backends:
     const client = `127.0.0.25:${c.port}`
     assert.equal((await c.request('ping', port.udp)).payload.toString(), 'udp:ping')
     await c.close()
+    await clock.advance(300 + 50) // idle_timeout after the tick that saw the datagram
     const line = await closedLine(d, client)
     assert.equal(line.cause, 'idle-timeout')
     assert.equal(line.protocol, 'udp')

@@ -13,11 +13,16 @@
  * `now()` is wall-clock epoch milliseconds (Date.now), not monotonic time: expiry is a date that
  * users give (`expires:` in the config) and read back (`divert list`), and it must survive a restart.
  *
+ * Outside the daemon the same interface serves `divert replay` (its pacing reads the monotonic
+ * performance.now() through it, as intervals, and tests record its schedule) and the log batching
+ * (log.ts BatchedDestination), both on the real clock unless a test injects one.
+ *
  * Left on the real clock on purpose, because users read them as real times or they measure real
- * work: log and audit timestamps (log.ts, pino), pcap record timestamps (capture/recorder.ts),
- * replay pacing (capture/replay.ts, monotonic performance.now), the CPU time slices of slices.ts,
- * the CLI's own rendering (`expires in`, --watch), and the process's exit and connection-close
- * grace timers (run-daemon.ts, admin/server.ts, capture/mirror.ts, log-writer.ts).
+ * work: log and audit timestamps (log.ts, pino), pcap record timestamps (capture/recorder.ts), the
+ * CPU time slices of slices.ts, the CLI's own rendering (`expires in`, --watch), the health check's
+ * socket timeout inside tcpConnectCheck (the checker's own guard is on the clock), and the process's
+ * exit and connection-close grace timers (run-daemon.ts, admin/server.ts, capture/mirror.ts,
+ * log-writer.ts).
  */
 
 /** A pending timer, as Node's Timeout is one (a real clock returns Node's own object: no wrapper). */
@@ -58,4 +63,19 @@ export const realClock: Clock = {
   setTimeout: (fn, ms) => setTimeout(fn, timerDelay(ms)),
   setInterval: (fn, ms) => setInterval(fn, timerDelay(ms)),
   clearTimeout: (timer) => clearTimeout(timer as NodeJS.Timeout | undefined),
+}
+
+/** Resolves after `ms` on `clock` (also past MAX_DELAY_MS), or early, never rejecting, when `signal` aborts. */
+export async function sleep(clock: Clock, ms: number, signal?: AbortSignal): Promise<void> {
+  for (let left = ms; left > 0 && !signal?.aborted; left -= MAX_DELAY_MS) {
+    await new Promise<void>((resolve) => {
+      const done = (): void => {
+        clock.clearTimeout(timer)
+        signal?.removeEventListener('abort', done)
+        resolve()
+      }
+      const timer = clock.setTimeout(done, Math.min(left, MAX_DELAY_MS))
+      signal?.addEventListener('abort', done, {once: true})
+    })
+  }
 }

@@ -12,7 +12,7 @@
 import net from 'node:net'
 import dgram from 'node:dgram'
 import {performance} from 'node:perf_hooks'
-import {setTimeout as delay} from 'node:timers/promises'
+import {realClock, sleep, type Clock} from '../clock.js'
 import {DivertError, ERROR_CATALOG} from '../errors.js'
 import {endpointString, formatEndpoint, type Endpoint} from '../net/endpoint.js'
 import {formatPrefix, parseCidr, prefixContains, type Prefix} from '../rules/cidr.js'
@@ -21,24 +21,11 @@ import {readCapture, type SkipCount} from './pcap-reader.js'
 import {Reassembler, type Flow, type Gap} from './reassembly.js'
 import {compareStreams} from './compare.js'
 
-/** Milliseconds, monotonic. Injected so the schedule can be checked without real time. */
-export interface ReplayClock {
-  now(): number
-  /** Resolves after `ms`, or early (without rejecting) when `signal` aborts. */
-  sleep(ms: number, signal?: AbortSignal): Promise<void>
-}
-
-/** setTimeout's ceiling (2^31-1 ms); a longer delay would fire after 1 ms instead. */
-const MAX_TIMER_MS = 2 ** 31 - 1
-
-export const realClock: ReplayClock = {
-  now: () => performance.now(),
-  sleep: async (ms, signal) => {
-    for (let left = ms; left > 0 && !signal?.aborted; left -= MAX_TIMER_MS) {
-      await delay(Math.min(left, MAX_TIMER_MS), undefined, {signal}).catch(() => undefined)
-    }
-  },
-}
+/**
+ * The real clock read through the monotonic performance.now(): pacing only measures intervals, and a
+ * wall-clock step (NTP) must neither stall nor rush a replay. Tests inject a clock to check the schedule.
+ */
+const pacingClock: Clock = {...realClock, now: () => performance.now()}
 
 /**
  * Opens the sockets a replay talks through. TCP: returns a socket that is connecting (or connected)
@@ -86,7 +73,7 @@ export interface ReplayOptions {
   /** Flows in flight at once; later ones wait for a free slot. Default 256. */
   maxConcurrent?: number
   connect?: ReplayConnector
-  clock?: ReplayClock
+  clock?: Clock
   onProgress?: (p: ReplayProgress) => void
   signal?: AbortSignal
 }
@@ -304,14 +291,14 @@ export async function replayFlows(flows: Flow[], opts: ReplayFlowsOptions): Prom
 
 /** Shared state of one replay: options, running totals, live sockets (closed on abort). */
 class ReplayContext {
-  readonly clock: ReplayClock
+  readonly clock: Clock
   readonly connector: ReplayConnector
   readonly live = new Set<{destroy(): void}>()
   readonly counters: ReplayProgress
   private lastReport = -Infinity
 
   constructor(readonly opts: ReplayFlowsOptions, flowsTotal: number) {
-    this.clock = opts.clock ?? realClock
+    this.clock = opts.clock ?? pacingClock
     this.connector = opts.connect ?? defaultConnector
     this.counters = {flowsDone: 0, flowsTotal, bytesSent: 0, bytesReceived: 0}
   }
@@ -326,7 +313,7 @@ class ReplayContext {
 
   sleepUntil(t: number): Promise<void> {
     const ms = t - this.clock.now()
-    return ms > 0 && !this.aborted ? this.clock.sleep(ms, this.opts.signal) : Promise.resolve()
+    return ms > 0 && !this.aborted ? sleep(this.clock, ms, this.opts.signal) : Promise.resolve()
   }
 
   /** Reports progress at most every 100 ms, and always when `force`. */
@@ -462,7 +449,7 @@ class Target {
         if (done()) finish()
       }
       this.wakers.add(check)
-      if (ms !== undefined) this.ctx.clock.sleep(Math.max(0, ms), timer.signal).then(finish, finish)
+      if (ms !== undefined) sleep(this.ctx.clock, Math.max(0, ms), timer.signal).then(finish, finish)
     })
   }
 }

@@ -10,7 +10,8 @@ import {join} from 'node:path'
 import {performance} from 'node:perf_hooks'
 import {LINKTYPE} from '../../src/capture/decode.js'
 import {readCapture} from '../../src/capture/pcap-reader.js'
-import {planReplay, runReplay, type ReplayClock, type ReplayProgress} from '../../src/capture/replay.js'
+import {planReplay, runReplay, type ReplayProgress} from '../../src/capture/replay.js'
+import type {Clock, Timer} from '../../src/clock.js'
 import {reassemble} from '../../src/capture/reassembly.js'
 import {renderReplay} from '../../src/cli/render-replay.js'
 import {DivertError} from '../../src/errors.js'
@@ -137,19 +138,25 @@ function exchange(client: Addr, opts: {t0?: number; gapMs?: number; answers?: [s
 }
 
 /**
- * Records the sleeps the replay asks for and advances its own time by them: the schedule without
- * real time. Use with connectTimeoutMs 0, since here every timer fires at once.
+ * Records the timers the replay sets and advances its own time by each as it is set: the schedule
+ * without real time. Not the FakeClock: here time moves when the replay asks to wait, not when the
+ * test says. Use with connectTimeoutMs 0, since here every timer fires at once.
  */
-function recordingClock(): ReplayClock & {sleeps: number[]} {
+function recordingClock(): Clock & {sleeps: number[]} {
   let now = 0
   const sleeps: number[] = []
+  const timer: Timer = {refresh: () => timer, unref: () => timer}
   return {
     sleeps,
     now: () => now,
-    sleep: async (ms) => {
+    setTimeout: (fn, ms) => {
       sleeps.push(ms)
       now += ms
+      queueMicrotask(fn)
+      return timer
     },
+    setInterval: () => assert.fail('replay sets no interval'),
+    clearTimeout: () => undefined,
   }
 }
 

@@ -1,5 +1,5 @@
 /**
- * Expiry and idle timeouts on a fake clock (test/helpers/clock.ts) injected into an in-process
+ * Expiry, idle timeouts and health-check intervals on a fake clock (test/helpers/clock.ts) injected into an in-process
  * daemon: real loopback sockets, no real time waited for any timeout. Each test steps the clock to
  * one millisecond before a deadline and then onto it, so "not before" and "at" are both exact.
  *
@@ -28,7 +28,7 @@ describe('issue 12.4: time on a fake clock', () => {
   const clock = new FakeClock()
   let d: InProcess
   let admin: AdminClient
-  let prod: TestServer, staging: TestServer, sink: TestServer
+  let prod: TestServer, staging: TestServer, sink: TestServer, checked: TestServer
   let uprod: UdpEcho, umute: UdpEcho
   const sockets: net.Socket[] = []
   const udpClients: UdpClient[] = []
@@ -36,6 +36,7 @@ describe('issue 12.4: time on a fake clock', () => {
   before(async () => {
     ;[prod, staging] = await Promise.all([startServer('prod'), startServer('staging')])
     sink = await startServer('sink', (socket) => socket.resume())
+    checked = await startServer('checked', (socket) => socket.destroy())
     ;[uprod, umute] = await Promise.all([startUdpEcho('uprod'), startUdpEcho('umute', {reply: silent})])
     d = await startInProcess(`
 state: ./state.json
@@ -52,6 +53,7 @@ backends:
   slowecho: { servers: [ { address: "${prod.address}" } ], timeouts: { server: 5s } }
   uprod: { servers: [ { address: "${uprod.address}" } ] }
   umute: { servers: [ { address: "${umute.address}" } ] }
+  checked: { servers: [ { address: "${checked.address}" } ], health: { interval: 10s, timeout: 1s, rise: 1, fall: 1 } }
 rules:
   - { source: 127.0.0.92, to: umute }
 `, {clock, tickMs: TICK_MS})
@@ -63,7 +65,7 @@ rules:
     await Promise.all(udpClients.map((c) => c.close()))
     await admin?.close()
     await d?.stop()
-    await Promise.all([prod, staging, sink, uprod, umute].map((s) => s?.close()))
+    await Promise.all([prod, staging, sink, checked, uprod, umute].map((s) => s?.close()))
   })
 
   const port = (listener: string): number => d.daemon.proxies.get(listener)!.address()!.port
@@ -94,6 +96,22 @@ rules:
     udpClients.push(c)
     return c
   }
+
+  test('issue 12.4: a health check runs every interval on the daemon\'s clock: a server that stopped is seen down at the next check, not before', async () => {
+    const server = d.daemon.backends.get('checked')!.servers[0]
+    // First, before the clock ever moved: the check at start is the only one so far.
+    await until(() => server.lastCheck !== undefined, 5000, 'the check at start')
+    const first = server.lastCheck!
+    assert.ok(first.ok && server.up)
+    await clock.advance(5 * SECOND) // any multiple of the tick: the tests' times stay on the tick grid
+    await checked.close()
+    await clock.advance(first.at + 10 * SECOND - clock.now() - 1)
+    assert.deepEqual([server.up, server.lastCheck], [true, first], 'no check 1 ms before the interval is over')
+    await clock.advance(1)
+    await until(() => !server.up, 5000, 'the check at the interval to fail')
+    assert.equal(server.lastCheck?.at, first.at + 10 * SECOND)
+    assert.match(server.lastCheck?.error ?? '', /ECONNREFUSED/)
+  })
 
   test('issue 12.4: a rule added --for 30m is in force until exactly its expiresAt (clock + lifetime), then gone from routing, the list and the state file', async () => {
     const lifetime = 30 * 60 * SECOND

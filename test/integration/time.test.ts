@@ -1,7 +1,8 @@
 /**
- * Expiry, idle timeouts and health-check intervals on a fake clock (test/helpers/clock.ts) injected into an in-process
- * daemon: real loopback sockets, no real time waited for any timeout. Each test steps the clock to
- * one millisecond before a deadline and then onto it, so "not before" and "at" are both exact.
+ * Expiry, idle timeouts and health-check intervals on a fake clock (test/helpers/clock.ts) injected
+ * into an in-process daemon: real loopback sockets, no real time waited for any timeout. Each test
+ * steps the clock to one millisecond before a deadline and then onto it, so "not before" and "at"
+ * are both exact.
  *
  *   test ─advance(ms)─▶ FakeClock ─▶ expiry timer / coarse tick ─▶ daemon ⇄ loopback servers
  *

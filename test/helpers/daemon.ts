@@ -42,7 +42,11 @@ export interface InProcess {
   stop(drainMs?: number): Promise<void>
 }
 
-/** Starts a Daemon in this process from a YAML text; the admin socket lives in a fresh temp dir. */
+/**
+ * Starts a Daemon in this process from a YAML text; the admin socket lives in a fresh temp dir.
+ * `opts.clock` (a FakeClock from ./clock.ts) runs the daemon's expiry, idle tick (every `opts.tickMs`,
+ * default 1000), connect deadlines and health checks on time the test advances.
+ */
 export async function startInProcess(yaml: string, opts: Partial<DaemonOptions> = {}): Promise<InProcess> {
   const {dir, cleanup} = tempDir()
   const file = join(dir, 'divert.yaml')

@@ -19,10 +19,10 @@
  *
  * Left on the real clock on purpose, because users read them as real times or they measure real
  * work: log and audit timestamps (log.ts, pino), pcap record timestamps (capture/recorder.ts), the
- * CPU time slices of slices.ts, the CLI's own rendering (`expires in`, --watch), the health check's
- * socket timeout inside tcpConnectCheck (the checker's own guard is on the clock), and the process's
- * exit and connection-close grace timers (run-daemon.ts, admin/server.ts, capture/mirror.ts,
- * log-writer.ts).
+ * date in the name of a corrupt state file moved aside (rules/state.ts), the CPU time slices of
+ * slices.ts, the CLI's own rendering (`expires in`, --watch), the health check's socket timeout
+ * inside tcpConnectCheck (the checker's own guard is on the clock), and the process's exit and
+ * connection-close grace timers (run-daemon.ts, admin/server.ts, capture/mirror.ts, log-writer.ts).
  */
 
 /** A pending timer, as Node's Timeout is one (a real clock returns Node's own object: no wrapper). */

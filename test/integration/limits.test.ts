@@ -8,6 +8,7 @@ import type net from 'node:net'
 import {startServer, connect, readLine, closed, freePort, until} from '../helpers/servers.js'
 import {startInProcess} from '../helpers/daemon.js'
 import {startUdpEcho, UdpClient} from '../helpers/udp.js'
+import {FakeClock} from '../helpers/clock.js'
 
 async function held(port: number, localAddress: string): Promise<net.Socket> {
   const s = await connect({port, localAddress})
@@ -50,19 +51,22 @@ backends: { b: { servers: [ { address: "${prod.address}" } ] } }
   }
 })
 
-test('per-source rate: a burst beyond the rate is refused, the bucket refills, other sources unaffected', async () => {
+test('per-source rate: a burst beyond the rate is refused, the bucket refills, other sources unaffected (on a fake clock)', async () => {
+  const clock = new FakeClock()
   const prod = await startServer('prod')
   const p = await freePort()
   const h = await startInProcess(`
 listeners: [ { name: l, bind: "127.0.0.1:${p}", backend: b, per_source: { rate: 2 } } ]
 backends: { b: { servers: [ { address: "${prod.address}" } ] } }
-`)
+`, {clock})
   try {
     ;(await held(p, '127.0.0.2')).destroy()
     ;(await held(p, '127.0.0.2')).destroy()
     await refused(p, '127.0.0.2')
     ;(await held(p, '127.0.0.3')).destroy()
-    await new Promise((r) => setTimeout(r, 600)) // 2/s: one token back after 500 ms
+    await clock.advance(499) // 2/s: one token back after 500 ms
+    await refused(p, '127.0.0.2')
+    await clock.advance(1)
     ;(await held(p, '127.0.0.2')).destroy()
   } finally {
     await h.stop()

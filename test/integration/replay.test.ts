@@ -209,7 +209,7 @@ describe('runReplay against loopback servers', () => {
     assert.equal(srv.conns.length, 1)
     await assert.rejects(runReplay({file, to, source: '10.0.0.0/8'}), (e: unknown) => {
       assert.ok(e instanceof DivertError)
-      assert.equal(e.code, 'DIVERT_ERR_INVALID_ARGUMENT')
+      assert.equal(e.code, 'DIVERT_ERR_REPLAY_NO_FLOWS')
       assert.match(e.message, /no flow in .* has a client in 10\.0\.0\.0\/8; the capture's clients are 192\.0\.2\.10, 198\.51\.100\.7/)
       return true
     })
@@ -432,13 +432,13 @@ describe('runReplay against loopback servers', () => {
     assert.equal(report.flows[0].bytesSent, 6)
   })
 
-  test('bad options are INVALID_ARGUMENT before anything is sent', async () => {
+  test('bad options are REPLAY_BAD_OPTION before anything is sent', async () => {
     const file = writeCapture(exchange(DEVICE))
     const to = parseEndpoint('127.0.0.1:9')
     for (const bad of [{speed: 0}, {speed: -1}, {speed: Number.NaN}, {loop: 0}, {loop: 1.5}, {waitMs: -1}]) {
-      await assert.rejects(runReplay({file, to, ...bad}), (e: unknown) => e instanceof DivertError && e.code === 'DIVERT_ERR_INVALID_ARGUMENT')
+      await assert.rejects(runReplay({file, to, ...bad}), (e: unknown) => e instanceof DivertError && e.code === 'DIVERT_ERR_REPLAY_BAD_OPTION')
     }
-    await assert.rejects(runReplay({file: join(dir, 'missing.pcap'), to}), /cannot open capture file/)
+    await assert.rejects(runReplay({file: join(dir, 'missing.pcap'), to}), (e: unknown) => e instanceof DivertError && e.code === 'DIVERT_ERR_PCAP_READ' && /cannot open capture file/.test(e.message))
   })
 })
 

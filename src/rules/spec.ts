@@ -119,10 +119,10 @@ export function parseStoredRules(list: unknown[], now: number): {rules: StoredRu
   return {rules}
 }
 
-/** The source is named in the parentheses, so a problem with the source itself is not prefixed again. */
+/** The source is named in the parentheses and an unknown key in the message, so neither is prefixed again. */
 function storedProblem(index: number, raw: unknown, p: SchemaProblem): string {
   const src = typeof raw === 'object' && raw !== null && 'source' in raw ? String((raw as {source: unknown}).source) : 'no source'
-  const field = p.path.length > 0 && p.path[0] !== 'source' ? `${formatPath(p.path)}: ` : ''
+  const field = p.path.length > 0 && p.path[0] !== 'source' && !p.atKey ? `${formatPath(p.path)}: ` : ''
   return `rules[${index}] (${src}): ${field}${p.message}`
 }
 
@@ -172,7 +172,7 @@ export function parseAddRule(body: unknown, now: number): AddRule {
   const parsed = addRuleSchema(now).safeParse(absentIfEmpty(body))
   if (!parsed.success) {
     const p = issuesToProblems(parsed.error.issues)[0]
-    const field = p.path.length > 0 ? `${REQUEST_LABELS[String(p.path[0])] ?? formatPath(p.path)}: ` : ''
+    const field = p.path.length > 0 && !p.atKey ? `${REQUEST_LABELS[String(p.path[0])] ?? formatPath(p.path)}: ` : ''
     throw new DivertError(p.code ?? 'ADMIN_BAD_REQUEST', `${field}${p.message}`)
   }
   const {maxSize, for: expiresAt, existing, ...rest} = parsed.data

@@ -10,7 +10,7 @@ import {join} from 'node:path'
 import {performance} from 'node:perf_hooks'
 import {LINKTYPE} from '../../src/capture/decode.js'
 import {readCapture} from '../../src/capture/pcap-reader.js'
-import {planReplay, runReplay, type ReplayClock, type ReplayProgress} from '../../src/capture/replay.js'
+import {planReplay, replayExitCode, runReplay, type ReplayClock, type ReplayProgress} from '../../src/capture/replay.js'
 import {reassemble} from '../../src/capture/reassembly.js'
 import {renderReplay} from '../../src/cli/render-replay.js'
 import {DivertError} from '../../src/errors.js'
@@ -277,6 +277,25 @@ describe('runReplay against loopback servers', () => {
     assert.equal(report.flows[0].error, `connection refused by 127.0.0.1:${port}`)
     assert.equal(report.totals.errors, 1)
     assert.equal(report.flows[0].bytesSent, 0)
+  })
+
+  test('issue 12.7: replay throws DIVERT_ERR_REPLAY_FAILED when the target took none of the flows; failures after some went through are exit 4 after the report', async () => {
+    const probe = net.createServer()
+    probe.listen(0, '127.0.0.1')
+    await once(probe, 'listening')
+    const port = (probe.address() as net.AddressInfo).port
+    await new Promise<void>((resolve) => probe.close(() => resolve()))
+    const report = await runReplay({file: writeCapture(exchange(DEVICE)), to: parseEndpoint(`127.0.0.1:${port}`), fast: true})
+    assert.throws(() => replayExitCode(report), (e: unknown) => {
+      assert.ok(e instanceof DivertError, String(e))
+      assert.equal(e.code, 'DIVERT_ERR_REPLAY_FAILED')
+      assert.equal(e.exitCode, 4)
+      assert.match(e.message, new RegExp(`cannot replay \\S+ to 127\\.0\\.0\\.1:${port}: connection refused by 127\\.0\\.0\\.1:${port} \\(ECONNREFUSED\\); check that the target is up`))
+      return true
+    })
+    const answered = {...report.flows[0], error: undefined, errorCode: undefined, bytesReceived: 10}
+    assert.equal(replayExitCode({...report, flows: [...report.flows, answered]}), 4, 'one flow went through: the report is shown, then exit 4')
+    assert.equal(replayExitCode({...report, flows: [answered], totals: {...report.totals, errors: 0}}), 0)
   })
 
   test('a reset by the target is recorded with what was sent so far', async (t) => {

@@ -202,8 +202,8 @@ export type RuleConflict =
 /**
  * What is wrong with `rule` under `config`: its `to`/`mirror` backends and its listener, in that
  * order, then PROXY v1 on a UDP listener — v1 is a text line for TCP streams only (HAProxy
- * proxy-protocol.txt §2.1), v2 carries UDP. An unscoped rule may send to a v1 backend: its TCP
- * sessions carry the header; the config file allows it too.
+ * proxy-protocol.txt §2.1), v2 carries UDP. An unscoped rule may send to a v1 backend, as the config
+ * file always allowed: its TCP sessions carry the header, its UDP flows go without one.
  */
 export function ruleConflicts(rule: Pick<RuleSpec, 'to' | 'mirror' | 'listener'>, config: RuleContext): RuleConflict[] {
   const out: RuleConflict[] = [rule.to, rule.mirror]

@@ -121,7 +121,8 @@ export function parseStoredRules(list: unknown[], now: number): {rules: StoredRu
 
 /** The source is named in the parentheses and an unknown key in the message, so neither is prefixed again. */
 function storedProblem(index: number, raw: unknown, p: SchemaProblem): string {
-  const src = typeof raw === 'object' && raw !== null && 'source' in raw ? String((raw as {source: unknown}).source) : 'no source'
+  const given = typeof raw === 'object' && raw !== null ? (raw as {source?: unknown}).source : undefined
+  const src = given === undefined ? 'no source' : typeof given === 'string' ? given : describeValue(given)
   const field = p.path.length > 0 && p.path[0] !== 'source' && !p.atKey ? `${formatPath(p.path)}: ` : ''
   return `rules[${index}] (${src}): ${field}${p.message}`
 }

@@ -133,9 +133,10 @@ const REQUEST_LABELS: Record<string, string> = {
   listener: '--listener', for: '--for', note: '--note', existing: '--existing',
 }
 
-/** `for`: a duration above 0 from `now`, as the epoch ms the rule expires at. */
-function lifetime(now: number) {
+/** `for`: a duration above 0 from `now()`, as the epoch ms the rule expires at. */
+function lifetime(clock: () => number) {
   return scalar('a duration above 0, e.g. 30m', (v, where) => {
+    const now = clock()
     const ms = parseDuration(v, where)
     if (ms === 0) throw new DivertError('INVALID_DURATION', `${where}: ${describeValue(v)} is zero; expected a duration above 0, e.g. 30m`)
     // A rule ending past the last Date could be added but never shown (toISOString throws).
@@ -144,19 +145,20 @@ function lifetime(now: number) {
   })
 }
 
-function addRuleSchema(now: number) {
-  return strictObject({
-    source: source(),
-    to: name('backend').optional(),
-    mirror: name('backend').optional(),
-    record: path('the pcap recording').optional(),
-    maxSize: size(false).optional(),
-    listener: name('listener').optional(),
-    for: lifetime(now).optional(),
-    note: note().optional(),
-    existing: z.enum(['keep', 'kill'], expecting('keep or kill')).default('keep'),
-  }, 'a JSON object body like {"source": "192.168.100.1", "to": "staging"}').superRefine(actions(REQUEST_WORDING, 'maxSize'))
-}
+/** The time parseAddRule counts `for` from: set for each (synchronous) parse, so the schema is built once. */
+let requestTime = 0
+
+const addRuleSchema = strictObject({
+  source: source(),
+  to: name('backend').optional(),
+  mirror: name('backend').optional(),
+  record: path('the pcap recording').optional(),
+  maxSize: size(false).optional(),
+  listener: name('listener').optional(),
+  for: lifetime(() => requestTime).optional(),
+  note: note().optional(),
+  existing: z.enum(['keep', 'kill'], expecting('keep or kill')).default('keep'),
+}, 'a JSON object body like {"source": "192.168.100.1", "to": "staging"}').superRefine(actions(REQUEST_WORDING, 'maxSize'))
 
 export interface AddRule {
   spec: RuleSpec
@@ -170,7 +172,8 @@ export interface AddRule {
  * does nothing, else ADMIN_BAD_REQUEST (wrong type, unknown field).
  */
 export function parseAddRule(body: unknown, now: number): AddRule {
-  const parsed = addRuleSchema(now).safeParse(absentIfEmpty(body))
+  requestTime = now
+  const parsed = addRuleSchema.safeParse(absentIfEmpty(body))
   if (!parsed.success) {
     const p = issuesToProblems(parsed.error.issues)[0]
     const field = p.path.length > 0 && !p.atKey ? `${REQUEST_LABELS[String(p.path[0])] ?? formatPath(p.path)}: ` : ''

@@ -1,8 +1,7 @@
 /**
  * DaemonControl: what the admin API can do to a running daemon, as methods over its owners (the
  * RuleService for rule changes, registry, backends). Parses request fields (a new rule through the
- * rule schema, rules/spec.ts), and writes one audit
- * line per change (what, by whom, when).
+ * rule schema, rules/spec.ts), and writes one audit line per change (what, by whom, when).
  *
  *   AdminServer routes ─▶ DaemonControl ─▶ RuleService / SessionRegistry / Backends
  */

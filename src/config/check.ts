@@ -43,8 +43,9 @@ export function describeCheck(r: CheckResult): string {
 
 /**
  * The state file's rules, as start would restore them: a corrupt file or a rule the rule schema
- * refuses (start moves the file aside), a rule that does not fit the config (ruleConflicts: start
- * skips it) or one the table refuses (start skips it) is a problem here. Returns how many would still be live (expired ones are dropped at start-up).
+ * refuses (start moves the file aside), a rule that does not fit the config (ruleConflicts) or one
+ * the table refuses (start skips either) is a problem here. Returns how many would still be live
+ * (expired ones are dropped at start-up).
  */
 async function checkStateRules(config: Config, state: string, table: RuleTable): Promise<number> {
   const {rules, problem} = await new StateStore(state).read()

@@ -64,7 +64,10 @@ export class StateStore implements RuleStore {
     return {rules: [], movedAside: aside, problem}
   }
 
-  /** Reads the state file and changes nothing (`divert check`): a corrupt one is reported, not moved. */
+  /**
+   * Reads the state file and changes nothing (`divert check`): a corrupt one is reported, not moved.
+   * Its rules go through the rule schema (rules/spec.ts parseStoredRules), as config rules and POST /rules do.
+   */
   async read(): Promise<{rules: StoredRule[]; problem?: string}> {
     let text: string
     try {

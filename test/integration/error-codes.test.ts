@@ -6,6 +6,7 @@
 import {describe, test} from 'node:test'
 import assert from 'node:assert/strict'
 import net from 'node:net'
+import dgram from 'node:dgram'
 import http from 'node:http'
 import {once} from 'node:events'
 import {mkdirSync, writeFileSync} from 'node:fs'
@@ -42,15 +43,21 @@ const listenerOn = (bind: string, protocol = 'tcp'): string =>
 describe('issue 12.7: codes no other test reached', () => {
   test('issue 12.7: a TCP or UDP listener on a port in use fails start with DIVERT_ERR_LISTEN_FAILED (exit 4), naming the address', async () => {
     const squatter = net.createServer().listen(0, '127.0.0.1')
-    await once(squatter, 'listening')
+    const udpSquatter = dgram.createSocket('udp4').bind(0, '127.0.0.1')
+    await Promise.all([once(squatter, 'listening'), once(udpSquatter, 'listening')])
     const port = (squatter.address() as net.AddressInfo).port
+    const udpPort = udpSquatter.address().port
     try {
-      const e = await startFails(() => listenerOn(`127.0.0.1:${port}`))
-      assert.equal(e.code, 'DIVERT_ERR_LISTEN_FAILED')
-      assert.equal(e.exitCode, 4)
-      assert.match(e.message, new RegExp(`listener main cannot bind 127\\.0\\.0\\.1:${port}: the address is already in use`))
+      const tcp = await startFails(() => listenerOn(`127.0.0.1:${port}`))
+      assert.equal(tcp.code, 'DIVERT_ERR_LISTEN_FAILED')
+      assert.equal(tcp.exitCode, 4)
+      assert.match(tcp.message, new RegExp(`listener main cannot bind 127\\.0\\.0\\.1:${port}: the address is already in use`))
+      const udp = await startFails(() => listenerOn(`127.0.0.1:${udpPort}`, 'udp'))
+      assert.equal(udp.code, 'DIVERT_ERR_LISTEN_FAILED')
+      assert.match(udp.message, new RegExp(`listener main cannot bind udp 127\\.0\\.0\\.1:${udpPort}`))
     } finally {
       squatter.close()
+      udpSquatter.close()
     }
   })
 

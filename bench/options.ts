@@ -58,27 +58,27 @@ function resolveOnly(list: string): {only: TestId[]; cli: boolean} {
     if (raw === CLI_TEST) cli = true
     else if ((TEST_IDS as readonly string[]).includes(raw)) out.add(raw as TestId)
     else if (ALIASES[raw]) ALIASES[raw].forEach((t) => out.add(t))
-    else throw new DivertError('INVALID_ARGUMENT', `--only: unknown test "${raw}"; known tests: ${TEST_IDS.join(', ')}, ${CLI_TEST}; groups: ${Object.keys(ALIASES).join(', ')}`)
+    else throw new DivertError('CLI_USAGE', `--only: unknown test "${raw}"; known tests: ${TEST_IDS.join(', ')}, ${CLI_TEST}; groups: ${Object.keys(ALIASES).join(', ')}`)
   }
-  if (out.size === 0 && !cli) throw new DivertError('INVALID_ARGUMENT', '--only needs at least one test name, e.g. --only tcp-bulk,udp-rate')
+  if (out.size === 0 && !cli) throw new DivertError('CLI_USAGE', '--only needs at least one test name, e.g. --only tcp-bulk,udp-rate')
   return {only: TEST_IDS.filter((t) => out.has(t)), cli}
 }
 
 function positiveInt(flag: string, value: string | undefined): number {
   const n = Number(value)
   if (value === undefined || !Number.isInteger(n) || n < 1) {
-    throw new DivertError('INVALID_ARGUMENT', `${flag} needs a positive whole number, got ${value === undefined ? 'nothing' : `"${value}"`}`)
+    throw new DivertError('CLI_USAGE', `${flag} needs a positive whole number, got ${value === undefined ? 'nothing' : `"${value}"`}`)
   }
   return n
 }
 
 function logLevel(flag: string, value: string): DivertLogLevel {
   if ((DIVERT_LOG_LEVELS as readonly string[]).includes(value)) return value as DivertLogLevel
-  throw new DivertError('INVALID_ARGUMENT', `${flag} needs one of ${DIVERT_LOG_LEVELS.join(', ')}, got "${value}"`)
+  throw new DivertError('CLI_USAGE', `${flag} needs one of ${DIVERT_LOG_LEVELS.join(', ')}, got "${value}"`)
 }
 
 function needValue(flag: string, value: string | undefined): string {
-  if (value === undefined || value.startsWith('--')) throw new DivertError('INVALID_ARGUMENT', `${flag} needs a value`)
+  if (value === undefined || value.startsWith('--')) throw new DivertError('CLI_USAGE', `${flag} needs a value`)
   return value
 }
 
@@ -96,7 +96,7 @@ export function parseOptions(argv: string[], defaultOut: string): BenchOptions {
     else if (flag === '--only') Object.assign(o, resolveOnly(value()))
     else if (flag === '--out') o.out = value()
     else if (flag === '--divert-log-level') o.divertLogLevel = logLevel(flag, value())
-    else throw new DivertError('INVALID_ARGUMENT', `unknown option "${argv[i]}"; see --help`)
+    else throw new DivertError('CLI_USAGE', `unknown option "${argv[i]}"; see --help`)
   }
   if (o.runs === 0) o.runs = o.quick ? 1 : 3
   return o

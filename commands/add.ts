@@ -7,7 +7,9 @@ import type {AddRuleResult} from '../src/admin/protocol.js'
 export default class Add extends DivertCommand {
   static summary = 'Add or replace the rule for a source IP or CIDR: divert it, mirror it, record it.'
   static description = `The rule applies to the next new session from SOURCE at once. A source that already has a rule
-(same source, same --listener scope) gets it replaced. Live sessions stay where they are unless --existing kill.`
+(same source, same --listener scope) gets it replaced. Live sessions stay where they are unless --existing kill.
+A rule is checked as the config file checks its rules: a rule scoped to a udp listener cannot send to a backend
+with proxy_protocol: v1 (TCP-only). Empty values count as not given.`
 
   static examples = [
     '<%= config.bin %> add 192.168.100.1 --to staging',

@@ -16,7 +16,7 @@ export default class Kill extends DivertCommand {
 
   async run(): Promise<KillResult> {
     const {args, flags} = await this.parse(Kill)
-    if (!args.id === !flags.source) throw new DivertError('INVALID_ARGUMENT', 'give either a SESSION-ID or --source CIDR')
+    if (!args.id === !flags.source) throw new DivertError('CLI_USAGE', 'give either a SESSION-ID or --source CIDR')
     const client = this.adminClient(flags.admin)
     const result = args.id ? await client.killSession(args.id) : await client.killSessions({source: flags.source, backend: flags.backend, listener: flags.listener})
     this.log(`closed ${result.killed} session${result.killed === 1 ? '' : 's'}`)

@@ -7,7 +7,7 @@ import {terminalWidth} from '../src/cli/terminal.js'
 import {escapeControl} from '../src/cli/escape.js'
 import {parseDuration} from '../src/config/duration.js'
 import {parseEndpoint} from '../src/net/endpoint.js'
-import {parseSpeed, replayOutcome, runReplay, type ReplayReport} from '../src/capture/replay.js'
+import {parseSpeed, replayExitCode, runReplay, type ReplayReport} from '../src/capture/replay.js'
 
 export default class Replay extends DivertCommand {
   static summary = 'Replay the client side of a pcap capture (divert\'s own or tcpdump\'s) against a server, optionally comparing its answers.'
@@ -51,10 +51,9 @@ failed, or when the target took none of them (then one line says why, and no tab
       process.off('SIGINT', onSigint)
     })
     for (const w of report.warnings) process.stderr.write(`divert: warning: ${escapeControl(w)}\n`)
-    const outcome = replayOutcome(report)
-    if (outcome.error) throw outcome.error
+    const exitCode = replayExitCode(report)
     this.log(renderReplay(report, terminalWidth()))
-    process.exitCode = outcome.exitCode
+    process.exitCode = exitCode
     return report
   }
 }

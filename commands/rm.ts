@@ -22,7 +22,7 @@ export default class Rm extends DivertCommand {
 
   async run(): Promise<RemoveRulesResult> {
     const {args, flags} = await this.parse(Rm)
-    if (!args.rule === !flags.all) throw new DivertError('INVALID_ARGUMENT', 'give either a SOURCE or RULE-ID, or --all')
+    if (!args.rule === !flags.all) throw new DivertError('CLI_USAGE', 'give either a SOURCE or RULE-ID, or --all')
     const client = this.adminClient(flags.admin)
     const result = flags.all ? await client.removeAllRules() : await client.removeRule(args.rule!, flags.listener)
     this.log(removeText(result))

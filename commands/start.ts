@@ -38,6 +38,6 @@ SIGHUP re-reads the config file (like \`divert reload\`). Logs are pretty on a t
 
 function logBuffer(text: string): number {
   const bytes = parseSize(text, '--log-buffer')
-  if (bytes < 1024) throw new DivertError('INVALID_ARGUMENT', `--log-buffer: ${text} is too small to hold a log line: give at least 1KiB (default 4MiB)`)
+  if (bytes < 1024) throw new DivertError('INVALID_SIZE', `--log-buffer: ${text} is too small to hold a log line: give at least 1KiB (default 4MiB)`)
   return bytes
 }

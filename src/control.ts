@@ -1,23 +1,21 @@
 /**
  * DaemonControl: what the admin API can do to a running daemon, as methods over its owners (the
- * RuleService for rule changes, registry, backends). Parses request fields, and writes one audit
- * line per change (what, by whom, when).
+ * RuleService for rule changes, registry, backends). Parses request fields (a new rule through the
+ * rule schema, rules/spec.ts), and writes one audit line per change (what, by whom, when).
  *
  *   AdminServer routes ─▶ DaemonControl ─▶ RuleService / SessionRegistry / Backends
  */
 import {DivertError} from './errors.js'
-import {parseDuration} from './config/duration.js'
-import {parseSize} from './config/size.js'
 import {formatPrefix, normalizeAddress, parseCidr} from './rules/cidr.js'
 import {RuleTable, type Rule} from './rules/table.js'
-import {checkRuleSpec} from './rules/spec.js'
+import {parseAddRule} from './rules/spec.js'
 import {checkBackend, checkListener, type KeptFields} from './rules/service.js'
 import {isRefusal} from './rules/router.js'
 import type {SessionFilter} from './session/registry.js'
 import {formatEndpoint} from './net/endpoint.js'
 import type {Control} from './admin/routes.js'
 import type {
-  AddRuleRequest, AddRuleResult, BackendView, KeptView, ExplainResult, KillResult, ReloadResult, RemoveRulesResult,
+  AddRuleResult, BackendView, KeptView, ExplainResult, KillResult, ReloadResult, RemoveRulesResult,
   RuleView, SessionView, StatusView,
 } from './admin/protocol.js'
 import type {Daemon} from './daemon.js'
@@ -52,25 +50,12 @@ export class DaemonControl implements Control {
     return this.d.rules.snapshot().map((r) => RuleTable.view(r))
   }
 
-  async addRule(req: AddRuleRequest, who: string): Promise<AddRuleResult> {
-    const prefix = parseCidr(req.source)
-    const forMs = req.for === undefined ? undefined : parseDuration(req.for, '--for')
-    if (forMs === 0) throw new DivertError('INVALID_DURATION', '--for must be longer than 0')
-    // The daemon's clock, the one the rule table and the expiry timer read: `expiresAt` and the expiry agree.
-    const expiresAt = forMs === undefined ? undefined : this.d.clock.now() + forMs
-    // Checked before anything changes: a rule ending past the last Date (ECMA-262 TimeClip: 8.64e15 ms,
-    // year 275760) could be added but never shown (toISOString throws).
-    if (expiresAt !== undefined && !Number.isFinite(new Date(expiresAt).getTime())) {
-      throw new DivertError('INVALID_DURATION', `--for "${req.for}" ends after the last date a rule can carry (year 275760): give a shorter duration`)
-    }
-    const recordMaxBytes = req.maxSize === undefined ? undefined : parseSize(req.maxSize, '--max-size')
-    const spec = {source: req.source, to: req.to, mirror: req.mirror, record: req.record, recordMaxBytes, listener: req.listener, note: req.note, expiresAt}
-    checkRuleSpec(spec)
+  async addRule(body: unknown, who: string): Promise<AddRuleResult> {
+    const {spec, existing: policy} = parseAddRule(body, this.d.clock.now())
     const {rule, replaced, kept} = await this.d.ruleService.add(spec)
 
-    const filter: SessionFilter = {source: prefix, listener: req.listener}
+    const filter: SessionFilter = {source: parseCidr(spec.source), listener: spec.listener}
     const matched = [...this.d.registry.matching(filter)].length
-    const policy = req.existing ?? 'keep'
     const killed = policy === 'kill' ? this.d.registry.kill(filter, 'rule-changed') : 0
     const result: AddRuleResult = {
       rule: RuleTable.view(rule), replaced: replaced ? RuleTable.view(replaced) : null, existing: {policy, matched, killed},

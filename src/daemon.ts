@@ -19,7 +19,7 @@ import {HealthChecker, tcpConnectCheck} from './backends/health.js'
 import {RuleTable} from './rules/table.js'
 import {Router, type Decision} from './rules/router.js'
 import {StateStore} from './rules/state.js'
-import {missingNames} from './rules/spec.js'
+import {formatConflicts, ruleConflicts} from './rules/spec.js'
 import {RuleService} from './rules/service.js'
 import {SessionRegistry, type Session} from './session/registry.js'
 import {TapSet} from './session/fanout.js'
@@ -301,7 +301,7 @@ export class Daemon {
       const old = this.backends.get(b.name)
       backends.set(b.name, old && sameJson(old.config, b) ? old : new Backend(b, {clock: this.clock}))
     }
-    this.checkRuntimeRules(next, backends)
+    this.checkRuntimeRules(next)
     // The new config rules are validated and built beside the live ones, in slices (sessions keep flowing).
     const configRules = await this.rules.buildConfigRules(next.rules)
     const plan = planListeners(this.proxies, next)
@@ -331,10 +331,14 @@ export class Daemon {
     return result
   }
 
-  /** A runtime rule must keep its backends and listener: refuse a config that drops them, naming the rule. */
-  private checkRuntimeRules(next: Config, backends: Map<string, Backend>): void {
+  /**
+   * A runtime rule must still fit the new config (ruleConflicts): refuse a config that drops its
+   * backends or listener, or makes it PROXY v1 to a UDP listener, naming the rule.
+   */
+  private checkRuntimeRules(next: Config): void {
     for (const r of this.rules.rulesOf('runtime')) {
-      const [missing] = missingNames(r, {backends, listeners: next.listeners})
+      const [missing] = ruleConflicts(r, next)
+      if (missing?.kind === 'proxy-v1-udp') throw new DivertError('CONFIG_INVALID', `${next.file}: runtime rule ${r.id} (${r.source}) would no longer fit: ${formatConflicts([missing])}; remove the rule first (divert rm ${r.id}) or keep the backend's PROXY version`)
       if (missing?.kind === 'backend') throw new DivertError('CONFIG_INVALID', `${next.file}: backend "${missing.name}" is gone but runtime rule ${r.id} (${r.source}) uses it: remove the rule first (divert rm ${r.id}) or keep the backend`)
       if (missing?.kind === 'listener') throw new DivertError('CONFIG_INVALID', `${next.file}: listener "${missing.name}" is gone but runtime rule ${r.id} (${r.source}) is scoped to it: remove the rule first (divert rm ${r.id})`)
     }

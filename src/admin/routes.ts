@@ -1,20 +1,21 @@
 /**
  * The admin API's routes (DESIGN.md §5): each validates its input and makes one call on Control,
- * the daemon's facade over its owners. Wrong paths get 404, wrong methods 405 with `Allow`, wrong
+ * the daemon's facade over its owners (a POST /rules body is the rule schema's to check, in Control). Wrong paths get 404, wrong methods 405 with `Allow`, wrong
  * fields 400 — all as DivertErrors.
  */
 import {DivertError} from '../errors.js'
 import {parseCidr} from '../rules/cidr.js'
 import type {SessionFilter} from '../session/registry.js'
 import type {
-  AddRuleRequest, AddRuleResult, BackendView, ExplainResult, KillResult, ReloadResult, RemoveRulesResult,
+  AddRuleResult, BackendView, ExplainResult, KillResult, ReloadResult, RemoveRulesResult,
   RuleView, SessionView, StatusView,
 } from './protocol.js'
 
 export interface Control {
   status(): StatusView
   rules(): RuleView[]
-  addRule(req: AddRuleRequest, who: string): Promise<AddRuleResult>
+  /** `body` as sent: Control parses it with the rule schema (rules/spec.ts parseAddRule). */
+  addRule(body: unknown, who: string): Promise<AddRuleResult>
   removeRule(key: string, listener: string | undefined, who: string): Promise<RemoveRulesResult>
   removeAllRules(who: string): Promise<RemoveRulesResult>
   explain(ip: string, listener?: string): ExplainResult[]
@@ -40,7 +41,7 @@ const ROUTES: Array<{path: RegExp; methods: Record<string, Handler>}> = [
   {path: /^\/status$/, methods: {GET: (c) => c.status()}},
   {path: /^\/rules$/, methods: {
     GET: (c) => c.rules(),
-    POST: (c, ctx) => c.addRule(addRuleRequest(ctx.body), ctx.who),
+    POST: (c, ctx) => c.addRule(ctx.body, ctx.who),
     DELETE: (c, ctx) => {
       if (ctx.url.searchParams.get('all') !== 'true') throw bad('DELETE /rules needs ?all=true (or use DELETE /rules/:id-or-source)')
       return c.removeAllRules(ctx.who)
@@ -82,23 +83,6 @@ export async function routeRequest(control: Control, ctx: RequestContext): Promi
     return handler(control, ctx, params)
   }
   throw new DivertError('ADMIN_NOT_FOUND', `no admin route ${ctx.url.pathname} (routes: /status /rules /explain /sessions /backends /metrics /reload)`)
-}
-
-function addRuleRequest(body: unknown): AddRuleRequest {
-  if (!body || typeof body !== 'object' || Array.isArray(body)) throw bad('POST /rules needs a JSON object body like {"source": "192.168.100.1", "to": "staging"}')
-  const b = body as Record<string, unknown>
-  const allowed = ['source', 'to', 'mirror', 'record', 'maxSize', 'listener', 'for', 'note', 'existing']
-  const unknown = Object.keys(b).filter((k) => !allowed.includes(k))
-  if (unknown.length > 0) throw bad(`unknown field ${unknown.map((k) => `"${k}"`).join(', ')} (allowed: ${allowed.join(', ')})`)
-  for (const k of allowed) {
-    if (b[k] !== undefined && b[k] !== null && typeof b[k] !== 'string') throw bad(`field "${k}" must be a string`)
-  }
-  if (typeof b.source !== 'string' || b.source === '') throw bad('field "source" (an IP or CIDR) is required')
-  if (b.existing !== undefined && b.existing !== 'keep' && b.existing !== 'kill') throw bad('field "existing" must be "keep" or "kill"')
-  const out: Record<string, unknown> = {}
-  // An empty string means "not given", as a missing field does: it is neither validated nor stored.
-  for (const k of allowed) if (typeof b[k] === 'string' && b[k] !== '') out[k] = b[k]
-  return out as unknown as AddRuleRequest
 }
 
 function sessionFilter(url: URL): SessionFilter {

@@ -103,7 +103,7 @@ interface CheckedAddress {
 function checked(peer: AddressPort, what: string): CheckedAddress {
   const port = peer.port
   if (!Number.isInteger(port) || port < 0 || port > 65535) {
-    throw new DivertError('INVALID_ARGUMENT', `PROXY header ${what} port ${String(port)} is not an integer in 0-65535`)
+    throw new DivertError('PROXY_HEADER_INVALID', `PROXY header ${what} port ${String(port)} is not an integer in 0-65535`)
   }
   const address = normalizeAddress(peer.address)
   if (isIPv4(address)) return {address, family: 4}
@@ -148,7 +148,7 @@ function writeIPv6(buf: Buffer, offset: number, text: string): void {
 
 /**
  * Decodes a v1 or v2 header at the start of `buf`. Returns undefined while the bytes so far are a
- * valid beginning of a header (read more and call again); throws INVALID_ARGUMENT as soon as they
+ * valid beginning of a header (read more and call again); throws PROXY_HEADER_INVALID as soon as they
  * cannot be one. Addresses come back normalised (IPv4-mapped IPv6 folded to IPv4, RFC 5952 text).
  */
 export function decodeProxyHeader(buf: Buffer): ProxyHeader | undefined {
@@ -159,7 +159,7 @@ export function decodeProxyHeader(buf: Buffer): ProxyHeader | undefined {
 }
 
 function invalid(reason: string): never {
-  throw new DivertError('INVALID_ARGUMENT', `not a valid PROXY protocol header: ${reason} (HAProxy proxy-protocol.txt §2)`)
+  throw new DivertError('PROXY_HEADER_INVALID', `not a valid PROXY protocol header: ${reason} (HAProxy proxy-protocol.txt §2)`)
 }
 
 function hex(b: number): string {

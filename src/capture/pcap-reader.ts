@@ -93,11 +93,11 @@ async function readFirstBytes(path: string): Promise<{first: Buffer; size: numbe
     handle = await open(path, 'r')
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code
-    throw new DivertError('INVALID_ARGUMENT', `cannot open capture file ${path}: ${code === 'ENOENT' ? 'no such file' : String((e as Error).message)}`, {cause: e})
+    throw new DivertError('PCAP_READ', `cannot open capture file ${path}: ${code === 'ENOENT' ? 'no such file' : String((e as Error).message)}`, {cause: e})
   }
   try {
     const stat = await handle.stat()
-    if (!stat.isFile()) throw new DivertError('INVALID_ARGUMENT', `${path} is not a regular file: give the path of a .pcap file`)
+    if (!stat.isFile()) throw new DivertError('PCAP_READ', `${path} is not a regular file: give the path of a .pcap file`)
     const size = stat.size
     const first = Buffer.alloc(Math.min(FILE_HEADER, size))
     await handle.read(first, 0, first.length, 0)

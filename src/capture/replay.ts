@@ -174,22 +174,20 @@ export async function runReplay(opts: ReplayOptions): Promise<ReplayReport> {
 const UNREACHABLE = new Set(['ECONNREFUSED', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENETUNREACH', 'EADDRNOTAVAIL'])
 
 /**
- * How `divert replay` ends: a target that took none of the flows is REPLAY_FAILED on its own (one
- * line, no table: nothing was replayed); flows that failed after some did go through exit with
- * REPLAY_FAILED's status after the report; answers that differ exit 1, as cmp(1) does; else 0.
+ * How `divert replay` ends. A target that took none of the flows throws REPLAY_FAILED (one line, no
+ * table: nothing was replayed). Otherwise the exit status to set after the report: REPLAY_FAILED's
+ * when some flows failed after others went through; 1 when answers differ, as cmp(1) does; else 0.
  */
-export function replayOutcome(report: ReplayReport): {error?: DivertError; exitCode: number} {
-  const failed = ERROR_CATALOG.REPLAY_FAILED.exit
+export function replayExitCode(report: ReplayReport): number {
   const [first] = report.flows
   const unreachable = !report.aborted && first !== undefined &&
     report.flows.every((f) => UNREACHABLE.has(f.errorCode ?? '') && f.bytesReceived === 0)
   if (unreachable) {
     const n = report.flows.length
-    const error = new DivertError('REPLAY_FAILED', `cannot replay ${report.file} to ${report.to}: ${first.error} (${first.errorCode})${n > 1 ? ` for all ${n} flows` : ''}; check that the target is up and --to is right`)
-    return {error, exitCode: error.exitCode}
+    throw new DivertError('REPLAY_FAILED', `cannot replay ${report.file} to ${report.to}: ${first.error} (${first.errorCode})${n > 1 ? ` for all ${n} flows` : ''}; check that the target is up and --to is right`, {details: {flows: n, errorCode: first.errorCode}})
   }
-  if (report.totals.errors > 0) return {exitCode: failed}
-  return {exitCode: (report.totals.different ?? 0) > 0 ? 1 : 0}
+  if (report.totals.errors > 0) return ERROR_CATALOG.REPLAY_FAILED.exit
+  return (report.totals.different ?? 0) > 0 ? 1 : 0
 }
 
 function settings(opts: ReplayOptions): Settings {
@@ -209,7 +207,7 @@ function settings(opts: ReplayOptions): Settings {
   return {speed, fast: opts.fast === true, loops, waitMs, connectTimeoutMs, stallTimeoutMs, maxConcurrent, prefix}
 }
 
-const badOption = (message: string): DivertError => new DivertError('INVALID_ARGUMENT', message)
+const badOption = (message: string): DivertError => new DivertError('REPLAY_BAD_OPTION', message)
 
 /** `--speed` as typed → the pace multiplier; the error quotes the text, not what Number() made of it. */
 export function parseSpeed(text: string): number {
@@ -227,12 +225,12 @@ export function selectFlows(flows: Flow[], prefix?: Prefix): Flow[] {
 function nothingToReplay(file: string, all: Flow[], records: number, skipped: SkipCount[], source?: string): DivertError {
   if (all.length === 0) {
     const why = skipped.map((s) => `${s.count} ${s.reason}`).join(', ')
-    return new DivertError('INVALID_ARGUMENT', `${file} holds no TCP or UDP flow to replay (${records} packets${why ? `; skipped: ${why}` : ''})`)
+    return new DivertError('REPLAY_NO_FLOWS', `${file} holds no TCP or UDP flow to replay (${records} packets${why ? `; skipped: ${why}` : ''})`)
   }
   const clients = [...new Set(all.map((f) => f.client.address))]
   const shown = clients.slice(0, 5).join(', ') + (clients.length > 5 ? `, … (${clients.length} in all)` : '')
   const prefix = formatPrefix(parseCidr(source ?? ''))
-  return new DivertError('INVALID_ARGUMENT', `no flow in ${file} has a client in ${prefix}; the capture's clients are ${shown}`)
+  return new DivertError('REPLAY_NO_FLOWS', `no flow in ${file} has a client in ${prefix}; the capture's clients are ${shown}`)
 }
 
 function totals(flows: ReplayFlowResult[], compare: boolean): ReplayTotals {

@@ -61,7 +61,7 @@ export abstract class DivertCommand extends Command {
     if (err.oclif) {
       const lines = err.message.split('\n').map((l) => l.trim()).filter((l) => l !== '' && !l.startsWith('See more help'))
       const text = lines.reduce((all, l) => (all === '' ? l : `${all}${/[:;.]$/.test(all) ? ' ' : ': '}${l}`), '')
-      return new DivertError('INVALID_ARGUMENT', `${text} (see \`divert ${this.id ?? ''} --help\`)`.replace(/ {2,}/g, ' '), {cause: err})
+      return new DivertError('CLI_USAGE', `${text} (see \`divert ${this.id ?? ''} --help\`)`.replace(/ {2,}/g, ' '), {cause: err})
     }
     return new DivertError('INTERNAL', `internal error: ${err.message}`, {cause: err})
   }

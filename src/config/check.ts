@@ -9,7 +9,7 @@
 import {DivertError} from '../errors.js'
 import {RuleTable} from '../rules/table.js'
 import {StateStore} from '../rules/state.js'
-import {formatMissing, missingNames} from '../rules/spec.js'
+import {formatConflicts, ruleConflicts} from '../rules/spec.js'
 import {loadConfig} from './load.js'
 import type {Config} from './types.js'
 
@@ -42,17 +42,18 @@ export function describeCheck(r: CheckResult): string {
 }
 
 /**
- * The state file's rules, as start would restore them: a corrupt file (start moves it aside), a rule
- * naming a backend or listener the config lacks (start skips it) or an invalid one (start fails) is
- * a problem here. Returns how many would still be live (expired ones are dropped at start-up).
+ * The state file's rules, as start would restore them: a corrupt file or a rule the rule schema
+ * refuses (start moves the file aside), a rule that does not fit the config (ruleConflicts) or one
+ * the table refuses (start skips either) is a problem here. Returns how many would still be live
+ * (expired ones are dropped at start-up).
  */
 async function checkStateRules(config: Config, state: string, table: RuleTable): Promise<number> {
   const {rules, problem} = await new StateStore(state).read()
   const problems = problem ? [`${state}: ${problem}; \`divert start\` would move it aside and start without its runtime rules`] : []
   for (const r of rules) {
-    const missing = missingNames(r, config)
+    const conflicts = ruleConflicts(r, config)
     try {
-      if (missing.length > 0) throw new Error(`names ${formatMissing(missing)}, which the config does not have; \`divert start\` would skip it`)
+      if (conflicts.length > 0) throw new Error(`${formatConflicts(conflicts)}; \`divert start\` would skip it`)
       table.add(r, 'runtime')
     } catch (error) {
       problems.push(`${state}: runtime rule ${r.id} for ${r.source}: ${(error as Error).message}`)

@@ -9,20 +9,13 @@
 import {z} from 'zod'
 import {DEFAULTS} from './types.js'
 import {parseDuration} from './duration.js'
-import {parseSize} from './size.js'
 import {formatEndpoint, parseEndpoint, type Endpoint} from '../net/endpoint.js'
-import {formatAddressBytes, addressBytes, formatPrefix, parseCidr} from '../rules/cidr.js'
-import {DivertError, isDivertError} from '../errors.js'
+import {formatAddressBytes, addressBytes} from '../rules/cidr.js'
+import {configRuleSchema, proxyV1UdpMessage, ruleConflicts} from '../rules/spec.js'
+import {DivertError} from '../errors.js'
+import {describeValue, expecting, path, ref, scalar, size, strictObject, type SchemaProblem} from './fields.js'
 
-export type ConfigPath = (string | number)[]
-
-export interface SchemaProblem {
-  path: ConfigPath
-  /** What is wrong and what was expected, without the path. */
-  message: string
-  /** Point at the key itself rather than its value (unknown keys). */
-  atKey?: boolean
-}
+export {describeValue, formatPath, issuesToProblems, type ConfigPath, type SchemaProblem} from './fields.js'
 
 /** Names defined in the file, read before validation so references can be checked field by field. */
 export interface KnownNames {
@@ -32,67 +25,6 @@ export interface KnownNames {
 
 const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]*$/
 const NAME_EXPECTED = 'a name of letters, digits, "_", "." or "-" that starts with a letter or digit'
-
-/** `backends.staging.servers[0].address`; keys that are not identifier-like are quoted. */
-export function formatPath(path: readonly PropertyKey[]): string {
-  return path
-    .map((seg, i) => {
-      if (typeof seg === 'number') return `[${seg}]`
-      const key = String(seg)
-      if (!/^[A-Za-z_][A-Za-z0-9_-]*$/.test(key)) return `[${JSON.stringify(key)}]`
-      return i === 0 ? key : `.${key}`
-    })
-    .join('')
-}
-
-/** How a wrong value is named in messages: `"abc"`, `300`, `a list`, `a mapping`, `nothing`. */
-export function describeValue(v: unknown): string {
-  if (v === null || v === undefined) return 'nothing'
-  if (typeof v === 'string') return JSON.stringify(v.length > 60 ? `${v.slice(0, 57)}...` : v)
-  if (Array.isArray(v)) return v.length === 0 ? 'an empty list' : 'a list'
-  if (typeof v === 'object') return Object.keys(v).length === 0 ? 'an empty mapping' : 'a mapping'
-  return String(v)
-}
-
-function expecting(expected: string): {errorMap: z.ZodErrorMap} {
-  return {
-    errorMap: (iss, ctx) => ({
-      message: iss.code === 'invalid_type' && ctx.data === undefined
-        ? `is missing; expected ${expected}`
-        : `got ${describeValue(ctx.data)}; expected ${expected}`,
-    }),
-  }
-}
-
-/**
- * A `.strict()` object whose unknown-key issue carries the allowed keys as its message
- * (comma-separated); issuesToProblems turns it into one problem per unknown key.
- */
-function strictObject<T extends z.ZodRawShape>(shape: T, expected: string) {
-  const allowed = Object.keys(shape).join(', ')
-  const {errorMap} = expecting(expected)
-  return z
-    .object(shape, {errorMap: (iss, ctx) => (iss.code === 'unrecognized_keys' ? {message: allowed} : errorMap(iss, ctx))})
-    .strict()
-}
-
-/** Runs a divert parser on a scalar inside zod; its DivertError message becomes the issue. */
-function scalar<T>(expected: string, parse: (v: string | number, where: string) => T, numbers = false) {
-  return z.unknown().transform((v, ctx): T => {
-    const where = formatPath(ctx.path)
-    if (typeof v !== 'string' && !(numbers && typeof v === 'number')) {
-      ctx.addIssue({code: 'custom', message: v === undefined ? `is missing; expected ${expected}` : `got ${describeValue(v)}; expected ${expected}`})
-      return z.NEVER
-    }
-    try {
-      return parse(v, where)
-    } catch (error) {
-      if (!isDivertError(error)) throw error
-      ctx.addIssue({code: 'custom', message: error.message.startsWith(`${where}: `) ? error.message.slice(where.length + 2) : error.message})
-      return z.NEVER
-    }
-  })
-}
 
 /**
  * Config durations end up as timer delays, and Node runs a timer longer than 2^31-1 ms after 1 ms
@@ -106,14 +38,6 @@ function duration(positive = false) {
     if (positive && ms <= 0) throw new DivertError('INVALID_DURATION', `${where}: ${describeValue(v)} is zero; expected a duration above 0, e.g. 10s`)
     if (ms > MAX_TIMER_MS) throw new DivertError('INVALID_DURATION', `${where}: ${describeValue(v)} is longer than 24d20h (2^31-1 ms, the longest timer Node runs); expected a shorter duration`)
     return ms
-  }, true)
-}
-
-function size() {
-  return scalar('a size, e.g. 64KiB, 1MiB, 100MB', (v, where) => {
-    const bytes = parseSize(v, where)
-    if (bytes <= 0) throw new DivertError('INVALID_ARGUMENT', `${where}: ${describeValue(v)} is zero; expected a size above 0, e.g. 1MiB`)
-    return bytes
   }, true)
 }
 
@@ -147,14 +71,6 @@ const int = (min: number, max: number, expected: string) =>
   z.number(expecting(expected)).int().min(min).max(max)
 
 const name = () => z.string(expecting(NAME_EXPECTED)).regex(NAME_RE)
-
-const path = (what: string) => z.string(expecting(`a file path for ${what}`)).min(1)
-
-function ref(kind: 'backend' | 'listener', known: string[]) {
-  const list = known.length ? `one of: ${known.join(', ')}` : `a ${kind} defined under ${kind}s (none is)`
-  return z.string(expecting(`the name of a ${kind}: ${list}`))
-    .refine((n) => known.includes(n), (n) => ({message: `no ${kind} is named "${n}"; expected ${list}`}))
-}
 
 function adminSchema() {
   return strictObject({
@@ -235,26 +151,6 @@ function backendSchema() {
   }, 'a backend: a mapping with servers')
 }
 
-function ruleSchema(known: KnownNames) {
-  return strictObject({
-    source: scalar('an IP or CIDR, e.g. 192.168.100.7 or 2001:db8::/64', (v) => formatPrefix(parseCidr(String(v)))),
-    to: ref('backend', known.backends).optional(),
-    mirror: ref('backend', known.backends).optional(),
-    record: path('the pcap recording').optional(),
-    listener: ref('listener', known.listeners).optional(),
-    // RFC 3339 §5.6 date-time (the ISO-8601 profile); a zone is required so expiry does not depend on the host's TZ.
-    expires: z.string(expecting('an ISO-8601 date-time with a zone, e.g. 2026-12-01T00:00:00Z'))
-      .datetime({offset: true})
-      .transform((s) => Date.parse(s))
-      .optional(),
-    note: z.string(expecting('text')).optional(),
-  }, 'a rule: a mapping with source and at least one of to, mirror, record').superRefine((r, ctx) => {
-    if (r.to === undefined && r.mirror === undefined && r.record === undefined) {
-      ctx.addIssue({code: 'custom', message: 'has no action; expected at least one of to, mirror, record'})
-    }
-  })
-}
-
 /** Optional sections may be left empty (`rules:` with every entry commented out): null means absent. */
 export function configSchema(known: KnownNames) {
   return strictObject({
@@ -267,7 +163,7 @@ export function configSchema(known: KnownNames) {
     listeners: z.array(listenerSchema(known), expecting('a list of at least one listener')).min(1),
     backends: z.record(name(), backendSchema(), expecting('a mapping of backend name to backend'))
       .refine((b) => Object.keys(b).length > 0, {message: 'is empty; expected at least one backend'}),
-    rules: z.array(ruleSchema(known), expecting('a list of rules')).nullish(),
+    rules: z.array(configRuleSchema(known), expecting('a list of rules')).nullish(),
   }, 'a mapping with listeners and backends')
 }
 
@@ -285,43 +181,6 @@ export function knownNames(doc: unknown): KnownNames {
 
 function isRecord(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v)
-}
-
-/** One problem per path (zod may report several for one value), unknown keys split per key. */
-export function issuesToProblems(issues: z.ZodIssue[]): SchemaProblem[] {
-  const out: SchemaProblem[] = []
-  const seen = new Set<string>()
-  const add = (p: SchemaProblem): void => {
-    const key = formatPath(p.path)
-    if (!seen.has(key)) out.push(p)
-    seen.add(key)
-  }
-  for (const iss of issues) {
-    if (iss.code !== 'unrecognized_keys') {
-      add({path: iss.path, message: iss.message})
-      continue
-    }
-    const allowed = iss.message.split(', ')
-    for (const key of iss.keys) add({path: [...iss.path, key], message: unknownKeyMessage(key, allowed), atKey: true})
-  }
-  return out
-}
-
-function unknownKeyMessage(key: string, allowed: string[]): string {
-  const near = allowed.find((a) => editDistance(a, key.toLowerCase()) <= 2)
-  return `unknown key "${key}"${near ? ` (did you mean "${near}"?)` : ''}; expected one of: ${allowed.join(', ')}`
-}
-
-function editDistance(a: string, b: string): number {
-  let prev = Array.from({length: b.length + 1}, (_, j) => j)
-  for (let i = 1; i <= a.length; i++) {
-    const cur = [i]
-    for (let j = 1; j <= b.length; j++) {
-      cur[j] = Math.min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (a[i - 1] === b[j - 1] ? 0 : 1))
-    }
-    prev = cur
-  }
-  return prev[b.length]
 }
 
 /** Checks across entries, run once every entry is valid on its own. */
@@ -350,17 +209,18 @@ function duplicateListeners(cfg: RawConfig): SchemaProblem[] {
   return out
 }
 
-/** PROXY protocol v1 is a text line for TCP streams only (HAProxy proxy-protocol.txt §2.1); v2 carries UDP. */
+/** PROXY protocol v1 on a udp listener: its default backend here, its rules through the rules' own cross-check. */
 function udpProxyV1(cfg: RawConfig): SchemaProblem[] {
-  const isV1 = (b: string | undefined): boolean => b !== undefined && cfg.backends[b]?.proxy_protocol === 'v1'
-  const udpListeners = new Set(cfg.listeners.filter((l) => l.protocol === 'udp').map((l) => l.name))
-  const message = (b: string): string => `backend "${b}" sends PROXY protocol v1, which is TCP-only; expected a backend with proxy_protocol: v2 (or none) for a udp listener`
+  const context = {
+    backends: new Map(Object.entries(cfg.backends).map(([n, b]) => [n, {proxyProtocol: b.proxy_protocol}])),
+    listeners: cfg.listeners,
+  }
   const out: SchemaProblem[] = []
   cfg.listeners.forEach((l, i) => {
-    if (l.protocol === 'udp' && isV1(l.backend)) out.push({path: ['listeners', i, 'backend'], message: message(l.backend)})
+    if (l.protocol === 'udp' && context.backends.get(l.backend)?.proxyProtocol === 'v1') out.push({path: ['listeners', i, 'backend'], message: proxyV1UdpMessage(l.backend)})
   })
   cfg.rules?.forEach((r, i) => {
-    if (r.listener !== undefined && udpListeners.has(r.listener) && isV1(r.to)) out.push({path: ['rules', i, 'to'], message: message(r.to!)})
+    for (const c of ruleConflicts(r, context)) if (c.kind === 'proxy-v1-udp') out.push({path: ['rules', i, 'to'], message: proxyV1UdpMessage(c.name)})
   })
   return out
 }

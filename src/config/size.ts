@@ -13,7 +13,7 @@ const UNIT_BYTES: Record<string, number> = {
 
 const SIZE_RE = /^(\d+(?:\.\d+)?)\s*([a-z]*)$/i
 
-/** Parses a size to whole bytes; a bare number is bytes. Throws INVALID_ARGUMENT naming `where`. */
+/** Parses a size to whole bytes; a bare number is bytes. Throws INVALID_SIZE naming `where`. */
 export function parseSize(text: string | number, where = 'size'): number {
   if (typeof text === 'number') {
     if (Number.isSafeInteger(text) && text >= 0) return text
@@ -31,7 +31,7 @@ export function parseSize(text: string | number, where = 'size'): number {
 
 function sizeError(where: string, shown: string): DivertError {
   return new DivertError(
-    'INVALID_ARGUMENT',
+    'INVALID_SIZE',
     `${where}: ${shown} is not a size (expected bytes or a number with a unit: 512, 64KiB, 1MiB, 100MB, 1GiB)`,
   )
 }

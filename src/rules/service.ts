@@ -18,7 +18,7 @@ import type {Config, RuleSpec} from '../config/types.js'
 import type {Backend} from '../backends/backend.js'
 import type {RecordingSet} from '../capture/recorder.js'
 import {RuleTable, type Rule} from './table.js'
-import {checkRuleSpec} from './spec.js'
+import {formatConflicts, ruleConflicts} from './spec.js'
 import type {RuleStore, StoredRule} from './state.js'
 
 export interface RuleServiceOptions {
@@ -76,7 +76,7 @@ export class RuleService {
       if (!store) return
       const loaded = await store.load()
       if (loaded.movedAside) {
-        this.o.logger.error({state: store.path, movedTo: loaded.movedAside, problem: loaded.problem}, `state file ${store.path} is corrupt (${loaded.problem}): moved aside to ${loaded.movedAside}; starting with no runtime rules — restore them from that file`)
+        this.o.logger.error({code: 'DIVERT_ERR_STATE_CORRUPT', state: store.path, movedTo: loaded.movedAside, problem: loaded.problem}, `state file ${store.path} is corrupt (${loaded.problem}): moved aside to ${loaded.movedAside}; starting with no runtime rules — restore them from that file`)
       }
       for (const [i, r] of loaded.rules.entries()) this.restoreOne(store, r, i)
       const expired = this.table.expire()
@@ -107,7 +107,6 @@ export class RuleService {
       const old = found?.origin === 'runtime' ? found : undefined
       const kept = old ? keptFields(old, spec, this.clock.now()) : {}
       const merged: RuleSpec = {...spec, record, ...kept}
-      checkRuleSpec(merged)
       this.checkNames(merged)
       if (record) await this.o.recordings.acquire(record, {maxBytes: merged.recordMaxBytes ?? config.captureMaxBytes, logger: this.o.logger})
       let staged: {rule: Rule; replaced?: Rule}
@@ -234,10 +233,12 @@ export class RuleService {
     return this.table.snapshot().filter((r) => r.origin === 'runtime').map((r) => RuleTable.spec(r))
   }
 
-  /** The backends and listener a rule names exist in the config in force. */
+  /** The rule fits the config in force (ruleConflicts): its names exist, no PROXY v1 to a UDP listener. */
   private checkNames(spec: RuleSpec): void {
-    for (const b of [spec.to, spec.mirror]) if (b) checkBackend(this.o.backends(), b)
-    if (spec.listener) checkListener(this.o.config(), spec.listener)
+    const [c] = ruleConflicts(spec, this.o.config())
+    if (c?.kind === 'backend') checkBackend(this.o.backends(), c.name)
+    if (c?.kind === 'listener') checkListener(this.o.config(), c.name)
+    if (c) throw new DivertError('RULE_INVALID', formatConflicts([c]))
   }
 
   private audit(r: Rule, msg: string): void {

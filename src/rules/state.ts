@@ -17,7 +17,7 @@ import {randomBytes} from 'node:crypto'
 import {basename, dirname, join} from 'node:path'
 import {DivertError} from '../errors.js'
 import type {RuleSpec} from '../config/types.js'
-import {checkRuleSpec} from './spec.js'
+import {parseStoredRules} from './spec.js'
 
 export interface StoredRule extends RuleSpec {
   id: string
@@ -64,7 +64,10 @@ export class StateStore implements RuleStore {
     return {rules: [], movedAside: aside, problem}
   }
 
-  /** Reads the state file and changes nothing (`divert check`): a corrupt one is reported, not moved. */
+  /**
+   * Reads the state file and changes nothing (`divert check`): a corrupt one is reported, not moved.
+   * Its rules go through the rule schema (rules/spec.ts parseStoredRules), as config rules and POST /rules do.
+   */
   async read(): Promise<{rules: StoredRule[]; problem?: string}> {
     let text: string
     try {
@@ -73,8 +76,7 @@ export class StateStore implements RuleStore {
       if ((error as NodeJS.ErrnoException).code === 'ENOENT') return {rules: []}
       throw new DivertError('STATE_CORRUPT', `cannot read state file ${this.path}: ${(error as Error).message}`, {cause: error})
     }
-    const problem = validate(text)
-    return problem === undefined ? {rules: (JSON.parse(text) as StateFile).rules} : {rules: [], problem}
+    return validate(text)
   }
 
   /** Temp files are `.STATE.tmp-PID-RANDOM`, next to the state file so that rename(2) stays within one filesystem. */
@@ -165,25 +167,15 @@ function isAlive(pid: number): boolean {
   }
 }
 
-function validate(text: string): string | undefined {
+/** The file's rules, or what is wrong with it: not JSON, not `{"version": 1, "rules": [...]}`, or a rule the rule schema refuses. */
+function validate(text: string): {rules: StoredRule[]; problem?: string} {
   let data: unknown
   try {
     data = JSON.parse(text)
   } catch (error) {
-    return `not JSON (${(error as Error).message})`
+    return {rules: [], problem: `not JSON (${(error as Error).message})`}
   }
   const d = data as Partial<StateFile>
-  if (!d || typeof d !== 'object' || d.version !== 1 || !Array.isArray(d.rules)) return 'expected {"version": 1, "rules": [...]}'
-  const ids = new Map<unknown, number>()
-  for (const [i, r] of d.rules.entries()) {
-    if (!r || typeof r !== 'object' || typeof r.id !== 'string') return `rules[${i}] has no id`
-    if (ids.has(r.id)) return `rules[${i}] has id ${r.id}, like rules[${ids.get(r.id)}]`
-    ids.set(r.id, i)
-    try {
-      checkRuleSpec(r)
-    } catch (error) {
-      return `rules[${i}] (${String(r.source)}): ${(error as Error).message}`
-    }
-  }
-  return undefined
+  if (!d || typeof d !== 'object' || d.version !== 1 || !Array.isArray(d.rules)) return {rules: [], problem: 'expected {"version": 1, "rules": [...]}'}
+  return parseStoredRules(d.rules, Date.now())
 }

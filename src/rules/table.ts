@@ -15,6 +15,7 @@ import type {RuleSpec} from '../config/types.js'
 import {formatPrefix, parseCidr, readAddress, type Prefix} from './cidr.js'
 import {eachInSlices} from '../slices.js'
 import {realClock, type Clock} from '../clock.js'
+import {RULE_ID} from './spec.js'
 
 export type RuleOrigin = 'config' | 'runtime'
 
@@ -68,7 +69,6 @@ export interface RuleTableOptions {
 
 export type AddSpec = RuleSpec & {id?: string; createdAt?: number}
 
-const ID = /^r[0-9a-f]{6}$/
 const ID_ATTEMPTS = 1000
 
 /** A reload's config rules, built beside the live table (buildConfigRules) until swapConfigRules. Opaque to callers. */
@@ -216,10 +216,12 @@ export class RuleTable {
     return this.ids.size
   }
 
-  /** Adds or replaces the rule for (canonical source, listener scope) in the `origin` layer. Throws INVALID_ADDRESS. */
+  /**
+   * Adds or replaces the rule for (canonical source, listener scope) in the `origin` layer. The spec's
+   * fields were checked where it came in (rules/spec.ts); throws INVALID_ADDRESS, RULE_ID_TAKEN.
+   */
   add(spec: AddSpec, origin: RuleOrigin): {rule: Rule; replaced?: Rule; shadows?: Rule} {
     const prefix = parseCidr(spec.source)
-    checkSpec(spec)
     const replaced = this.layerFor(prefix, spec.listener, false)?.[origin]
     const rule = this.build(spec, prefix, origin, replaced)
     const layer = this.layerFor(prefix, spec.listener, true)!
@@ -234,7 +236,7 @@ export class RuleTable {
    * runtime rule goes first, so a config rule it shadowed matches again.
    */
   remove(idOrSource: string, opts: {listener?: string; allowConfig?: boolean} = {}): Rule {
-    const rule = ID.test(idOrSource) ? this.ids.get(idOrSource) : this.find(idOrSource, opts.listener)
+    const rule = RULE_ID.test(idOrSource) ? this.ids.get(idOrSource) : this.find(idOrSource, opts.listener)
     if (!rule) throw this.notFound(idOrSource, opts.listener)
     if (rule.origin === 'config' && !opts.allowConfig) {
       const file = this.configFile ?? 'the config file'
@@ -425,7 +427,6 @@ export class RuleTable {
   /** Validates spec i, catches a duplicate, and carries over the live rule when nothing about it changed. */
   private checkConfig(b: ConfigBuild, i: number): void {
     const spec = b.specs[i]
-    checkSpec(spec)
     const prefix = parseCidr(spec.source)
     checkDuplicate(b.seen, spec, `${formatPrefix(prefix)} ${spec.listener ?? ''}`, i)
     b.prefixes[i] = prefix
@@ -486,30 +487,27 @@ export class RuleTable {
   }
 
   /**
-   * A given id (state file) must be well-formed and free; otherwise a config rule gets its derived id
-   * (configId) and a runtime rule a fresh random one.
+   * A given id (state file, well-formed per its schema) must be free; otherwise a config rule gets its
+   * derived id (configId) and a runtime rule a fresh random one.
    */
   private idFor(given: string | undefined, replacing: Rule | undefined, derive?: (attempt: number) => string): string {
     if (given !== undefined) {
-      if (!ID.test(given)) {
-        throw new DivertError('INVALID_ARGUMENT', `rule id "${given}" is malformed: expected "r" and 6 lowercase hex digits, e.g. r1a2b3c`)
-      }
       const owner = this.ids.get(given)
       if (owner && owner !== replacing) {
-        throw new DivertError('INVALID_ARGUMENT', `rule id ${given} is already used by the rule for ${describe(owner)}`)
+        throw new DivertError('RULE_ID_TAKEN', `rule id ${given} is already used by the rule for ${describe(owner)}; expected an id no other rule has`)
       }
       return given
     }
     for (let i = 0; i < ID_ATTEMPTS; i++) {
       const id = derive ? derive(i) : this.newId()
-      if (!ID.test(id)) throw new DivertError('INTERNAL', `the rule id generator returned "${id}", not "r" and 6 hex digits`)
+      if (!RULE_ID.test(id)) throw new DivertError('INTERNAL', `the rule id generator returned "${id}", not "r" and 6 hex digits`)
       if (!this.ids.has(id) && !this.taken?.(id)) return id
     }
     throw new DivertError('INTERNAL', `no free rule id after ${ID_ATTEMPTS} attempts (${this.ids.size} rules)`)
   }
 
   private notFound(idOrSource: string, listener: string | undefined): DivertError {
-    if (ID.test(idOrSource)) {
+    if (RULE_ID.test(idOrSource)) {
       return new DivertError('RULE_NOT_FOUND', `no rule has id ${idOrSource}; run \`divert list\` to see the rules and their ids`)
     }
     const scope = listener === undefined ? 'without a listener scope' : `for listener ${listener}`
@@ -613,15 +611,6 @@ export class RuleTable {
 
 function describe(rule: Rule): string {
   return rule.listener === undefined ? rule.source : `${rule.source} on listener ${rule.listener}`
-}
-
-function checkSpec(spec: AddSpec): void {
-  if (spec.listener !== undefined && (typeof spec.listener !== 'string' || spec.listener === '')) {
-    throw new DivertError('INVALID_ARGUMENT', `rule for ${spec.source}: listener must be a non-empty name, or absent for every listener`)
-  }
-  if (spec.expiresAt !== undefined && !Number.isFinite(spec.expiresAt)) {
-    throw new DivertError('INVALID_ARGUMENT', `rule for ${spec.source}: expiresAt must be epoch milliseconds, got ${String(spec.expiresAt)}`)
-  }
 }
 
 function checkDuplicate(seen: Map<string, number>, spec: RuleSpec, key: string, index: number): void {

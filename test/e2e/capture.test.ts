@@ -740,7 +740,7 @@ describe('divert replay on input it cannot use', {concurrency: 4}, () => {
     ['not a capture at all', 'GET / HTTP/1.1\r\nHost: x\r\n\r\n', FORMAT, /is not a pcap file: it starts with bytes 47 45 54 20/],
     ['gzip-compressed', Buffer.from([0x1f, 0x8b, 8, 0, ...Array(40).fill(0)]), FORMAT, /\(gzip: run gunzip on it first\)/],
     ['a record that claims 1 GB', claims1GB(lo()), CORRUPT, /is corrupt: record 1 at byte offset 24 claims 1000000000 captured bytes/],
-    ['missing', undefined, {code: 'DIVERT_ERR_INVALID_ARGUMENT', exit: 2}, /cannot open capture file \S+missing\.pcap: no such file/],
+    ['missing', undefined, {code: 'DIVERT_ERR_PCAP_READ', exit: 2}, /cannot open capture file \S+missing\.pcap: no such file/],
   ]
 
   for (const [name, content, error, message] of cases) {
@@ -783,7 +783,7 @@ describe('divert replay on input it cannot use', {concurrency: 4}, () => {
 
   test('--speed that is not a number: the error quotes what was typed', async () => {
     const replay = (...args: string[]): Promise<CliResult> => runCli(['replay', join(FIXTURES, 'lo-ethernet.pcap'), '--to', '127.0.0.1:9', ...args])
-    await expectCliError(replay, {args: ['--speed', 'fast'], code: 'DIVERT_ERR_INVALID_ARGUMENT', exit: 2, message: /--speed "fast" must be a number above 0/})
+    await expectCliError(replay, {args: ['--speed', 'fast'], code: 'DIVERT_ERR_REPLAY_BAD_OPTION', exit: 2, message: /--speed "fast" must be a number above 0/})
   })
 })
 

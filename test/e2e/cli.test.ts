@@ -431,20 +431,20 @@ describe('runtime control through the CLI, whole table', () => {
       {args: ['add', '127.0.0.21', '--to', 'nowhere'], code: 'DIVERT_ERR_BACKEND_UNKNOWN', exit: 2, message: /unknown backend "nowhere" \(known: prod, staging, debug\)/},
       {args: ['add', '127.0.0.21', '--to', 'staging', '--listener', 'nolistener'], code: 'DIVERT_ERR_LISTENER_UNKNOWN', exit: 2, message: /unknown listener "nolistener" \(known: main, alt\)/},
       {args: ['add', '127.0.0.21', '--to', 'staging', '--for', 'soon'], code: 'DIVERT_ERR_INVALID_DURATION', exit: 2, message: /--for: "soon" is not a duration/},
-      {args: ['add', '127.0.0.21'], code: 'DIVERT_ERR_INVALID_ARGUMENT', exit: 2, message: /needs at least one action: --to BACKEND/},
+      {args: ['add', '127.0.0.21'], code: 'DIVERT_ERR_RULE_INVALID', exit: 2, message: /needs at least one action: --to BACKEND/},
       {args: ['rm', '127.0.0.22'], code: 'DIVERT_ERR_RULE_NOT_FOUND', exit: 3, message: /no rule for source 127\.0\.0\.22 .*divert list/},
       {args: ['rm', 'r000000'], code: 'DIVERT_ERR_RULE_NOT_FOUND', exit: 3, message: /no rule has id r000000/},
-      {args: ['rm'], code: 'DIVERT_ERR_INVALID_ARGUMENT', exit: 2, message: /give either a SOURCE or RULE-ID, or --all/},
-      {args: ['kill'], code: 'DIVERT_ERR_INVALID_ARGUMENT', exit: 2, message: /give either a SESSION-ID or --source CIDR/},
+      {args: ['rm'], code: 'DIVERT_ERR_CLI_USAGE', exit: 2, message: /give either a SOURCE or RULE-ID, or --all/},
+      {args: ['kill'], code: 'DIVERT_ERR_CLI_USAGE', exit: 2, message: /give either a SESSION-ID or --source CIDR/},
       {args: ['kill', 't999999'], code: 'DIVERT_ERR_SESSION_NOT_FOUND', exit: 3, message: /no live session "t999999"/},
       {args: ['explain', 'not-an-ip'], code: 'DIVERT_ERR_INVALID_ADDRESS', exit: 2, message: /"not-an-ip" is not an IP address/},
       {args: ['explain', '127.0.0.1', '--listener', 'nolistener'], code: 'DIVERT_ERR_LISTENER_UNKNOWN', exit: 2, message: /unknown listener "nolistener"/},
       {args: ['sessions', '--backend', 'nowhere'], code: 'DIVERT_ERR_BACKEND_UNKNOWN', exit: 2, message: /unknown backend "nowhere" \(known: prod, staging, debug\)/},
       {args: ['sessions', '--source', '1.2.3'], code: 'DIVERT_ERR_INVALID_ADDRESS', exit: 2, message: /"1\.2\.3" is not an IP address/},
       // Usage errors oclif finds before the daemon is asked: still one line, still {error, code, status}.
-      {args: ['add'], code: 'DIVERT_ERR_INVALID_ARGUMENT', exit: 2, message: /Missing 1 required arg: source .*divert add --help/},
-      {args: ['add', '127.0.0.21', '--existing', 'maybe'], code: 'DIVERT_ERR_INVALID_ARGUMENT', exit: 2, message: /Expected --existing=maybe to be one of: keep, kill/},
-      {args: ['sessions', '--bogus'], code: 'DIVERT_ERR_INVALID_ARGUMENT', exit: 2, message: /Nonexistent flag: --bogus/},
+      {args: ['add'], code: 'DIVERT_ERR_CLI_USAGE', exit: 2, message: /Missing 1 required arg: source .*divert add --help/},
+      {args: ['add', '127.0.0.21', '--existing', 'maybe'], code: 'DIVERT_ERR_CLI_USAGE', exit: 2, message: /Expected --existing=maybe to be one of: keep, kill/},
+      {args: ['sessions', '--bogus'], code: 'DIVERT_ERR_CLI_USAGE', exit: 2, message: /Nonexistent flag: --bogus/},
     ]
     await Promise.all(cases.map((c) => expectCliError(lab.cli, c)))
     const rules = (await lab.cli('list', '--json')).json()

@@ -24,6 +24,8 @@ export interface LabOptions {
   backends?: (lab: LabInfo) => string
   /** Extra flow-mapping fields for listener `main`, e.g. `per_source: { max_connections: 1 }`. */
   mainListener?: string
+  /** Extra YAML list items under `listeners:` (flow style, one per entry), after `main` and `alt`. */
+  listeners?: (lab: LabInfo) => string[]
   /** Files written into the lab dir before the daemon starts (name → content). */
   files?: Record<string, string>
 }
@@ -92,7 +94,7 @@ function labYaml(lab: LabInfo, opts: LabOptions): string {
 listeners:
   - { name: main, bind: "127.0.0.1:${lab.port}", backend: prod${opts.mainListener ? `, ${opts.mainListener}` : ''} }
   - { name: alt, bind: "127.0.0.1:${lab.altPort}", backend: prod }
-backends:
+${(opts.listeners?.(lab) ?? []).map((l) => `  - ${l}\n`).join('')}backends:
 ${backends}
 ${opts.backends?.(lab) ?? ''}
 rules:${rules ? `\n${rules}` : ' []'}

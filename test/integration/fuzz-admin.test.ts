@@ -191,7 +191,7 @@ function track(r: Req, a: Answer): void {
 /**
  * Whether POST /rules must accept this body: a JSON object of known fields whose values are
  * strings (or null: absent), a source that parses, at least one action, backends and listeners that
- * exist, a duration above 0 and `existing: keep`. Empty to/mirror/record count as absent.
+ * exist, a duration above 0 and `existing: keep`. Null and empty text (but for `existing`) count as absent.
  */
 function isValidAdd(body: unknown): boolean {
   if (body === null || typeof body !== 'object' || Array.isArray(body)) return false
@@ -199,14 +199,15 @@ function isValidAdd(body: unknown): boolean {
   const fields = ['source', 'to', 'mirror', 'record', 'listener', 'for', 'note', 'existing']
   if (!Object.keys(b).every((k) => fields.includes(k))) return false
   if (!Object.values(b).every((v) => v === null || v === undefined || typeof v === 'string')) return false
-  const s = (k: string): string | undefined => (typeof b[k] === 'string' ? (b[k] as string) : undefined)
+  // Empty text is "not given", as a missing field (rules/spec.ts parseAddRule); `existing` must say keep or kill.
+  const s = (k: string): string | undefined => (typeof b[k] === 'string' && b[k] !== '' ? (b[k] as string) : undefined)
   if (!s('source') || !parses(() => parseCidr(s('source')!))) return false
   if (!s('to') && !s('mirror') && !s('record')) return false
   for (const k of ['to', 'mirror']) if (s(k) && !BACKENDS.includes(s(k)!)) return false
   if (s('record') && !RECORD_FILES.includes(s('record')!)) return false
   if (s('listener') !== undefined && !LISTENERS.includes(s('listener')!)) return false
   if (s('for') !== undefined && !(parses(() => parseDuration(s('for')!)) && parseDuration(s('for')!) > 0)) return false
-  return b.existing === undefined || b.existing === 'keep'
+  return b.existing === undefined || b.existing === null || b.existing === 'keep'
 }
 
 function parses(f: () => unknown): boolean {

@@ -10,7 +10,7 @@ import {join} from 'node:path'
 import {performance} from 'node:perf_hooks'
 import {LINKTYPE} from '../../src/capture/decode.js'
 import {readCapture} from '../../src/capture/pcap-reader.js'
-import {planReplay, runReplay, type ReplayProgress} from '../../src/capture/replay.js'
+import {planReplay, replayExitCode, runReplay, type ReplayProgress} from '../../src/capture/replay.js'
 import type {Clock, Timer} from '../../src/clock.js'
 import {reassemble} from '../../src/capture/reassembly.js'
 import {renderReplay} from '../../src/cli/render-replay.js'
@@ -216,7 +216,7 @@ describe('runReplay against loopback servers', () => {
     assert.equal(srv.conns.length, 1)
     await assert.rejects(runReplay({file, to, source: '10.0.0.0/8'}), (e: unknown) => {
       assert.ok(e instanceof DivertError)
-      assert.equal(e.code, 'DIVERT_ERR_INVALID_ARGUMENT')
+      assert.equal(e.code, 'DIVERT_ERR_REPLAY_NO_FLOWS')
       assert.match(e.message, /no flow in .* has a client in 10\.0\.0\.0\/8; the capture's clients are 192\.0\.2\.10, 198\.51\.100\.7/)
       return true
     })
@@ -272,7 +272,7 @@ describe('runReplay against loopback servers', () => {
     assert.deepEqual(planReplay(flows, {speed: 1, fast: true})[1].chunkMs, [0, 0])
   })
 
-  test('a refused connection is recorded per flow, not thrown', async () => {
+  test('issue 12.7: a refused connection is recorded per flow, not thrown; replayExitCode then throws DIVERT_ERR_REPLAY_FAILED (the target took none of the flows)', async () => {
     const probe = net.createServer()
     probe.listen(0, '127.0.0.1')
     await once(probe, 'listening')
@@ -284,6 +284,16 @@ describe('runReplay against loopback servers', () => {
     assert.equal(report.flows[0].error, `connection refused by 127.0.0.1:${port}`)
     assert.equal(report.totals.errors, 1)
     assert.equal(report.flows[0].bytesSent, 0)
+    assert.throws(() => replayExitCode(report), (e: unknown) => {
+      assert.ok(e instanceof DivertError, String(e))
+      assert.equal(e.code, 'DIVERT_ERR_REPLAY_FAILED')
+      assert.equal(e.exitCode, 4)
+      assert.match(e.message, new RegExp(`cannot replay \\S+ to 127\\.0\\.0\\.1:${port}: connection refused by 127\\.0\\.0\\.1:${port} \\(ECONNREFUSED\\); check that the target is up`))
+      return true
+    })
+    const answered = {...report.flows[0], error: undefined, errorCode: undefined, bytesReceived: 10}
+    assert.equal(replayExitCode({...report, flows: [...report.flows, answered]}), 4, 'one flow went through: the report is shown, then exit 4')
+    assert.equal(replayExitCode({...report, flows: [answered], totals: {...report.totals, errors: 0}}), 0)
   })
 
   test('a reset by the target is recorded with what was sent so far', async (t) => {
@@ -439,13 +449,13 @@ describe('runReplay against loopback servers', () => {
     assert.equal(report.flows[0].bytesSent, 6)
   })
 
-  test('bad options are INVALID_ARGUMENT before anything is sent', async () => {
+  test('bad options are REPLAY_BAD_OPTION before anything is sent', async () => {
     const file = writeCapture(exchange(DEVICE))
     const to = parseEndpoint('127.0.0.1:9')
     for (const bad of [{speed: 0}, {speed: -1}, {speed: Number.NaN}, {loop: 0}, {loop: 1.5}, {waitMs: -1}]) {
-      await assert.rejects(runReplay({file, to, ...bad}), (e: unknown) => e instanceof DivertError && e.code === 'DIVERT_ERR_INVALID_ARGUMENT')
+      await assert.rejects(runReplay({file, to, ...bad}), (e: unknown) => e instanceof DivertError && e.code === 'DIVERT_ERR_REPLAY_BAD_OPTION')
     }
-    await assert.rejects(runReplay({file: join(dir, 'missing.pcap'), to}), /cannot open capture file/)
+    await assert.rejects(runReplay({file: join(dir, 'missing.pcap'), to}), (e: unknown) => e instanceof DivertError && e.code === 'DIVERT_ERR_PCAP_READ' && /cannot open capture file/.test(e.message))
   })
 })
 

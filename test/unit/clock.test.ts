@@ -81,7 +81,7 @@ test('issue 12.4: a rule expiring past the longest timer delay (30 days) expires
   const table = new RuleTable({clock})
   const service = new RuleService({
     table, recordings: new RecordingSet(), logger: silentLogger(), clock,
-    config: () => ({file: '/etc/divert/divert.yaml', listeners: [], captureMaxBytes: 1e6}) as unknown as Config, backends: () => new Map([['staging', {} as Backend]]),
+    config: () => ({file: '/etc/divert/divert.yaml', listeners: [], backends: new Map([['staging', {}]]), captureMaxBytes: 1e6}) as unknown as Config, backends: () => new Map([['staging', {} as Backend]]),
   })
   const lifetime = 30 * 86_400_000
   const {rule} = await service.add({source: '10.9.0.1', to: 'staging', expiresAt: clock.now() + lifetime, note: 'a month'})

@@ -28,7 +28,7 @@ function decode(buf: Buffer): Decoded {
     h = decodeProxyHeader(buf)
   } catch (e) {
     assert.ok(e instanceof DivertError, `decodeProxyHeader threw ${String((e as Error)?.stack ?? e)} on ${buf.toString('hex')}`)
-    assert.equal(e.code, 'DIVERT_ERR_INVALID_ARGUMENT')
+    assert.equal(e.code, 'DIVERT_ERR_PROXY_HEADER_INVALID')
     return {error: e}
   }
   if (h === undefined) return {more: true}
@@ -142,7 +142,7 @@ const v6Bytes = fc.uint8Array({minLength: 16, maxLength: 16}).map((b) => formatA
 // ─── properties ────────────────────────────────────────────────────────────────────────────────
 
 describe('PROXY protocol fuzzing (fast-check)', () => {
-  it('mutated valid headers (bit flips, byte sets, deletions, insertions, truncation) give a header, "need more" or INVALID_ARGUMENT', () => {
+  it('mutated valid headers (bit flips, byte sets, deletions, insertions, truncation) give a header, "need more" or PROXY_HEADER_INVALID', () => {
     const seen = {header: 0, more: 0, error: 0}
     fc.assert(fc.property(mutated, (buf) => {
       const d = decode(buf)
@@ -196,7 +196,7 @@ describe('PROXY protocol fuzzing (fast-check)', () => {
     }), {numRuns: runs(3000)})
   })
 
-  it('the encoders take any string and number: a header that decodes back, or INVALID_ADDRESS / INVALID_ARGUMENT', () => {
+  it('the encoders take any string and number: a header that decodes back, or INVALID_ADDRESS / PROXY_HEADER_INVALID', () => {
     const address = fc.oneof(v4, v6, fc.string({unit: 'binary', maxLength: 50}), fc.constantFrom('', '::', '0.0.0.0', '1.2.3', '1.2.3.4.5', '::ffff:1.2.3.999', 'fe80::1%', '%', '::ffff:7f00:1', '0:0:0:0:0:ffff:127.0.0.1'))
     const anyPort = fc.oneof(port, fc.integer(), fc.double(), fc.constantFrom(-0, NaN, Infinity, 65536))
     const anyPeer = fc.record({address, port: anyPort})
@@ -206,7 +206,7 @@ describe('PROXY protocol fuzzing (fast-check)', () => {
         h = kind === 'v1' ? encodeProxyV1(src, dst) : encodeProxyV2(src, dst, kind)
       } catch (e) {
         assert.ok(e instanceof DivertError, `encoder threw ${String(e)} for ${JSON.stringify([src, dst])}`)
-        assert.ok(e.code === 'DIVERT_ERR_INVALID_ADDRESS' || e.code === 'DIVERT_ERR_INVALID_ARGUMENT', e.code)
+        assert.ok(e.code === 'DIVERT_ERR_INVALID_ADDRESS' || e.code === 'DIVERT_ERR_PROXY_HEADER_INVALID', e.code)
         return
       }
       const d = decode(h)

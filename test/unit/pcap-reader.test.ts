@@ -296,9 +296,9 @@ describe('readCapture', () => {
     assert.equal(cap.packets.length, 7)
   })
 
-  test('a missing file or a directory is INVALID_ARGUMENT naming it', async () => {
-    await rejects(join(dir, 'nope.pcap'), 'DIVERT_ERR_INVALID_ARGUMENT', /cannot open capture file .*nope\.pcap: no such file/)
-    await rejects(dir, 'DIVERT_ERR_INVALID_ARGUMENT', /is not a regular file/)
+  test('a missing file or a directory is PCAP_READ naming it', async () => {
+    await rejects(join(dir, 'nope.pcap'), 'DIVERT_ERR_PCAP_READ', /cannot open capture file .*nope\.pcap: no such file/)
+    await rejects(dir, 'DIVERT_ERR_PCAP_READ', /is not a regular file/)
   })
 
   test('an aborted read rejects', async () => {

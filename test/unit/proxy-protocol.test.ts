@@ -12,7 +12,7 @@ const ascii = (s: string): Buffer => Buffer.from(s, 'latin1')
 function assertInvalid(buf: Buffer, pattern: RegExp): void {
   assert.throws(() => decodeProxyHeader(buf), (e: unknown) => {
     assert.ok(e instanceof DivertError, `expected DivertError, got ${String(e)}`)
-    assert.equal(e.code, 'DIVERT_ERR_INVALID_ARGUMENT')
+    assert.equal(e.code, 'DIVERT_ERR_PROXY_HEADER_INVALID')
     assert.match(e.message, pattern)
     return true
   })
@@ -188,7 +188,7 @@ describe('PROXY protocol properties (fast-check)', () => {
     }), {numRuns: 2000})
   })
 
-  it('arbitrary bytes decode to a header, to "need more", or to INVALID_ARGUMENT — nothing else', () => {
+  it('arbitrary bytes decode to a header, to "need more", or to PROXY_HEADER_INVALID — nothing else', () => {
     const v2sig = Buffer.from(SIG, 'hex')
     const bytes = fc.oneof(
       fc.uint8Array({maxLength: 300}).map((b) => Buffer.from(b)),
@@ -205,7 +205,7 @@ describe('PROXY protocol properties (fast-check)', () => {
         result = decodeProxyHeader(buf)
       } catch (e) {
         assert.ok(e instanceof DivertError, `threw ${String(e)}`)
-        assert.equal(e.code, 'DIVERT_ERR_INVALID_ARGUMENT')
+        assert.equal(e.code, 'DIVERT_ERR_PROXY_HEADER_INVALID')
         return
       }
       if (result) assert.ok(result.length > 0 && result.length <= buf.length)

@@ -226,7 +226,8 @@ export class RedisRuleStore implements RuleStore {
   async close(): Promise<void> {
     this.closed = true
     clearInterval(this.checker)
-    await Promise.all([this.redis, this.sub].map((c) => c.quit().catch(() => c.disconnect())))
+    // QUIT waits in the offline queue of a connection that is down: only a live one is asked to quit.
+    await Promise.all([this.redis, this.sub].map((c) => (c.status === 'ready' ? c.quit().then(() => undefined, () => c.disconnect()) : c.disconnect())))
   }
 
   private unavailable(cause?: Error): DivertError {

@@ -78,7 +78,8 @@ export class FleetMembers {
       } while (cursor !== '0' && keys.length < 10_000)
       return (await this.read([...new Set(keys)])).sort((a, b) => a.name.localeCompare(b.name))
     } catch (error) {
-      throw new DivertError('STATE_UNAVAILABLE', `cannot list the fleet: the shared rule store ${this.o.store} is unreachable (${(error as Error).message})`, {cause: error})
+      const why = this.o.redis.status === 'ready' ? (error as Error).message : `not connected: ${this.o.redis.status}`
+      throw new DivertError('STATE_UNAVAILABLE', `cannot list the fleet: the shared rule store ${this.o.store} is unreachable (${why})`, {cause: error})
     }
   }
 

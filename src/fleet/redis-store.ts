@@ -24,6 +24,7 @@ import {DivertError} from '../errors.js'
 import {checkRuleSpec} from '../rules/spec.js'
 import {RuleIdTaken, type LoadResult, type RuleChange, type RuleStore, type StoredRule} from '../rules/state.js'
 import type {RemoteChange} from '../rules/service.js'
+import {maskUrl} from './url.js'
 
 export const KEYS = {rules: 'divert:rules', ids: 'divert:ids', version: 'divert:version', channel: 'divert:changes', instance: 'divert:instance:'} as const
 
@@ -231,7 +232,7 @@ export class RedisRuleStore implements RuleStore {
   }
 
   private unavailable(cause?: Error): DivertError {
-    const why = cause?.message ?? this.lastError ?? this.redis.status
+    const why = this.redis.status === 'ready' ? cause?.message : `not connected${this.lastError ? `: ${this.lastError}` : `: ${this.redis.status}`}`
     return new DivertError('STATE_UNAVAILABLE', `the shared rule store ${this.path} is unreachable (${why}): nothing was changed on any instance; traffic keeps the rules it has — try again once it is back (\`divert status\` shows the store)`, {cause})
   }
 
@@ -248,7 +249,7 @@ export class RedisRuleStore implements RuleStore {
     if (!this.up) return
     this.up = false
     this.since = Date.now()
-    this.o.logger.warn({store: this.path, err: this.lastError}, `shared rule store ${this.path} disconnected${this.lastError ? ` (${this.lastError})` : ''}: traffic keeps the rules it has; divert add/rm fail until it is back; reconnecting`)
+    this.o.logger.warn({store: this.path, ...(this.lastError ? {error: this.lastError} : {})}, `shared rule store ${this.path} disconnected${this.lastError ? ` (${this.lastError})` : ''}: traffic keeps the rules it has; divert add/rm fail until it is back; reconnecting`)
   }
 
   private onMessage(channel: string, text: string): void {
@@ -386,15 +387,4 @@ function ready(c: Redis, ms: number): Promise<void> {
     c.on('ready', onReady)
     c.on('error', onError)
   })
-}
-
-/** redis://user:secret@host/0 → redis://user:***@host/0: a password never reaches a log or `divert status`. */
-export function maskUrl(url: string): string {
-  try {
-    const u = new URL(url)
-    if (u.password) u.password = '***'
-    return u.toString()
-  } catch {
-    return url
-  }
 }

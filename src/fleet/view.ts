@@ -9,6 +9,7 @@
  *                       └─▶ FleetMembers.list() ─▶ AdminClient ─HTTP+token─▶ other instances
  */
 import {AdminClient} from '../admin/client.js'
+import type {DivertError} from '../errors.js'
 import type {FleetInstanceView} from '../admin/protocol.js'
 import type {FleetMembers, InstanceRecord} from './members.js'
 
@@ -46,7 +47,15 @@ export class FleetView {
     try {
       return {...at, reachable: true, error: null, result: await run()}
     } catch (error) {
-      return {...at, reachable: false, error: (error as Error).message, result: null}
+      return {...at, reachable: false, error: why(error as DivertError), result: null}
     }
   }
+}
+
+/** The client's advice to start a daemon fits a local socket, not another instance: say what happened. */
+function why(error: DivertError): string {
+  if (error.code !== 'DIVERT_ERR_ADMIN_UNREACHABLE') return error.message
+  const cause = error.cause as NodeJS.ErrnoException | undefined
+  const code = cause?.code ?? (cause?.cause as NodeJS.ErrnoException | undefined)?.code
+  return /did not answer/.test(error.message) ? error.message : `no answer (${code ?? cause?.message ?? 'unreachable'}): the instance is down, or its admin listener cannot be reached from here`
 }

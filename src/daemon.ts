@@ -80,6 +80,8 @@ export class Daemon {
   readonly mirrorDropped = new Map<string, number>()
   private admin?: AdminServer
   private adminToken?: string
+  /** `state:` as the store in use was opened from (a reload does not switch stores). */
+  private storeKey?: string
   private checkers: HealthChecker[] = []
   private ticker?: NodeJS.Timeout
   private stopping?: Promise<void>
@@ -154,6 +156,7 @@ export class Daemon {
 
   /** The state file, the fleet's Redis (issue 14), or nothing. */
   private openStore(): RuleStore | undefined {
+    this.storeKey = this.config.redis ?? this.config.state
     if (this.config.redis) {
       this.fleet = new Fleet({url: this.config.redis, name: this.instance, logger: this.logger, sync: this.ruleService})
       return this.fleet.store
@@ -164,7 +167,8 @@ export class Daemon {
   /** What `divert status` says about where runtime rules live. */
   storeView(): StoreView {
     if (this.fleet) return this.fleet.store.view()
-    return this.config.state ? {kind: 'file', path: this.config.state} : {kind: 'none'}
+    const store = this.ruleService.store
+    return store ? {kind: 'file', path: store.path} : {kind: 'none'}
   }
 
   /**
@@ -352,6 +356,7 @@ export class Daemon {
     this.restartHealth()
     for (const p of plan.retire) await closeProxy(p)
     await this.ruleService.closeRecordings(oldConfigRules)
+    if ((next.redis ?? next.state) !== this.storeKey) this.logger.warn({state: next.redis ?? next.state ?? null, inUse: this.ruleService.store?.path ?? null}, 'state: (where runtime rules are kept) changed in the config: that takes effect at the next start, not on reload')
     this.logger.info({audit: true, action: 'config.reload', by: who, ...result}, 'config reloaded')
     return result
   }

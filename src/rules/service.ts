@@ -164,15 +164,18 @@ export class RuleService {
     const keep = new Set(wanted.map((r) => r.id))
     const leaving = 'all' in change ? this.table.rulesOf('runtime').filter((r) => !keep.has(r.id)) : change.remove.map((r) => this.table.get(r.id)).filter((r) => r?.origin === 'runtime')
     const gone = leaving.map((r) => this.table.remove(r!.id))
+    let added = false
     for (const r of wanted) {
-      const replaced = await this.mergeOne(r, from)
-      if (replaced) gone.push(replaced)
+      const outcome = await this.mergeOne(r, from)
+      added ||= outcome !== undefined
+      if (outcome?.replaced) gone.push(outcome.replaced)
     }
-    await this.changed(gone)
+    // This instance's own change comes back on the channel too: then nothing changed here.
+    if (added || gone.length > 0) await this.changed(gone)
   }
 
-  /** One shared rule in force here; returns the runtime rule it replaced. */
-  private async mergeOne(r: StoredRule, from: string): Promise<Rule | undefined> {
+  /** One shared rule in force here (undefined: it already was, or cannot be); with the runtime rule it replaced. */
+  private async mergeOne(r: StoredRule, from: string): Promise<{replaced?: Rule} | undefined> {
     if (this.table.get(r.id)?.origin === 'runtime') return undefined
     let acquired = false
     try {
@@ -180,7 +183,7 @@ export class RuleService {
       this.checkNames(r)
       if (r.record) await this.o.recordings.acquire(r.record, {maxBytes: r.recordMaxBytes ?? this.o.config().captureMaxBytes, logger: this.o.logger})
       acquired = Boolean(r.record)
-      return this.table.add(r, 'runtime').replaced
+      return {replaced: this.table.add(r, 'runtime').replaced}
     } catch (error) {
       if (acquired) await this.o.recordings.release(r.record!)
       this.o.logger.error({rule: r, from}, `rule ${String(r.id)} for ${String(r.source)} from ${from} not applied on this instance: ${(error as Error).message}`)

@@ -20,7 +20,7 @@ import {Router, type Decision} from './rules/router.js'
 import {StateStore, type RuleStore} from './rules/state.js'
 import {missingNames} from './rules/spec.js'
 import {RuleService} from './rules/service.js'
-import {Fleet} from './fleet/fleet.js'
+import type {Fleet} from './fleet/fleet.js'
 import type {StoreView} from './admin/protocol.js'
 import {SessionRegistry, type Session} from './session/registry.js'
 import {TapSet} from './session/fanout.js'
@@ -139,7 +139,7 @@ export class Daemon {
     this.router.state = {rules: this.rules, backends: this.backends}
     this.rules.replaceConfigRules(this.config.rules)
     this.instance = this.config.fleet?.name ?? hostname()
-    await this.ruleService.restore(this.openStore())
+    await this.ruleService.restore(await this.openStore())
     await this.ruleService.openRecordings(this.rules.snapshot())
     this.startHealth()
     for (const l of this.config.listeners) this.proxies.set(l.name, this.createProxy(l))
@@ -154,10 +154,11 @@ export class Daemon {
     this.ready = true
   }
 
-  /** The state file, the fleet's Redis (issue 14), or nothing. */
-  private openStore(): RuleStore | undefined {
+  /** The state file, the fleet's Redis (issue 14; ioredis is loaded only then), or nothing. */
+  private async openStore(): Promise<RuleStore | undefined> {
     this.storeKey = this.config.redis ?? this.config.state
     if (this.config.redis) {
+      const {Fleet} = await import('./fleet/fleet.js')
       this.fleet = new Fleet({url: this.config.redis, name: this.instance, logger: this.logger, sync: this.ruleService})
       return this.fleet.store
     }

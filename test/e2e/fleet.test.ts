@@ -173,3 +173,28 @@ describe('issue 14: a fleet shares runtime rules through Redis', () => {
     }
   })
 })
+
+describe('issue 14: the state-file default needs no Redis', () => {
+  let lab: Lab
+
+  before(async () => {
+    lab = await startLab({top: () => 'state: ./state.json'})
+  })
+
+  after(async () => {
+    await lab?.close()
+  })
+
+  test('issue 14: with state: FILE, rules persist as before, status names the file, --fleet says it needs a shared store', async () => {
+    const added = await lab.cli('add', '127.0.0.50', '--to', 'staging', '--json')
+    assert.equal(added.code, 0, added.stderr)
+    assert.equal(await whoAnswers(lab.port, '127.0.0.50'), 'staging')
+    const status = (await lab.cli('status', '--json')).json()
+    assert.deepEqual(status.store, {kind: 'file', path: `${lab.dir}/state.json`})
+    assert.doesNotMatch((await lab.cli('status')).stdout, /rule store/, 'the status text reads as before')
+    assert.ok(!lab.daemon.logs.some((l) => /redis/i.test(JSON.stringify(l))), 'no word of Redis in the log')
+    await expectCliError(lab.cli, {args: ['sessions', '--fleet'], code: 'DIVERT_ERR_INVALID_ARGUMENT', exit: 2, message: /--fleet needs a shared rule store: this instance keeps its rules in .*state\.json/})
+    await lab.restart()
+    assert.equal(await whoAnswers(lab.port, '127.0.0.50'), 'staging', 'restored from the file')
+  })
+})

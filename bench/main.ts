@@ -11,6 +11,7 @@ import {dirname, join, resolve} from 'node:path'
 import {spawnSync} from 'node:child_process'
 import {catalog, type TestDef} from './catalog.js'
 import {benchCli, renderCli, type CliResults} from './cli.js'
+import {benchFleet, renderFleet, type FleetResults} from './fleet.js'
 import {divertMissing} from './contenders.js'
 import {LOAD_CPU, startBackends, type Lab} from './lab.js'
 import {finishMachineInfo, machineInfo, type MachineInfo} from './machine.js'
@@ -108,6 +109,7 @@ interface Results {
   tests: ReturnType<typeof aggregate>
   samples: Sample[]
   cli?: CliResults
+  fleet?: FleetResults
 }
 
 function writeResults(path: string, results: Results): void {
@@ -128,7 +130,28 @@ async function cliBench(o: BenchOptions, repo: string): Promise<CliResults> {
   }
 }
 
-async function bench(o: BenchOptions, repo: string, tools: ToolReport, cli?: CliResults): Promise<void> {
+/**
+ * The fleet test (bench/fleet.ts): 1,000 rule changes (100 with --quick), then 5 s (2 s) of traffic
+ * quiet and under 100 changes/s. Skipped, with a line saying so, when redis-server is missing.
+ */
+async function fleetBench(o: BenchOptions, repo: string): Promise<FleetResults | undefined> {
+  if (spawnSync('redis-server', ['--version']).status !== 0) {
+    log('fleet: skipped — redis-server is not installed (Debian: apt-get install redis-server)')
+    return undefined
+  }
+  const opts = {changes: o.quick ? 100 : 1000, seconds: o.quick ? 2 : 5, rate: 100}
+  const dir = mkdtempSync(join(tmpdir(), 'divert-bench-fleet-'))
+  try {
+    log(`fleet: ${opts.changes} rule changes, then ${opts.seconds}s of traffic quiet and under ${opts.rate} changes/s`)
+    const r = await benchFleet(repo, dir, opts)
+    console.log(`${renderFleet(r, opts)}\n`)
+    return r
+  } finally {
+    rmSync(dir, {recursive: true, force: true})
+  }
+}
+
+async function bench(o: BenchOptions, repo: string, tools: ToolReport, cli?: CliResults, fleet?: FleetResults): Promise<void> {
   const notes: string[] = []
   pinSelf(notes)
   const p = profileFor(o)
@@ -155,7 +178,7 @@ async function bench(o: BenchOptions, repo: string, tools: ToolReport, cli?: Cli
     if (notes.length) console.log(`\nNotes:\n${notes.map((n) => `  - ${n}`).join('\n')}`)
     const out = resolve(o.out)
     writeResults(out, {generatedAt: new Date().toISOString(), machine: finishMachineInfo(machine), options: o, profile: p, notes,
-      divert: {available: !base.divertMissing, reason: base.divertMissing}, tests, samples, ...(cli ? {cli} : {})})
+      divert: {available: !base.divertMissing, reason: base.divertMissing}, tests, samples, ...(cli ? {cli} : {}), ...(fleet ? {fleet} : {})})
     console.log(`\nJSON results: ${out}`)
   } finally {
     process.removeListener('SIGINT', stop).removeListener('SIGTERM', stop)
@@ -178,13 +201,14 @@ export async function main(argv: string[], repo: string): Promise<number> {
       return 1
     }
     const cli = o.cli ? await cliBench(o, repo) : undefined
+    const fleet = o.fleet ? await fleetBench(o, repo) : undefined
     if (o.only.length === 0) {
-      writeResults(resolve(o.out), {generatedAt: new Date().toISOString(), cli} as Results)
+      writeResults(resolve(o.out), {generatedAt: new Date().toISOString(), cli, fleet} as Results)
       return 0
     }
     const tools = ensureTools(o)
     if (!tools) return 1
-    await bench(o, repo, tools, cli)
+    await bench(o, repo, tools, cli, fleet)
     return 0
   } catch (e) {
     log(`bench: ${e instanceof Error ? e.message : String(e)}`)

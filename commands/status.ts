@@ -1,15 +1,30 @@
+import {Flags} from '@oclif/core'
 import {DivertCommand} from '../src/cli/base.js'
-import {statusText} from '../src/cli/render.js'
+import {fleetStatusText, statusText} from '../src/cli/render.js'
 import {terminalWidth} from '../src/cli/terminal.js'
-import type {StatusView} from '../src/admin/protocol.js'
+import type {FleetStatusResult, StatusView} from '../src/admin/protocol.js'
 
 export default class Status extends DivertCommand {
-  static summary = 'Show listeners, backends with per-server health, session and byte totals, and uptime.'
-  static examples = ['<%= config.bin %> status', '<%= config.bin %> status --json']
+  static summary = 'Show listeners, backends with per-server health, session and byte totals, the rule store, and uptime.'
+  static examples = [
+    '<%= config.bin %> status',
+    '<%= config.bin %> status --json',
+    '<%= config.bin %> status --fleet   # one line per instance sharing the rule store; unreachable ones too',
+  ]
 
-  async run(): Promise<StatusView> {
+  static flags = {
+    fleet: Flags.boolean({description: 'ask every live instance that shares this one\'s rule store (state: redis://…)'}),
+  }
+
+  async run(): Promise<StatusView | FleetStatusResult> {
     const {flags} = await this.parse(Status)
-    const status = await this.adminClient(flags.admin).status()
+    const client = this.adminClient(flags.admin)
+    if (flags.fleet) {
+      const fleet = await client.fleetStatus()
+      this.log(fleetStatusText(fleet, terminalWidth()))
+      return fleet
+    }
+    const status = await client.status()
     this.log(statusText(status, terminalWidth()))
     return status
   }

@@ -14,8 +14,10 @@ import {isRefusal} from './rules/router.js'
 import type {SessionFilter} from './session/registry.js'
 import {formatEndpoint} from './net/endpoint.js'
 import type {Control} from './admin/routes.js'
+import type {SessionQuery} from './admin/client.js'
+import type {FleetView} from './fleet/view.js'
 import type {
-  AddRuleResult, BackendView, KeptView, ExplainResult, KillResult, ReloadResult, RemoveRulesResult,
+  AddRuleResult, BackendView, FleetKillResult, FleetSessionsResult, FleetStatusResult, KeptView, ExplainResult, KillResult, ReloadResult, RemoveRulesResult,
   RuleView, SessionView, StatusView,
 } from './admin/protocol.js'
 import type {Daemon} from './daemon.js'
@@ -28,7 +30,7 @@ export class DaemonControl implements Control {
     const counters = this.d.registry.counters()
     const sum = (f: (c: (typeof counters)[number]) => number): number => counters.reduce((a, c) => a + f(c), 0)
     return {
-      version: VERSION, pid: process.pid, configFile: this.d.config.file, startedAt: new Date(this.d.startedAt).toISOString(),
+      version: VERSION, pid: process.pid, instance: this.d.instance, store: this.d.storeView(), configFile: this.d.config.file, startedAt: new Date(this.d.startedAt).toISOString(),
       uptimeMs: this.d.clock.now() - this.d.startedAt,
       listeners: [...this.d.proxies.values()].map((p) => {
         const a = p.address()
@@ -52,7 +54,7 @@ export class DaemonControl implements Control {
 
   async addRule(body: unknown, who: string): Promise<AddRuleResult> {
     const {spec, existing: policy} = parseAddRule(body, this.d.clock.now())
-    const {rule, replaced, kept} = await this.d.ruleService.add(spec)
+    const {rule, replaced, kept} = await this.d.ruleService.add(spec, who)
 
     const filter: SessionFilter = {source: parseCidr(spec.source), listener: spec.listener}
     const matched = [...this.d.registry.matching(filter)].length
@@ -66,11 +68,11 @@ export class DaemonControl implements Control {
   }
 
   async removeRule(key: string, listener: string | undefined, who: string): Promise<RemoveRulesResult> {
-    return this.afterRemove(await this.d.ruleService.remove(key, listener), who)
+    return this.afterRemove(await this.d.ruleService.remove(key, listener, who), who)
   }
 
   async removeAllRules(who: string): Promise<RemoveRulesResult> {
-    return this.afterRemove(await this.d.ruleService.removeAll(), who)
+    return this.afterRemove(await this.d.ruleService.removeAll(who), who)
   }
 
   private afterRemove(removed: Rule[], who: string): RemoveRulesResult {
@@ -131,6 +133,33 @@ export class DaemonControl implements Control {
     return {killed: 1}
   }
 
+  /** `divert status --fleet`: every live instance's status (issue 14). */
+  async fleetStatus(who: string): Promise<FleetStatusResult> {
+    const answers = await this.fleet().ask(who, () => this.status(), (c) => c.status())
+    return {instances: answers.map(({result, ...at}) => ({...at, status: result}))}
+  }
+
+  /** `divert sessions --fleet`: every live instance's sessions, each with its instance. */
+  async fleetSessions(filter: SessionFilter, query: SessionQuery, who: string): Promise<FleetSessionsResult> {
+    const answers = await this.fleet().ask(who, () => this.sessions(filter), (c) => c.sessions(query))
+    return {
+      instances: answers.map(({result: _r, ...at}) => at),
+      sessions: answers.flatMap((a) => (a.result ?? []).map((s) => ({instance: a.instance, ...s}))),
+    }
+  }
+
+  /** `divert kill --fleet --source X`: closes the matching sessions on every live instance. */
+  async fleetKill(filter: SessionFilter, query: SessionQuery, who: string): Promise<FleetKillResult> {
+    const answers = await this.fleet().ask(who, () => this.killSessions(filter, who), (c) => c.killSessions(query))
+    const instances = answers.map(({result, ...at}) => ({...at, killed: result?.killed ?? null}))
+    return {killed: instances.reduce((n, i) => n + (i.killed ?? 0), 0), instances}
+  }
+
+  private fleet(): FleetView {
+    if (!this.d.fleet) throw new DivertError('CLI_USAGE', `--fleet needs a shared rule store: this instance keeps its rules ${this.d.config.state ? `in ${this.d.config.state}` : 'in memory'} and knows no fleet (set state: redis://HOST:PORT/DB in ${this.d.config.file})`)
+    return this.d.fleet.view
+  }
+
   backends(): BackendView[] {
     return [...this.d.backends.values()].map((b) => b.snapshot())
   }
@@ -152,7 +181,7 @@ export class DaemonControl implements Control {
   }
 
   private audit(action: string, who: string, what: Record<string, unknown>): void {
-    this.d.logger.info({audit: true, action, by: who, at: new Date().toISOString(), ...what}, `audit: ${action} by ${who}`)
+    this.d.logger.info({audit: true, action, by: who, instance: this.d.instance, at: new Date().toISOString(), ...what}, `audit: ${action} by ${who} on ${this.d.instance}`)
   }
 }
 

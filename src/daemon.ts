@@ -9,6 +9,7 @@
  *   config ─▶ RuleService(RuleTable) + Backends + Registry ─▶ Router ─▶ Tcp/Udp proxies ◀─ AdminServer ◀─ CLI
  */
 import {lstatSync, readFileSync} from 'node:fs'
+import {hostname} from 'node:os'
 import type {Logger} from 'pino'
 import {loadConfig} from './config/load.js'
 import type {Config, ListenerConfig} from './config/types.js'
@@ -18,9 +19,11 @@ import {Backend} from './backends/backend.js'
 import {HealthChecker, tcpConnectCheck} from './backends/health.js'
 import {RuleTable} from './rules/table.js'
 import {Router, type Decision} from './rules/router.js'
-import {StateStore} from './rules/state.js'
+import {StateStore, type RuleStore} from './rules/state.js'
 import {formatConflicts, ruleConflicts} from './rules/spec.js'
 import {RuleService} from './rules/service.js'
+import type {Fleet} from './fleet/fleet.js'
+import type {StoreView} from './admin/protocol.js'
 import {SessionRegistry, type Session} from './session/registry.js'
 import {TapSet} from './session/fanout.js'
 import type {SessionMeta, Tap} from './session/types.js'
@@ -74,9 +77,16 @@ export class Daemon {
   capacity?: {openFiles: number; tcpSessions: number; udpFlows: number}
   /** This daemon's Prometheus registry (GET /metrics). */
   readonly metrics: DaemonMetrics
+  /** This instance's name in a fleet (fleet.name, else the host name); audit lines carry it. */
+  instance = hostname()
+  /** Set when `state: redis://…`: the shared store, registration and fleet view (issue 14). */
+  fleet?: Fleet
   /** Bytes mirrors dropped, per mirror backend (read at scrape time). */
   readonly mirrorDropped = new Map<string, number>()
   private admin?: AdminServer
+  private adminToken?: string
+  /** `state:` as the store in use was opened from (a reload does not switch stores). */
+  private storeKey?: string
   private checkers: HealthChecker[] = []
   private ticker?: Timer
   /** Resolves the drain's wait when the last session closes. */
@@ -96,7 +106,7 @@ export class Daemon {
     this.recordings = new RecordingSet()
     this.ruleService = new RuleService({
       table: this.rules, recordings: this.recordings, logger: opts.logger, clock,
-      config: () => this.config, backends: () => this.backends, onChange: () => this.retap(),
+      config: () => this.config, backends: () => this.backends, onChange: () => this.retap(), instance: () => this.instance,
     })
   }
 
@@ -140,18 +150,49 @@ export class Daemon {
     this.backends = buildBackends(this.config, this.clock)
     this.router.state = {rules: this.rules, backends: this.backends}
     this.rules.replaceConfigRules(this.config.rules)
-    await this.ruleService.restore(this.config.state ? new StateStore(this.config.state) : undefined)
+    this.instance = this.config.fleet?.name ?? hostname()
+    await this.ruleService.restore(await this.openStore())
     await this.ruleService.openRecordings(this.rules.snapshot())
     this.startHealth()
     for (const l of this.config.listeners) this.proxies.set(l.name, this.createProxy(l))
     for (const p of this.proxies.values()) await p.listen()
     await this.startAdmin()
+    this.fleet?.start({url: this.adminUrl(), token: this.adminToken})
     this.ticker = this.clock.setInterval(() => this.tick(), this.opts.tickMs ?? 1000)
     this.logger.info({
       listeners: [...this.proxies.values()].map((p) => `${p.config.name} ${p.config.protocol} ${endpointString(p.config.bind)}`),
       admin: this.adminSocket, rules: this.rules.size, capacity: this.capacity,
     }, 'divert ready')
     this.ready = true
+  }
+
+  /** The state file, the fleet's Redis (issue 14; ioredis is loaded only then), or nothing. */
+  private async openStore(): Promise<RuleStore | undefined> {
+    this.storeKey = this.config.redis ?? this.config.state
+    if (this.config.redis) {
+      const {Fleet} = await import('./fleet/fleet.js')
+      this.fleet = new Fleet({url: this.config.redis, name: this.instance, logger: this.logger, sync: this.ruleService})
+      return this.fleet.store
+    }
+    return this.config.state ? new StateStore(this.config.state) : undefined
+  }
+
+  /** What `divert status` says about where runtime rules live. */
+  storeView(): StoreView {
+    if (this.fleet) return this.fleet.store.view()
+    const store = this.ruleService.store
+    return store ? {kind: 'file', path: store.path} : {kind: 'none'}
+  }
+
+  /**
+   * The URL the other instances reach this one's TCP admin listener at: fleet.admin_url, else the
+   * address it is bound to — unless that is a wildcard, which names no host to connect to.
+   */
+  private adminUrl(): string | null {
+    if (this.config.fleet?.adminUrl) return this.config.fleet.adminUrl
+    const a = this.admin?.tcpAddress()
+    if (!a || a.address === '0.0.0.0' || a.address === '::') return null
+    return `http://${a.family === 'IPv6' ? `[${a.address}]` : a.address}:${a.port}`
   }
 
   /** Reads the open-files limit, says how many sessions fit, and makes that the sessions' descriptor budget. */
@@ -255,7 +296,8 @@ export class Daemon {
     this.adminSocket = this.opts.admin ?? this.config.admin.socket ?? resolveAdminTarget(undefined, env)
     prepareSocketDir(this.adminSocket, env)
     const a = this.config.admin
-    const tcp = a.listen && a.tokenFile ? {listen: a.listen, token: readToken(a.tokenFile)} : undefined
+    this.adminToken = a.listen && a.tokenFile ? readToken(a.tokenFile) : undefined
+    const tcp = a.listen && this.adminToken ? {listen: a.listen, token: this.adminToken} : undefined
     const admin = new AdminServer({control: new DaemonControl(this), logger: this.logger, socket: this.adminSocket, tcp})
     const before = lstatSync(this.adminSocket, {throwIfNoEntry: false})
     try {
@@ -327,6 +369,7 @@ export class Daemon {
     this.restartHealth()
     for (const p of plan.retire) await closeProxy(p)
     await this.ruleService.closeRecordings(oldConfigRules)
+    if ((next.redis ?? next.state) !== this.storeKey) this.logger.warn({state: next.redis ?? next.state ?? null, inUse: this.ruleService.store?.path ?? null}, 'state: (where runtime rules are kept) changed in the config: that takes effect at the next start, not on reload')
     this.logger.info({audit: true, action: 'config.reload', by: who, ...result}, 'config reloaded')
     return result
   }
@@ -414,6 +457,7 @@ export class Daemon {
     for (const p of this.proxies.values()) if (p instanceof UdpProxy) p.destroy()
     for (const c of this.checkers) c.stop()
     await this.admin?.close()
+    await this.fleet?.close()
     await this.recordings.closeAll()
     if (this.ready) this.logger.info({uptimeMs: this.clock.now() - this.startedAt}, 'divert stopped')
   }

@@ -24,6 +24,7 @@ export const ERROR_CATALOG = {
   LISTEN_FAILED: {status: 500, exit: 4, summary: 'a listener (or the admin socket) could not be bound: port in use, permission'},
   STATE_CORRUPT: {status: 500, exit: 4, summary: 'the state file cannot be read (the daemon does not start), or is not valid: then it is moved aside, logged with this code, and the daemon starts without it'},
   STATE_WRITE: {status: 500, exit: 4, summary: 'runtime rules could not be written to the state file'},
+  STATE_UNAVAILABLE: {status: 503, exit: 4, summary: 'the shared rule store (Redis) is unreachable: the rule change was not made on any instance'},
   ADMIN_UNREACHABLE: {status: 503, exit: 5, summary: 'no divert daemon answers at the admin socket'},
   ADMIN_PERMISSION: {status: 403, exit: 5, summary: 'the admin socket exists but this user may not open it'},
   ADMIN_UNAUTHORIZED: {status: 401, exit: 5, summary: 'the TCP admin listener needs a valid bearer token'},

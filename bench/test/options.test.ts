@@ -31,9 +31,16 @@ test('--only takes tests and groups, in catalogue order, and rejects unknown nam
 
 test('issue 11.25: the cli test runs by default and alone with --only cli (no proxy test then)', () => {
   assert.equal(parse().cli, true)
-  assert.deepEqual(parse('--only', 'cli'), {...parse(), only: [], cli: true})
+  assert.deepEqual(parse('--only', 'cli'), {...parse(), only: [], cli: true, fleet: false})
   assert.deepEqual(parse('--only', 'udp-rate,cli').only, ['udp-rate'])
   assert.equal(parse('--only', 'udp-rate').cli, false)
+})
+
+test('issue 14: the fleet test runs by default and alone with --only fleet', () => {
+  assert.equal(parse().fleet, true)
+  assert.deepEqual(parse('--only', 'fleet'), {...parse(), only: [], cli: false, fleet: true})
+  assert.equal(parse('--only', 'udp-rate').fleet, false)
+  assert.equal(parse('--only', 'cli,fleet').cli, true)
 })
 
 test('bad values and unknown options are DivertErrors that say what is wrong', () => {

@@ -11,7 +11,7 @@ import {hostname, userInfo} from 'node:os'
 import {DivertError} from '../errors.js'
 import {isTcpTarget} from './paths.js'
 import type {
-  AddRuleRequest, AddRuleResult, BackendView, ExplainResult, KillResult, ReloadResult, RemoveRulesResult,
+  AddRuleRequest, AddRuleResult, BackendView, ExplainResult, FleetKillResult, FleetSessionsResult, FleetStatusResult, KillResult, ReloadResult, RemoveRulesResult,
   RuleView, SessionView, StatusView,
 } from './protocol.js'
 
@@ -25,8 +25,13 @@ export class AdminClient {
   private client?: Promise<Client>
   private readonly headers: Record<string, string>
 
-  constructor(readonly target: string, token?: string) {
-    this.headers = {'x-divert-client': clientName()}
+  /**
+   * `opts.client` names the caller in the daemon's audit lines (default: user@host pid N); a daemon
+   * asking another instance for a fleet-wide command names itself and who asked it.
+   * `opts.timeoutMs` bounds connect and answer (default 5 s and 30 s).
+   */
+  constructor(readonly target: string, token?: string, private readonly opts: {client?: string; timeoutMs?: number} = {}) {
+    this.headers = {'x-divert-client': opts.client ?? clientName()}
     if (token) this.headers.authorization = `Bearer ${token}`
   }
 
@@ -49,6 +54,9 @@ export class AdminClient {
   backends(): Promise<BackendView[]> { return this.request('GET', '/backends') }
   metrics(): Promise<string> { return this.request('GET', '/metrics') }
   reload(): Promise<ReloadResult> { return this.request('POST', '/reload') }
+  fleetStatus(): Promise<FleetStatusResult> { return this.request('GET', '/fleet/status') }
+  fleetSessions(q: SessionQuery = {}): Promise<FleetSessionsResult> { return this.request('GET', `/fleet/sessions${query({...q})}`) }
+  fleetKill(q: SessionQuery): Promise<FleetKillResult> { return this.request('DELETE', `/fleet/sessions${query({...q})}`) }
 
   async request<T>(method: 'GET' | 'POST' | 'DELETE', path: string, body?: unknown): Promise<T> {
     let res
@@ -82,7 +90,8 @@ export class AdminClient {
    * not with the command: `divert --help`, `--version` and `check` never need it.
    */
   private connection(): Promise<Client> {
-    const opts = {connectTimeout: 5_000, headersTimeout: 30_000, bodyTimeout: 30_000}
+    const t = this.opts.timeoutMs
+    const opts = {connectTimeout: t ?? 5_000, headersTimeout: t ?? 30_000, bodyTimeout: t ?? 30_000}
     this.client ??= import('undici').then(({Client}) => (isTcpTarget(this.target)
       ? new Client(this.target, opts)
       : new Client('http://divert', {...opts, socketPath: this.target})))
@@ -92,7 +101,7 @@ export class AdminClient {
   private transportError(error: NodeJS.ErrnoException): DivertError {
     const code = error.code ?? (error.cause as NodeJS.ErrnoException | undefined)?.code
     if (code === 'UND_ERR_HEADERS_TIMEOUT' || code === 'UND_ERR_BODY_TIMEOUT') {
-      return new DivertError('ADMIN_UNREACHABLE', `the divert daemon at ${this.target} did not answer within 30s: it may be overloaded or stuck`, {cause: error})
+      return new DivertError('ADMIN_UNREACHABLE', `the divert daemon at ${this.target} did not answer within ${(this.opts.timeoutMs ?? 30_000) / 1000}s: it may be overloaded or stuck`, {cause: error})
     }
     if (code === 'ENOENT' || code === 'ECONNREFUSED' || code === 'UND_ERR_CONNECT_TIMEOUT') {
       return new DivertError('ADMIN_UNREACHABLE', `no divert daemon at ${this.target} — start one with \`divert start -c FILE\` (or point --admin / DIVERT_ADMIN at its socket)`, {cause: error})

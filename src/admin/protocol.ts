@@ -67,9 +67,18 @@ export interface ListenerView {
   sessions: number
 }
 
+/** Where this instance keeps its runtime rules, and (Redis) whether it is connected. */
+export type StoreView =
+  | {kind: 'none'}
+  | {kind: 'file'; path: string}
+  | {kind: 'redis'; url: string; connected: boolean; version: number; since: string; error: string | null}
+
 export interface StatusView {
   version: string
   pid: number
+  /** This instance's fleet name (fleet.name, else the host name). */
+  instance?: string
+  store?: StoreView
   configFile: string
   startedAt: string
   uptimeMs: number
@@ -87,4 +96,26 @@ export interface ReloadResult {
   listeners: {added: string[]; removed: string[]; changed: string[]}
   backends: {added: string[]; removed: string[]; changed: string[]}
   rules: number
+}
+
+/** One instance as a fleet-wide command saw it (issue 14): an unreachable one is listed, with why. */
+export interface FleetInstanceView {
+  instance: string
+  adminUrl: string | null
+  reachable: boolean
+  error: string | null
+}
+
+export interface FleetSessionsResult {
+  instances: FleetInstanceView[]
+  sessions: Array<SessionView & {instance: string}>
+}
+
+export interface FleetStatusResult {
+  instances: Array<FleetInstanceView & {status: StatusView | null}>
+}
+
+export interface FleetKillResult {
+  killed: number
+  instances: Array<FleetInstanceView & {killed: number | null}>
 }

@@ -6,8 +6,9 @@
 import {DivertError} from '../errors.js'
 import {parseCidr} from '../rules/cidr.js'
 import type {SessionFilter} from '../session/registry.js'
+import type {SessionQuery} from './client.js'
 import type {
-  AddRuleResult, BackendView, ExplainResult, KillResult, ReloadResult, RemoveRulesResult,
+  AddRuleResult, BackendView, ExplainResult, FleetKillResult, FleetSessionsResult, FleetStatusResult, KillResult, ReloadResult, RemoveRulesResult,
   RuleView, SessionView, StatusView,
 } from './protocol.js'
 
@@ -26,6 +27,9 @@ export interface Control {
   backends(): BackendView[]
   metrics(): Promise<string>
   reload(who: string): Promise<ReloadResult>
+  fleetStatus(who: string): Promise<FleetStatusResult>
+  fleetSessions(filter: SessionFilter, query: SessionQuery, who: string): Promise<FleetSessionsResult>
+  fleetKill(filter: SessionFilter, query: SessionQuery, who: string): Promise<FleetKillResult>
 }
 
 export interface RequestContext {
@@ -65,6 +69,16 @@ const ROUTES: Array<{path: RegExp; methods: Record<string, Handler>}> = [
     GET: (c, _ctx, [id]) => c.session(id),
     DELETE: (c, ctx, [id]) => c.killSession(id, ctx.who),
   }},
+  // Issue 14: the same questions to every live instance of the fleet.
+  {path: /^\/fleet\/status$/, methods: {GET: (c, ctx) => c.fleetStatus(ctx.who)}},
+  {path: /^\/fleet\/sessions$/, methods: {
+    GET: (c, ctx) => c.fleetSessions(sessionFilter(ctx.url), sessionQuery(ctx.url), ctx.who),
+    DELETE: (c, ctx) => {
+      const filter = sessionFilter(ctx.url)
+      if (!filter.source && !filter.backend && !filter.listener) throw bad('DELETE /fleet/sessions needs a filter: ?source=CIDR, ?backend=NAME or ?listener=NAME')
+      return c.fleetKill(filter, sessionQuery(ctx.url), ctx.who)
+    },
+  }},
   {path: /^\/backends$/, methods: {GET: (c) => c.backends()}},
   {path: /^\/metrics$/, methods: {GET: (c) => c.metrics()}},
   {path: /^\/reload$/, methods: {POST: (c, ctx) => c.reload(ctx.who)}},
@@ -82,7 +96,7 @@ export async function routeRequest(control: Control, ctx: RequestContext): Promi
     const params = m.slice(1).map((p) => safeDecode(p))
     return handler(control, ctx, params)
   }
-  throw new DivertError('ADMIN_NOT_FOUND', `no admin route ${ctx.url.pathname} (routes: /status /rules /explain /sessions /backends /metrics /reload)`)
+  throw new DivertError('ADMIN_NOT_FOUND', `no admin route ${ctx.url.pathname} (routes: /status /rules /explain /sessions /backends /metrics /reload /fleet/status /fleet/sessions)`)
 }
 
 function sessionFilter(url: URL): SessionFilter {
@@ -98,6 +112,16 @@ function sessionFilter(url: URL): SessionFilter {
   if (protocol === 'tcp' || protocol === 'udp') filter.protocol = protocol
   else if (protocol) throw bad('protocol must be tcp or udp')
   return filter
+}
+
+/** The filter as the other instances are asked for it (checked here first, by sessionFilter). */
+function sessionQuery(url: URL): SessionQuery {
+  const q: SessionQuery = {}
+  for (const k of ['source', 'backend', 'listener'] as const) {
+    const v = url.searchParams.get(k)
+    if (v) q[k] = v
+  }
+  return q
 }
 
 function required(url: URL, name: string): string {

@@ -5,7 +5,10 @@
  * escapeControl (escapeLines below) or a table cell, so no control sequence reaches the terminal raw.
  */
 import {formatDuration} from '../config/duration.js'
-import type {AddRuleResult, ExplainResult, ReloadResult, RemoveRulesResult, RuleView, SessionView, StatusView} from '../admin/protocol.js'
+import type {
+  AddRuleResult, ExplainResult, FleetInstanceView, FleetKillResult, FleetSessionsResult, FleetStatusResult, ReloadResult, RemoveRulesResult, RuleView,
+  SessionView, StatusView, StoreView,
+} from '../admin/protocol.js'
 import {escapeControl} from './escape.js'
 import {table} from './table.js'
 
@@ -51,12 +54,43 @@ export function rulesTable(rules: RuleView[], now = Date.now(), width = UNLIMITE
   return more === 0 ? text : `${text}\n${shown.length} of ${rules.length} rules shown; ${more} more not shown — \`divert list --json\` prints every rule`
 }
 
-export function sessionsTable(sessions: SessionView[], width = UNLIMITED): string {
+export function sessionsTable(sessions: Array<SessionView & {instance?: string}>, width = UNLIMITED, withInstance = false): string {
   if (sessions.length === 0) return 'no live sessions'
-  return table(['id', 'proto', 'client', 'listener', 'backend', 'server', 'rule', 'in', 'out', 'age', 'idle', 'taps'], sessions.map((s) => [
-    s.id, s.protocol, s.client, s.listener, s.backend, s.server, s.rule ?? '-',
+  const head = ['id', 'proto', 'client', 'listener', 'backend', 'server', 'rule', 'in', 'out', 'age', 'idle', 'taps']
+  return table(withInstance ? ['instance', ...head] : head, sessions.map((s) => [
+    ...(withInstance ? [s.instance ?? '?'] : []), s.id, s.protocol, s.client, s.listener, s.backend, s.server, s.rule ?? '-',
     traffic(s.bytesIn, s.packetsIn), traffic(s.bytesOut, s.packetsOut), formatDuration(s.ageMs), formatDuration(s.idleMs), tapsText(s.taps),
   ]), {width, drop: ['idle', 'proto', 'rule', 'age', 'taps', 'out', 'in', 'server', 'listener']})
+}
+
+/** `divert sessions --fleet`: one table with an instance column, then every instance that could not be asked. */
+export function fleetSessionsText(r: FleetSessionsResult, width = UNLIMITED): string {
+  return [sessionsTable(r.sessions, width, true), ...unreachableLines(r.instances)].join('\n')
+}
+
+/** `divert status --fleet`: one row per instance. */
+export function fleetStatusText(r: FleetStatusResult, width = UNLIMITED): string {
+  const rows = r.instances.map((i) => {
+    const s = i.status
+    if (!s) return [i.instance, 'UNREACHABLE', i.adminUrl ?? '-', '-', '-', '-', '-', i.error ?? '']
+    return [i.instance, 'up', i.adminUrl ?? '-', storeText(s.store), s.totals.activeSessions, s.totals.rules, formatDuration(s.uptimeMs), `pid ${s.pid}, divert ${s.version}`]
+  })
+  return table(['instance', 'state', 'admin', 'rule store', 'sessions', 'rules', 'uptime', 'note'], rows, {width, drop: ['note', 'uptime', 'admin']})
+}
+
+export function fleetKillText(r: FleetKillResult): string {
+  const per = r.instances.filter((i) => i.reachable).map((i) => `${i.instance}: ${i.killed ?? 0}`)
+  return [escapeLines([`closed ${r.killed} session${r.killed === 1 ? '' : 's'} (${per.join(', ')})`]), ...unreachableLines(r.instances)].join('\n')
+}
+
+function unreachableLines(instances: FleetInstanceView[]): string[] {
+  return escapeLines(instances.filter((i) => !i.reachable).map((i) => `instance ${i.instance} UNREACHABLE${i.adminUrl ? ` at ${i.adminUrl}` : ''}: ${i.error ?? 'no answer'}`)).split('\n').filter((l) => l !== '')
+}
+
+function storeText(store?: StoreView): string {
+  if (!store || store.kind === 'none') return 'none'
+  if (store.kind === 'file') return store.path
+  return `${store.url} ${store.connected ? `connected, version ${store.version}` : `DISCONNECTED since ${store.since}${store.error ? ` (${store.error})` : ''}`}`
 }
 
 function traffic(bytes: number, packets?: number): string {
@@ -84,6 +118,7 @@ export function explainText(results: ExplainResult[]): string {
 
 export function statusText(s: StatusView, width = UNLIMITED): string {
   const head = escapeLines([`divert ${s.version}, pid ${s.pid}, up ${formatDuration(s.uptimeMs)}, config ${s.configFile}`,
+    ...(s.store?.kind === 'redis' ? [`instance ${s.instance ?? '?'}, rule store ${storeText(s.store)}`] : []),
     `sessions: ${s.totals.activeSessions} live, ${s.totals.sessions} total, ${s.totals.refused} refused; ` +
     `bytes in ${formatBytes(s.totals.bytesIn)}, out ${formatBytes(s.totals.bytesOut)}; rules: ${s.totals.rules}`])
   const listeners = table(['listener', 'proto', 'bind', 'default backend', 'sessions'], s.listeners.map((l) => [l.name, l.protocol, l.address || l.bind, l.backend, l.sessions]), {width, drop: ['sessions', 'proto']})

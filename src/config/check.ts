@@ -9,6 +9,7 @@
 import {DivertError} from '../errors.js'
 import {RuleTable} from '../rules/table.js'
 import {StateStore} from '../rules/state.js'
+import {maskUrl} from '../fleet/url.js'
 import {formatConflicts, ruleConflicts} from '../rules/spec.js'
 import {loadConfig} from './load.js'
 import type {Config} from './types.js'
@@ -21,6 +22,8 @@ export interface CheckResult {
   rules: {config: number; runtime: number}
   /** The state file the config names, when there is one. */
   state?: string
+  /** `state: redis://…` (password masked): the fleet's rules, which check does not read. */
+  store?: string
 }
 
 /** The summary of a valid config; throws the DivertError `divert start` would fail with (exit 2). */
@@ -32,13 +35,14 @@ export async function checkConfig(file: string): Promise<CheckResult> {
   return {
     ok: true, file, listeners: config.listeners.length, backends: config.backends.size,
     rules: {config: config.rules.length, runtime}, ...(config.state ? {state: config.state} : {}),
+    ...(config.redis ? {store: maskUrl(config.redis)} : {}),
   }
 }
 
 /** One line: `FILE: OK — 3 listeners, 3 backends, 1 config rule, 2 runtime rules`. */
 export function describeCheck(r: CheckResult): string {
   const n = (count: number, what: string): string => `${count} ${what}${count === 1 ? '' : 's'}`
-  return `${r.file}: OK — ${n(r.listeners, 'listener')}, ${n(r.backends, 'backend')}, ${n(r.rules.config, 'config rule')}, ${n(r.rules.runtime, 'runtime rule')}${r.state ? ` (state ${r.state})` : ''}`
+  return `${r.file}: OK — ${n(r.listeners, 'listener')}, ${n(r.backends, 'backend')}, ${n(r.rules.config, 'config rule')}, ${n(r.rules.runtime, 'runtime rule')}${r.state ? ` (state ${r.state})` : ''}${r.store ? ` (runtime rules shared in ${r.store}, not read by check)` : ''}`
 }
 
 /**

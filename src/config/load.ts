@@ -266,7 +266,9 @@ function normalise(raw: RawConfig, file: string): Config {
   return compact({
     file: abs,
     admin: compact({socket: fromDir(raw.admin?.socket), listen: raw.admin?.listen, tokenFile: fromDir(raw.admin?.token_file)}),
-    state: fromDir(raw.state),
+    state: isRedisUrl(raw.state) ? undefined : fromDir(raw.state),
+    redis: isRedisUrl(raw.state) ? raw.state! : undefined,
+    fleet: raw.fleet ? compact({name: raw.fleet.name, adminUrl: raw.fleet.admin_url}) : undefined,
     listeners: raw.listeners.map(listenerOf),
     backends: new Map(Object.entries(raw.backends).map(([name, b]) => [name, backendOf(name, b)])),
     rules: (raw.rules ?? []).map((r) => ruleOf(r, fromDir)),
@@ -274,6 +276,10 @@ function normalise(raw: RawConfig, file: string): Config {
     mirrorBufferBytes: raw.capture?.mirror_buffer ?? DEFAULTS.mirrorBufferBytes,
     maxConnections: raw.limits?.max_connections ?? 0,
   })
+}
+
+function isRedisUrl(state: string | null | undefined): boolean {
+  return state != null && /^rediss?:\/\//i.test(state)
 }
 
 function listenerOf(l: RawConfig['listeners'][number]): ListenerConfig {

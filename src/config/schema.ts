@@ -85,6 +85,40 @@ function adminSchema() {
   })
 }
 
+/**
+ * `state:` is a file path, or a Redis URL (issue 14: the fleet's shared rule store). ioredis reads
+ * `redis://[[user]:password@]host[:port][/db]` and `rediss://` (TLS); the db must be a whole number.
+ */
+function stateSchema() {
+  const expected = 'a file path for the runtime-rule state, or redis://HOST:PORT/DB (rediss:// for TLS)'
+  return z.string(expecting(expected)).min(1).superRefine((v, ctx) => {
+    if (!/^[a-z][a-z0-9+.-]*:\/\//i.test(v)) return
+    const problem = redisUrlProblem(v)
+    if (problem) ctx.addIssue({code: 'custom', message: `got ${describeValue(v.replace(/\/\/[^@/]*@/, '//***@'))}: ${problem}; expected ${expected}`})
+  })
+}
+
+function redisUrlProblem(v: string): string | undefined {
+  let u: URL
+  try {
+    u = new URL(v)
+  } catch {
+    return 'not a valid URL'
+  }
+  if (u.protocol !== 'redis:' && u.protocol !== 'rediss:') return `the scheme ${u.protocol}// is not one divert keeps rules in`
+  if (u.hostname === '') return 'no host'
+  const db = u.pathname.replace(/^\//, '')
+  if (db !== '' && !/^\d{1,5}$/.test(db)) return `the database "${db}" is not a number`
+  return undefined
+}
+
+function fleetSchema() {
+  return strictObject({
+    name: name().optional(),
+    admin_url: z.string(expecting('the URL other instances reach this one\'s TCP admin listener at, e.g. http://10.0.0.5:7070')).url().optional(),
+  }, 'a mapping like { name: edge-1 }')
+}
+
 function captureSchema() {
   return strictObject({
     max_size: size().default(DEFAULTS.captureMaxBytes),
@@ -155,7 +189,8 @@ function backendSchema() {
 export function configSchema(known: KnownNames) {
   return strictObject({
     admin: adminSchema().nullish(),
-    state: path('the runtime-rule state').nullish(),
+    state: stateSchema().nullish(),
+    fleet: fleetSchema().nullish(),
     capture: captureSchema().nullish(),
     limits: strictObject({
       max_connections: int(0, Number.MAX_SAFE_INTEGER, 'an integer ≥ 0 (0 = unlimited)').default(0),

@@ -17,6 +17,12 @@ export interface AdminConfig {
   tokenFile?: string
 }
 
+export interface FleetConfig {
+  name?: string
+  /** `fleet.admin_url`: how the other instances reach this one's TCP admin listener. */
+  adminUrl?: string
+}
+
 export interface UdpListenerOptions {
   idleTimeoutMs: number
   key: UdpFlowKey
@@ -85,8 +91,12 @@ export interface Config {
   /** Absolute path of the file it was read from (for reload and error messages). */
   file: string
   admin: AdminConfig
-  /** Absolute path of the runtime-rule state file, when configured. */
+  /** Absolute path of the runtime-rule state file, when configured (and `state:` is not a Redis URL). */
   state?: string
+  /** `state: redis://…`: the fleet's shared rule store (issue 14); `state` is then absent. */
+  redis?: string
+  /** `fleet:` as given: this instance's name (absent: the host name) and the admin URL it registers. */
+  fleet?: FleetConfig
   listeners: ListenerConfig[]
   backends: Map<string, BackendConfig>
   rules: RuleSpec[]

@@ -6,9 +6,14 @@
  * set is worked out, the table put back at once (no await in between, so no session sees it), the
  * set saved, and only then the change made — so what is stored is exactly what callers were told.
  *
+ *
+ * With a shared store (issue 14, src/fleet/redis-store.ts) the other instances' changes come in
+ * through merge(), on the same queue, so a local change and a remote one never interleave.
+ *
  *   divert add/rm ─┐
  *   expiry timer  ─┼─▶ queue ─▶ check ─▶ store.save ─▶ RuleTable ─▶ onChange (taps follow)
- *   reload, boot  ─┘
+ *   reload, boot  ─┤
+ *   fleet (merge) ─┘
  */
 import {isAbsolute, dirname, resolve} from 'node:path'
 import type {Logger} from 'pino'
@@ -19,7 +24,7 @@ import type {Backend} from '../backends/backend.js'
 import type {RecordingSet} from '../capture/recorder.js'
 import {RuleTable, type Rule} from './table.js'
 import {formatConflicts, ruleConflicts} from './spec.js'
-import type {RuleStore, StoredRule} from './state.js'
+import {RuleIdTaken, type RuleChange, type RuleStore, type StoredRule} from './state.js'
 
 export interface RuleServiceOptions {
   table: RuleTable
@@ -32,7 +37,15 @@ export interface RuleServiceOptions {
   onChange?: () => void
   /** The daemon's clock, the table's too: the expiry timer fires when the table says a rule expired. */
   clock?: Clock
+  /** This instance's fleet name, for the audit lines (known once the config is read). */
+  instance?: () => string
 }
+
+/** Another instance's change, or the whole shared set (a resync), as merge() applies it. */
+export type RemoteChange = {all: StoredRule[]} | {put: StoredRule[]; remove: Array<Pick<StoredRule, 'id'>>}
+
+/** A store's rules were added this many times with a taken id before the service gives up. */
+const ID_ATTEMPTS = 5
 
 /** Fields a replacing `add` did not set and took from the rule it replaced. */
 export interface KeptFields {
@@ -99,7 +112,7 @@ export class RuleService {
    * Adds or replaces the runtime rule for (source, listener). A replacement keeps the old rule's
    * expiry, note and recording size limit unless the new call sets them (actions are the new call's).
    */
-  add(spec: RuleSpec): Promise<AddOutcome> {
+  add(spec: RuleSpec, who = 'unknown'): Promise<AddOutcome> {
     return this.exclusive(async () => {
       const config = this.o.config()
       const record = spec.record === undefined ? undefined : absolute(spec.record, dirname(config.file))
@@ -111,34 +124,71 @@ export class RuleService {
       if (record) await this.o.recordings.acquire(record, {maxBytes: merged.recordMaxBytes ?? config.captureMaxBytes, logger: this.o.logger})
       let staged: {rule: Rule; replaced?: Rule}
       try {
-        const stored = this.preview(() => (staged = this.table.add(merged, 'runtime')), () => this.undoAdd(staged))
-        await this.save(stored)
+        staged = await this.stage(merged, who)
       } catch (error) {
         if (record) await this.o.recordings.release(record)
         throw error
       }
-      const {rule, replaced} = this.table.add(RuleTable.spec(staged!.rule), 'runtime')
+      const {rule, replaced} = this.table.add(RuleTable.spec(staged.rule), 'runtime')
       await this.changed(replaced ? [replaced] : [])
       return {rule, ...(replaced ? {replaced} : {}), kept}
     })
   }
 
   /** Removes one runtime rule by id or source (and listener scope). */
-  remove(key: string, listener?: string): Promise<Rule[]> {
+  remove(key: string, listener?: string, who = 'unknown'): Promise<Rule[]> {
     return this.exclusive(async () => {
       if (listener) checkListener(this.o.config(), listener)
       let removed: Rule[] = []
       const stored = this.preview(() => (removed = [this.table.remove(key, {listener})]), () => this.putBack(removed))
-      return this.commitRemoval(stored, removed)
+      return this.commitRemoval(stored, removed, who)
     })
   }
 
-  removeAll(): Promise<Rule[]> {
+  removeAll(who = 'unknown'): Promise<Rule[]> {
     return this.exclusive(async () => {
       let removed: Rule[] = []
       const stored = this.preview(() => (removed = this.table.removeAll('runtime')), () => this.putBack(removed))
-      return this.commitRemoval(stored, removed)
+      return this.commitRemoval(stored, removed, who)
     })
+  }
+
+  /**
+   * Inside exclusive() (the shared store calls it there, after its version check): makes this
+   * instance's runtime rules follow another instance's change, or the whole shared set on a resync.
+   * Idempotent — a rule already in force with the same id stays as it is, hits and all. A rule this
+   * instance cannot apply (a backend, listener or recording it lacks) is named in the log and skipped,
+   * as at restore: config rules differ per instance.
+   */
+  async merge(change: RemoteChange, from: string): Promise<void> {
+    const wanted = 'all' in change ? change.all : change.put
+    const keep = new Set(wanted.map((r) => r.id))
+    const leaving = 'all' in change ? this.table.rulesOf('runtime').filter((r) => !keep.has(r.id)) : change.remove.map((r) => this.table.get(r.id)).filter((r) => r?.origin === 'runtime')
+    const gone = leaving.map((r) => this.table.remove(r!.id))
+    let added = false
+    for (const r of wanted) {
+      const outcome = await this.mergeOne(r, from)
+      added ||= outcome !== undefined
+      if (outcome?.replaced) gone.push(outcome.replaced)
+    }
+    // This instance's own change comes back on the channel too: then nothing changed here.
+    if (added || gone.length > 0) await this.changed(gone)
+  }
+
+  /** One shared rule in force here (undefined: it already was, or cannot be); with the runtime rule it replaced. */
+  private async mergeOne(r: StoredRule, from: string): Promise<{replaced?: Rule} | undefined> {
+    if (this.table.get(r.id)?.origin === 'runtime') return undefined
+    let acquired = false
+    try {
+      this.checkNames(r)
+      if (r.record) await this.o.recordings.acquire(r.record, {maxBytes: r.recordMaxBytes ?? this.o.config().captureMaxBytes, logger: this.o.logger})
+      acquired = Boolean(r.record)
+      return {replaced: this.table.add(r, 'runtime').replaced}
+    } catch (error) {
+      if (acquired) await this.o.recordings.release(r.record!)
+      this.o.logger.error({rule: r, from}, `rule ${String(r.id)} for ${String(r.source)} from ${from} not applied on this instance: ${(error as Error).message}`)
+      return undefined
+    }
   }
 
   /** Runs a config reload in the queue: no rule change interleaves with it. */
@@ -180,19 +230,24 @@ export class RuleService {
     for (const r of rules) if (r.record) await this.o.recordings.release(r.record)
   }
 
-  /** Expired rules no longer match (RuleTable.lookup checks the time); this removes them and saves. */
+  /**
+   * Expired rules no longer match (RuleTable.lookup checks the time); this removes them and saves.
+   * In a fleet every instance does this at the rule's expiresAt (no single point of failure); the
+   * shared store removes a rule only while it holds that id, so the second removal changes nothing.
+   */
   private async expire(): Promise<void> {
     const expired = this.table.expire()
     for (const r of expired) this.audit(r, `rule ${r.id} for ${r.source} expired`)
     if (expired.length > 0) {
-      await this.save(this.runtimeSpecs()).catch((error) => this.o.logger.error({err: error}, 'could not save state after expiry'))
+      const change = {put: [], remove: expired.map((r) => RuleTable.spec(r)), by: 'expiry'}
+      await this.save(this.runtimeSpecs(), change).catch((error) => this.o.logger.error({err: error}, 'could not save state after expiry'))
       await this.changed(expired)
     }
     this.scheduleExpiry()
   }
 
-  private async commitRemoval(stored: StoredRule[], removed: Rule[]): Promise<Rule[]> {
-    await this.save(stored)
+  private async commitRemoval(stored: StoredRule[], removed: Rule[], who: string): Promise<Rule[]> {
+    await this.save(stored, {put: [], remove: removed.map((r) => RuleTable.spec(r)), by: who})
     for (const r of removed) this.table.remove(r.id)
     await this.changed(removed)
     return removed
@@ -215,6 +270,23 @@ export class RuleService {
     }
   }
 
+  /**
+   * Saves the new rule before it is in force. A shared store that finds its id held by another
+   * instance's rule refuses it: the rule is staged again with a fresh id (ids are fleet-wide).
+   */
+  private async stage(spec: RuleSpec, who: string): Promise<{rule: Rule; replaced?: Rule}> {
+    for (let attempt = 1; ; attempt++) {
+      let staged!: {rule: Rule; replaced?: Rule}
+      const stored = this.preview(() => (staged = this.table.add(spec, 'runtime')), () => this.undoAdd(staged))
+      try {
+        await this.save(stored, {put: [RuleTable.spec(staged.rule)], remove: [], by: who})
+        return staged
+      } catch (error) {
+        if (!(error instanceof RuleIdTaken) || attempt >= ID_ATTEMPTS) throw error
+      }
+    }
+  }
+
   private undoAdd(staged: {rule: Rule; replaced?: Rule}): void {
     this.table.remove(staged.rule.id)
     if (staged.replaced) this.putBack([staged.replaced])
@@ -225,8 +297,13 @@ export class RuleService {
     for (const r of rules) this.table.add(RuleTable.spec(r), 'runtime').rule.hits = r.hits
   }
 
-  private async save(rules: StoredRule[]): Promise<void> {
-    await this.store?.save(rules)
+  private async save(rules: StoredRule[], change: RuleChange): Promise<void> {
+    await this.store?.save(rules, change)
+  }
+
+  /** The runtime rules as a store keeps them. */
+  runtimeRules(): StoredRule[] {
+    return this.runtimeSpecs()
   }
 
   private runtimeSpecs(): StoredRule[] {
@@ -242,7 +319,7 @@ export class RuleService {
   }
 
   private audit(r: Rule, msg: string): void {
-    this.o.logger.info({audit: true, action: 'rule.expired', by: 'expiry', rule: RuleTable.view(r)}, msg)
+    this.o.logger.info({audit: true, action: 'rule.expired', by: 'expiry', ...(this.o.instance ? {instance: this.o.instance()} : {}), rule: RuleTable.view(r)}, msg)
   }
 }
 

@@ -119,6 +119,12 @@ export function parseStoredRules(list: unknown[], now: number): {rules: StoredRu
   return {rules}
 }
 
+/** One rule as a shared store holds it (the state file's shape): the rule, or undefined if it is not one. */
+export function parseStoredRule(raw: unknown): StoredRuleSpec | undefined {
+  const parsed = storedRuleSchema.safeParse(raw)
+  return parsed.success && parsed.data.createdAt !== undefined ? compact({...parsed.data, createdAt: parsed.data.createdAt}) : undefined
+}
+
 /** The source is named in the parentheses and an unknown key in the message, so neither is prefixed again. */
 function storedProblem(index: number, raw: unknown, p: SchemaProblem): string {
   const given = typeof raw === 'object' && raw !== null ? (raw as {source?: unknown}).source : undefined

@@ -36,14 +36,30 @@ export interface LoadResult {
   problem?: string
 }
 
-/** Where runtime rules are kept: today the state file; a shared store (e.g. Redis) implements the same. */
+/** One change to the runtime set, for a store that keeps changes rather than whole sets (Redis). */
+export interface RuleChange {
+  /** Rules added, or replacing the rule for the same source and listener scope. */
+  put: StoredRule[]
+  /** Rules removed (by id: a store removes a rule only if it still holds that id). */
+  remove: StoredRule[]
+  /** Who asked (the audit's `by`), for the other instances' logs. */
+  by: string
+}
+
+/** Where runtime rules are kept: the state file, or the fleet's Redis (src/fleet/redis-store.ts). */
 export interface RuleStore {
   /** A human name for messages (the file path, the URL). */
   readonly path: string
   load(): Promise<LoadResult>
-  /** Persists the full runtime set; resolves once it is durably stored, rejects with STATE_WRITE. */
-  save(rules: StoredRule[]): Promise<void>
+  /**
+   * Persists the full runtime set (`rules`) or, for a shared store, `change`; resolves once it is
+   * durably stored, rejects with STATE_WRITE (or STATE_UNAVAILABLE, or RuleIdTaken).
+   */
+  save(rules: StoredRule[], change?: RuleChange): Promise<void>
 }
+
+/** A shared store refuses a rule id another instance's rule holds: the service draws another id. */
+export class RuleIdTaken extends Error {}
 
 /** O_EXCL makes open(2) fail on any existing name, a dangling symlink included; O_NOFOLLOW is belt and braces. */
 const TEMP_FLAGS = fsConstants.O_CREAT | fsConstants.O_EXCL | fsConstants.O_NOFOLLOW | fsConstants.O_WRONLY

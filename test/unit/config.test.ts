@@ -269,7 +269,7 @@ listners: []
       /divert\.yaml:6:12: listeners\[0\]\.udp\.idle: unknown key "idle"; expected one of: idle_timeout, key, max_flows, recv_buffer$/m,
       /divert\.yaml:10:43: backends\.prod\.servers\[0\]\.wieght: unknown key "wieght" \(did you mean "weight"\?\); expected one of: address, weight$/m,
       /divert\.yaml:11:15: backends\.prod\.health\.intervall: unknown key "intervall" \(did you mean "interval"\?\); expected one of: check, interval, timeout, rise, fall$/m,
-      /divert\.yaml:12:1: listners: unknown key "listners" \(did you mean "listeners"\?\); expected one of: admin, state, capture, limits, listeners, backends, rules$/m,
+      /divert\.yaml:12:1: listners: unknown key "listners" \(did you mean "listeners"\?\); expected one of: admin, state, fleet, capture, limits, listeners, backends, rules$/m,
     )
     assert.equal(problems(e).length, 5, e.message)
   })
@@ -570,5 +570,27 @@ backends:
 backends:
   prod: { servers: [ { address: 127.0.0.1:2401 } ] }
 `, /^divert\.yaml:2:76: listeners\[0\]\.keepalive: is TCP keepalive, only allowed on a tcp listener; expected protocol: tcp, or no keepalive$/)
+  })
+})
+
+describe('issue 14: state: redis://… and fleet:', () => {
+  it('issue 14: a Redis URL is the shared store, kept as written (not a path); a file path stays a file', () => {
+    const shared = parseConfig(`state: redis://10.0.0.5:6379/2\nfleet: { name: edge-1, admin_url: "http://10.0.0.5:7070" }\n${BASE}`, '/etc/divert/divert.yaml')
+    assert.equal(shared.redis, 'redis://10.0.0.5:6379/2')
+    assert.equal(shared.state, undefined)
+    assert.deepEqual(shared.fleet, {name: 'edge-1', adminUrl: 'http://10.0.0.5:7070'})
+    assert.equal(parseConfig(`state: rediss://:pw@cache.example:6380\n${BASE}`, 'divert.yaml').redis, 'rediss://:pw@cache.example:6380')
+    const file = parseConfig(`state: ./state.json\n${BASE}`, '/etc/divert/divert.yaml')
+    assert.equal(file.state, '/etc/divert/state.json')
+    assert.equal(file.redis, undefined)
+    assert.equal(file.fleet, undefined)
+  })
+
+  it('issue 14: a wrong store URL or fleet entry is an error at its line, the password not shown', () => {
+    invalid(`state: redis://:secret@host/zero\n${BASE}`, /^divert\.yaml:1:8: state: got "redis:\/\/\*\*\*@host\/zero": the database "zero" is not a number/)
+    assert.doesNotMatch(failure(`state: redis://:secret@host/zero\n${BASE}`).message, /secret/)
+    invalid(`state: http://host:6379\n${BASE}`, /state: got "http:\/\/host:6379": the scheme http:\/\/ is not one divert keeps rules in/)
+    invalid(`fleet: { name: "edge 1" }\n${BASE}`, /fleet\.name/)
+    invalid(`fleet: { nmae: edge-1 }\n${BASE}`, /fleet\.nmae: unknown key "nmae" \(did you mean "name"\?\)/)
   })
 })

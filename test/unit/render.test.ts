@@ -8,7 +8,7 @@ import assert from 'node:assert/strict'
 import {PassThrough} from 'node:stream'
 import {escapeControl} from '../../src/cli/escape.js'
 import {closest} from '../../src/cli/not-found.js'
-import {addRuleText, explainText, reloadText, removeText, rulesTable, sessionsTable, statusText} from '../../src/cli/render.js'
+import {addRuleText, explainText, fleetKillText, fleetSessionsText, fleetStatusText, reloadText, removeText, rulesTable, sessionsTable, statusText} from '../../src/cli/render.js'
 import {renderReplay} from '../../src/cli/render-replay.js'
 import {colorAllowed, terminalWidth} from '../../src/cli/terminal.js'
 import {watch} from '../../src/cli/watch.js'
@@ -149,4 +149,22 @@ test('issue 11.29: a mistyped command finds the nearest command, and nothing for
   assert.equal(closest('STATUS', ids), 'status')
   assert.equal(closest('frobnicate', ids), undefined)
   assert.equal(closest('xy', ids), undefined)
+})
+
+test('issue 14: fleet views have an instance column, list unreachable instances, and escape what instances say', () => {
+  const down = {instance: `ghost${HOSTILE}`, adminUrl: 'http://10.0.0.9:7070', reachable: false, error: `no answer ${HOSTILE}`}
+  const up = {instance: 'edge-1', adminUrl: 'http://10.0.0.5:7070', reachable: true, error: null}
+  const sessions = fleetSessionsText({instances: [up, down], sessions: [{...session(), instance: 'edge-1'}]}, 200)
+  assert.match(sessions.split('\n')[1], /instance/)
+  assert.match(sessions, /edge-1/)
+  assert.match(sessions, /instance ghost.* UNREACHABLE at http:\/\/10\.0\.0\.9:7070: no answer/)
+  const redis = {kind: 'redis' as const, url: 'redis://10.0.0.5:6379/0', connected: false, version: 7, since: '2026-01-01T00:00:00Z', error: 'connect ECONNREFUSED'}
+  const st = fleetStatusText({instances: [{...up, status: {...status(), instance: 'edge-1', store: redis}}, {...down, status: null}]}, 400)
+  assert.match(st, /edge-1 +│ up/)
+  assert.match(st, /DISCONNECTED since 2026-01-01T00:00:00Z \(connect ECONNREFUSED\)/)
+  assert.match(st, /UNREACHABLE/)
+  assert.match(fleetKillText({killed: 3, instances: [{...up, killed: 3}, {...down, killed: null}]}), /^closed 3 sessions \(edge-1: 3\)\ninstance ghost/)
+  for (const text of [sessions, st, fleetKillText({killed: 0, instances: [{...down, killed: null}]})]) assert.doesNotMatch(text, RAW)
+  assert.match(statusText({...status(), instance: 'edge-1', store: redis}), /instance edge-1, rule store redis:\/\/10\.0\.0\.5:6379\/0 DISCONNECTED/)
+  assert.doesNotMatch(statusText({...status(), store: {kind: 'file', path: '/x'}}), /rule store/, 'the state-file status reads as before')
 })

@@ -25,7 +25,7 @@ import type {SessionMeta, Tap} from './session/types.js'
 import {TcpProxy} from './net/tcp-proxy.js'
 import {UdpProxy} from './net/udp-proxy.js'
 import type {Connector} from './net/connector.js'
-import {endpointString} from './net/endpoint.js'
+import {formatAddress} from './addr/address.js'
 import {AdminServer} from './admin/server.js'
 import {prepareSocketDir, resolveAdminTarget} from './admin/paths.js'
 import {RecordingSet} from './capture/recorder.js'
@@ -136,7 +136,7 @@ export class Daemon {
     await this.startAdmin()
     this.ticker = setInterval(() => this.tick(), this.opts.tickMs ?? 1000)
     this.logger.info({
-      listeners: [...this.proxies.values()].map((p) => `${p.config.name} ${p.config.protocol} ${endpointString(p.config.bind)}`),
+      listeners: [...this.proxies.values()].map((p) => `${p.config.name} ${p.config.protocol} ${formatAddress(p.config.bind)}`),
       admin: this.adminSocket, rules: this.rules.size, capacity: this.capacity,
     }, 'divert ready')
     this.ready = true
@@ -460,7 +460,7 @@ function planListeners(proxies: Map<string, ListenerProxy>, next: Config): Liste
     }
     const clash = [...proxies.values()].find((p) => overlaps(p.config, l))
     if (clash) {
-      const what = clash.config.name === l.name ? `listener ${l.name} moves from ${endpointString(clash.config.bind)} to ${endpointString(l.bind)}` : `listener ${l.name} (${endpointString(l.bind)}) needs the address listener ${clash.config.name} holds (${endpointString(clash.config.bind)})`
+      const what = clash.config.name === l.name ? `listener ${l.name} moves from ${formatAddress(clash.config.bind)} to ${formatAddress(l.bind)}` : `listener ${l.name} (${formatAddress(l.bind)}) needs the address listener ${clash.config.name} holds (${formatAddress(clash.config.bind)})`
       throw new DivertError('CONFIG_INVALID', `${next.file}: ${what}; both cannot be bound at once and a reload binds the new address before it closes the old: use another port, or reload in two steps (first without ${clash.config.name}), or restart the daemon`)
     }
     plan.bind.push(l)
@@ -473,7 +473,7 @@ function planListeners(proxies: Map<string, ListenerProxy>, next: Config): Liste
 /** Whether two binds of the same protocol contend for one port ("[::]" is dual stack: it takes v4 too). */
 function overlaps(a: ListenerConfig, b: ListenerConfig): boolean {
   if (a.protocol !== b.protocol || a.bind.port === 0 || a.bind.port !== b.bind.port) return false
-  const [x, y] = [a.bind.host, b.bind.host]
+  const [x, y] = [a.bind.address, b.bind.address]
   if (x === y || x === '::' || y === '::') return true
   return (x === '0.0.0.0' || y === '0.0.0.0') && a.bind.family === b.bind.family
 }

@@ -178,7 +178,7 @@ export function describeCheckError(error: unknown): string {
  */
 export function tcpConnectCheck(server: Server, timeoutMs: number, opts: CheckOptions = {}): Promise<void> {
   return new Promise((resolve, reject) => {
-    const socket = net.connect({host: server.address.host, port: server.address.port})
+    const socket = net.connect({host: server.address.address, port: server.address.port})
     let done = false
     const finish = (error?: Error): void => {
       if (done) return

@@ -10,8 +10,8 @@ import {z} from 'zod'
 import {DEFAULTS} from './types.js'
 import {parseDuration} from './duration.js'
 import {parseSize} from './size.js'
-import {formatEndpoint, parseEndpoint, type Endpoint} from '../net/endpoint.js'
-import {formatAddressBytes, addressBytes, formatPrefix, parseCidr} from '../rules/cidr.js'
+import {formatAddress, parseAddress, type Address} from '../addr/address.js'
+import {formatAddressBytes, addressBytes, formatPrefix, parseCidr} from '../addr/cidr.js'
 import {DivertError, isDivertError} from '../errors.js'
 
 export type ConfigPath = (string | number)[]
@@ -133,12 +133,12 @@ function keepalive() {
 }
 
 const endpoint = (example: string) =>
-  scalar<Endpoint>(`IP:port, e.g. ${example}`, (v) => parseEndpoint(String(v), 'address'))
+  scalar<Address>(`IP:port, e.g. ${example}`, (v) => parseAddress(String(v), 'address'))
 
 /** A server to connect to: port 0 is only meaningful for binding, never as a destination. */
 const destination = (example: string) =>
-  scalar<Endpoint>(`IP:port, e.g. ${example}`, (v) => {
-    const e = parseEndpoint(String(v), 'address')
+  scalar<Address>(`IP:port, e.g. ${example}`, (v) => {
+    const e = parseAddress(String(v), 'address')
     if (e.port === 0) throw new DivertError('INVALID_ADDRESS', `address "${String(v)}": port 0 cannot be connected to; give the server's real port`)
     return e
   })
@@ -340,11 +340,11 @@ function duplicateListeners(cfg: RawConfig): SchemaProblem[] {
     } else names.set(l.name, i)
     // Port 0 asks the kernel for a fresh port each time, so two such listeners never collide.
     if (l.bind.port === 0) return
-    const host = addressBytes(l.bind.host)
-    const key = `${l.protocol} ${host ? formatAddressBytes(host.family, host.bytes) : l.bind.host} ${l.bind.port}`
+    const host = addressBytes(l.bind.address)
+    const key = `${l.protocol} ${host ? formatAddressBytes(host.family, host.bytes) : l.bind.address} ${l.bind.port}`
     const other = binds.get(key)
     if (other !== undefined) {
-      out.push({path: ['listeners', i, 'bind'], message: `${l.protocol} ${formatEndpoint(l.bind.host, l.bind.port)} is already bound by listener "${cfg.listeners[other].name}" (listeners[${other}]); expected a different address or port`})
+      out.push({path: ['listeners', i, 'bind'], message: `${l.protocol} ${formatAddress(l.bind)} is already bound by listener "${cfg.listeners[other].name}" (listeners[${other}]); expected a different address or port`})
     } else binds.set(key, i)
   })
   return out

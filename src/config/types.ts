@@ -2,7 +2,7 @@
  * The validated, normalised configuration (DESIGN.md §4). YAML keys are snake_case; here they are
  * camelCase, durations are milliseconds, addresses are parsed endpoints, paths are absolute.
  */
-import type {Endpoint} from '../net/endpoint.js'
+import type {Address} from '../addr/address.js'
 
 export type Protocol = 'tcp' | 'udp'
 export type BalanceMethod = 'roundrobin' | 'leastconn' | 'source' | 'random'
@@ -13,7 +13,7 @@ export interface AdminConfig {
   /** Unix socket path, when the config names one. */
   socket?: string
   /** Optional TCP admin listener; requires tokenFile. */
-  listen?: Endpoint
+  listen?: Address
   tokenFile?: string
 }
 
@@ -28,7 +28,7 @@ export interface UdpListenerOptions {
 export interface ListenerConfig {
   name: string
   protocol: Protocol
-  bind: Endpoint
+  bind: Address
   backend: string
   udp: UdpListenerOptions
   /** New sessions beyond this many live ones are refused (0 = unlimited). */
@@ -42,7 +42,7 @@ export interface ListenerConfig {
 }
 
 export interface ServerConfig {
-  address: Endpoint
+  address: Address
   weight: number
 }
 

@@ -14,9 +14,9 @@ import type {Server} from '../backends/backend.js'
 import {encodeProxyV1, encodeProxyV2} from '../backends/proxy-protocol.js'
 import {isRefusal, type Decision, type Router} from '../rules/router.js'
 import type {Session, SessionRegistry, SessionTransport} from '../session/registry.js'
-import type {CloseCause, Peer, SessionMeta, Tap} from '../session/types.js'
-import {ConnectDeadlines, endpointPeer, remotePeer, localPeer, tcpConnector, type Connector, type DeadlineList, type DeadlineWaiter} from './connector.js'
-import {endpointString, formatEndpoint} from './endpoint.js'
+import type {CloseCause, SessionMeta, Tap} from '../session/types.js'
+import {ConnectDeadlines, tcpConnector, type Connector, type DeadlineList, type DeadlineWaiter} from './connector.js'
+import {formatAddress, localOf, remoteOf, type Address} from '../addr/address.js'
 import {RefusalLog} from './refusals.js'
 import {Admission, type GlobalLimit} from './limits.js'
 
@@ -65,11 +65,11 @@ export class TcpProxy {
     const {bind, name} = this.config
     return new Promise((resolve, reject) => {
       const onError = (error: NodeJS.ErrnoException): void => {
-        reject(new DivertError('LISTEN_FAILED', `listener ${name} cannot bind ${endpointString(bind)}: ${describeListenError(error)}`, {cause: error}))
+        reject(new DivertError('LISTEN_FAILED', `listener ${name} cannot bind ${formatAddress(bind)}: ${describeListenError(error)}`, {cause: error}))
       }
       this.server.once('error', onError)
       // ipv6Only false: "[::]:port" is dual stack, as DESIGN.md §4 promises.
-      this.server.listen({host: bind.host, port: bind.port, ipv6Only: false, backlog: 1024}, () => {
+      this.server.listen({host: bind.address, port: bind.port, ipv6Only: false, backlog: 1024}, () => {
         this.server.off('error', onError)
         resolve()
       })
@@ -90,7 +90,7 @@ export class TcpProxy {
 
   private accept(client: net.Socket): void {
     client.on('error', onClientError) // before any refusal: an error on an unowned socket is ignored
-    const peer = remotePeer(client)
+    const peer = remoteOf(client)
     if (!peer) return void client.destroy()
     const limited = this.admission.admit(peer.address)
     if (limited) return this.refuse(client, peer, limited)
@@ -100,7 +100,7 @@ export class TcpProxy {
       return this.refuse(client, peer, decision.refused, decision.rule?.id)
     }
     if (decision.fallbackFrom) {
-      this.ctx.logger.warn({listener: this.config.name, client: formatEndpoint(peer.address, peer.port), rule: decision.rule?.id ?? null, from: decision.fallbackFrom, to: decision.backend.name}, 'backend down: falling back to the default backend')
+      this.ctx.logger.warn({listener: this.config.name, client: formatAddress(peer), rule: decision.rule?.id ?? null, from: decision.fallbackFrom, to: decision.backend.name}, 'backend down: falling back to the default backend')
     }
     new TcpConnection(this, client, peer, decision)
   }
@@ -116,7 +116,7 @@ export class TcpProxy {
     this.ctx.logger.error({err: error, listener: this.config.name}, 'listener error')
   }
 
-  private refuse(client: net.Socket, peer: Peer, reason: string, rule?: string): void {
+  private refuse(client: net.Socket, peer: Address, reason: string, rule?: string): void {
     this.refusals.refuse(peer, reason, rule)
     client.destroy()
   }
@@ -156,13 +156,13 @@ class TcpConnection implements SessionTransport, DeadlineWaiter {
   deadlinePrev?: DeadlineWaiter = undefined
   deadlineList?: DeadlineList = undefined
 
-  constructor(private readonly proxy: TcpProxy, readonly client: net.Socket, peer: Peer, decision: Decision) {
+  constructor(private readonly proxy: TcpProxy, readonly client: net.Socket, peer: Address, decision: Decision) {
     const ctx = proxy.context
     const server = (this.server = decision.server)
     server.acquire()
     const backend = decision.backend
     const upstream = (this.upstream = proxy.connector(server.address))
-    const serverPeer = peerOf(server)
+    const serverPeer = server.address
     this.session = ctx.registry.add({
       protocol: 'tcp', listener: proxy.config.name, client: peer, backend: backend.name, server: serverPeer,
       rule: decision.rule?.id, transport: this,
@@ -171,7 +171,7 @@ class TcpConnection implements SessionTransport, DeadlineWaiter {
     // The listener address is a getsockname() away: only a PROXY header or a tap needs it.
     const wantsTaps = ctx.tapsFor !== undefined && (decision.mirror !== undefined || decision.record !== undefined)
     if (pp || wantsTaps) {
-      const local = localPeer(client) ?? peer
+      const local = localOf(client) ?? peer
       if (wantsTaps) this.attachTaps(decision, peer, serverPeer, local)
       if (pp) upstream.write(proxyHeader(pp, peer, local))
     }
@@ -181,7 +181,7 @@ class TcpConnection implements SessionTransport, DeadlineWaiter {
     wire(this, client, upstream)
   }
 
-  private attachTaps(decision: Decision, client: Peer, server: Peer, local: Peer): void {
+  private attachTaps(decision: Decision, client: Address, server: Address, local: Address): void {
     const s = this.session
     const meta: SessionMeta = {id: s.id, protocol: 'tcp', listener: s.listener, backend: s.backend, rule: s.rule, client, server, local, startedAt: s.startedAt}
     this.tap = this.proxy.context.tapsFor?.(decision, meta)
@@ -393,7 +393,7 @@ function onClose(this: net.Socket): void {
   owner(this).onSocketClose()
 }
 
-function proxyHeader(version: 'v1' | 'v2', client: Peer, local: Peer): Buffer {
+function proxyHeader(version: 'v1' | 'v2', client: Address, local: Address): Buffer {
   return version === 'v1' ? encodeProxyV1(client, local) : encodeProxyV2(client, local, 'stream')
 }
 
@@ -404,16 +404,4 @@ function describeListenError(error: NodeJS.ErrnoException): string {
     case 'EADDRNOTAVAIL': return 'no local interface has that address'
     default: return error.message
   }
-}
-
-/** Each Server's address as a Peer, normalised once rather than per connection. */
-const serverPeers = new WeakMap<Server, Peer>()
-
-function peerOf(server: Server): Peer {
-  let p = serverPeers.get(server)
-  if (!p) {
-    p = endpointPeer(server.address)
-    serverPeers.set(server, p)
-  }
-  return p
 }

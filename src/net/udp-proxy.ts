@@ -19,9 +19,8 @@ import type {Server} from '../backends/backend.js'
 import {encodeProxyV2} from '../backends/proxy-protocol.js'
 import {isRefusal, type Decision} from '../rules/router.js'
 import type {Session, SessionTransport} from '../session/registry.js'
-import type {CloseCause, Peer, SessionMeta, Tap} from '../session/types.js'
-import {endpointPeer, peerOf} from './connector.js'
-import {endpointString} from './endpoint.js'
+import type {CloseCause, SessionMeta, Tap} from '../session/types.js'
+import {addressOf, formatAddress, type Address} from '../addr/address.js'
 import {RefusalLog} from './refusals.js'
 import {Admission} from './limits.js'
 import type {ProxyContext} from './tcp-proxy.js'
@@ -60,7 +59,7 @@ export class UdpProxy {
   private readonly flows = new Map<string, Map<number, UdpFlow>>()
   private flowTotal = 0
   private draining = false
-  private local?: Peer
+  private local?: Address
   private readonly refusals: RefusalLog
   readonly admission: Admission
 
@@ -83,10 +82,10 @@ export class UdpProxy {
     return new Promise((resolve, reject) => {
       const onError = (error: NodeJS.ErrnoException): void => {
         const why = error.code === 'EADDRINUSE' ? 'the address is already in use' : error.code === 'EACCES' ? 'permission denied (ports below 1024 need root or CAP_NET_BIND_SERVICE)' : error.message
-        reject(new DivertError('LISTEN_FAILED', `listener ${name} cannot bind udp ${endpointString(bind)}: ${why}`, {cause: error}))
+        reject(new DivertError('LISTEN_FAILED', `listener ${name} cannot bind udp ${formatAddress(bind)}: ${why}`, {cause: error}))
       }
       this.socket.once('error', onError)
-      this.socket.bind({address: bind.host, port: bind.port, exclusive: true}, () => {
+      this.socket.bind({address: bind.address, port: bind.port, exclusive: true}, () => {
         this.socket.off('error', onError)
         this.tuneBuffer()
         resolve()
@@ -118,13 +117,13 @@ export class UdpProxy {
   }
 
   /**
-   * The bound address as a Peer (a wildcard bind names the wildcard: Node has no IP_PKTINFO). It
+   * The bound address as an Address (a wildcard bind names the wildcard: Node has no IP_PKTINFO). It
    * cannot change once bound, so the getsockname() is done once, not for every new flow.
    */
-  localPeer(): Peer | undefined {
+  localPeer(): Address | undefined {
     if (this.local) return this.local
     const a = this.address()
-    return (this.local = a ? peerOf(a.address, a.port) : undefined)
+    return (this.local = a ? addressOf(a.address, a.port) : undefined)
   }
 
   get flowCount(): number {
@@ -160,7 +159,7 @@ export class UdpProxy {
   }
 
   private open(keyPort: number, rinfo: dgram.RemoteInfo): UdpFlow | undefined {
-    const peer = peerOf(rinfo.address, rinfo.port)
+    const peer = addressOf(rinfo.address, rinfo.port)
     const address = peer.address
     if (this.draining) return undefined
     if (this.flowTotal >= this.config.udp.maxFlows) return this.refuse(peer, `udp.max_flows (${this.config.udp.maxFlows}) reached`)
@@ -180,7 +179,7 @@ export class UdpProxy {
     return flow.live ? flow : undefined
   }
 
-  private refuse(peer: Peer, reason: string, rule?: string): undefined {
+  private refuse(peer: Address, reason: string, rule?: string): undefined {
     this.refusals.refuse(peer, reason, rule)
     return undefined
   }
@@ -213,7 +212,7 @@ class UdpFlow implements SessionTransport {
   private tap?: Tap
   /** PROXY v2 header of every datagram; re-encoded when the client moves to another port. */
   private header?: Buffer
-  private readonly local: Peer
+  private readonly local: Address
   private inBytes = 0
   private outBytes = 0
   private inPackets = 0
@@ -225,7 +224,7 @@ class UdpFlow implements SessionTransport {
   /** Datagrams that arrived before the upstream socket finished connecting. */
   private queue?: Buffer[] = []
 
-  constructor(private readonly proxy: UdpProxy, private readonly ctx: ProxyContext, keyPort: number, rinfo: dgram.RemoteInfo, peer: Peer, decision: Decision) {
+  constructor(private readonly proxy: UdpProxy, private readonly ctx: ProxyContext, keyPort: number, rinfo: dgram.RemoteInfo, peer: Address, decision: Decision) {
     this.keyPort = keyPort
     this.address = peer.address
     this.clientRaw = rinfo.address
@@ -233,7 +232,7 @@ class UdpFlow implements SessionTransport {
     this.server = decision.server
     this.server.acquire()
     const to = this.server.address
-    const serverPeer = endpointPeer(to)
+    const serverPeer = to
     this.upstream = udpSocket(to.family)
     this.upstream.on('message', (msg) => this.fromServer(msg))
     // ICMP port unreachable arrives as ECONNREFUSED on a connected socket: count it, keep the flow.
@@ -255,7 +254,7 @@ class UdpFlow implements SessionTransport {
 
   /** Connects the upstream socket; a failure (no route, bad port) ends this flow, never the daemon. */
   connect(): void {
-    const {host, port} = this.server.address
+    const {address: host, port} = this.server.address
     try {
       // A failed connect calls the callback with the error instead of emitting 'connect' (lib/dgram.js
       // doConnect); sending on the still-unconnected socket would then throw out of the event loop.
@@ -291,7 +290,7 @@ class UdpFlow implements SessionTransport {
   /**
    * With `udp.key: address` a client that moved to another port (re-NAT) keeps its flow and is
    * answered at its new port; the session record (sessions view, close line) and the PROXY header
-   * name where it is now. A fresh Peer: the first one is shared with the taps' SessionMeta.
+   * name where it is now. A fresh Address: the first one is shared with the taps' SessionMeta.
    */
   private moved(port: number): void {
     this.clientPort = port

@@ -25,6 +25,7 @@ import type {SessionMeta, Tap} from './session/types.js'
 import {TcpProxy} from './net/tcp-proxy.js'
 import {UdpProxy} from './net/udp-proxy.js'
 import type {Connector} from './net/connector.js'
+import {checkUpstreamPrivileges, createSocketFactory, type SocketFactory} from './net/sockets.js'
 import {formatAddress} from './addr/address.js'
 import {AdminServer} from './admin/server.js'
 import {prepareSocketDir, resolveAdminTarget} from './admin/paths.js'
@@ -42,6 +43,7 @@ export interface DaemonOptions {
   admin?: string
   logger: Logger
   env?: NodeJS.ProcessEnv
+  /** Test seam: how plain upstream TCP sockets are opened (through the socket factory). */
   connect?: Connector
   now?: () => number
   tickMs?: number
@@ -69,6 +71,8 @@ export class Daemon {
   capacity?: {openFiles: number; tcpSessions: number; udpFlows: number}
   /** This daemon's Prometheus registry (GET /metrics). */
   readonly metrics: DaemonMetrics
+  /** Every upstream socket (proxies, mirrors, health checks) comes from here. */
+  readonly sockets: SocketFactory
   /** Bytes mirrors dropped, per mirror backend (read at scrape time). */
   readonly mirrorDropped = new Map<string, number>()
   private admin?: AdminServer
@@ -82,6 +86,7 @@ export class Daemon {
     this.startedAt = now()
     this.rules = new RuleTable({now, configFile: opts.configFile})
     this.metrics = new DaemonMetrics(this.metricsSource())
+    this.sockets = createSocketFactory({connect: opts.connect})
     this.registry = new SessionRegistry({
       logger: opts.logger, now, onConnect: (s, ms) => this.metrics.connected(s, ms), onClose: (s, ms) => this.metrics.closed(s, ms),
     })
@@ -123,6 +128,7 @@ export class Daemon {
 
   private async boot(): Promise<void> {
     this.config = await loadConfig(this.opts.configFile)
+    checkUpstreamPrivileges(this.config.backends.values())
     this.globalLimit.max = this.config.maxConnections
     this.checkFdLimit()
     this.backends = buildBackends(this.config)
@@ -156,7 +162,7 @@ export class Daemon {
 
   createProxy(l: ListenerConfig): ListenerProxy {
     const ctx = {
-      router: this.router, registry: this.registry, logger: this.logger.child({listener: l.name}), connect: this.opts.connect, global: this.globalLimit,
+      router: this.router, registry: this.registry, logger: this.logger.child({listener: l.name}), sockets: this.sockets, global: this.globalLimit,
       tapsFor: (d: Decision, meta: SessionMeta) => this.tapsFor(d, meta),
       onRefused: (listener: string) => this.refused.set(listener, (this.refused.get(listener) ?? 0) + 1),
     }
@@ -199,6 +205,8 @@ export class Daemon {
     server.acquire()
     const tap = createMirrorTap(meta, {backend: mirror.name, server: server.address, proxyProtocol: mirror.config.proxyProtocol}, {
       bufferBytes: this.config.mirrorBufferBytes, logger: this.logger, local: meta.local, onDrop,
+      connect: (to) => this.sockets.tcp(to, mirror.config, meta.client),
+      udpSocket: () => this.sockets.udp(server.address, mirror.config, meta.client),
     })
     let held = true
     return {
@@ -232,7 +240,7 @@ export class Daemon {
   private startHealth(): void {
     for (const b of this.backends.values()) {
       if (!b.config.health || b.config.health.check === 'none' || this.checkers.some((c) => c.backend === b)) continue
-      const checker = new HealthChecker(b, {check: tcpConnectCheck, logger: this.logger})
+      const checker = new HealthChecker(b, {check: tcpConnectCheck, dial: (to) => this.sockets.tcp(to, b.config), logger: this.logger})
       checker.start()
       this.checkers.push(checker)
     }
@@ -284,6 +292,7 @@ export class Daemon {
 
   private async applyReload(who: string): Promise<ReloadResult> {
     const next = await loadConfig(this.config.file)
+    checkUpstreamPrivileges(next.backends.values())
     const backends = new Map<string, Backend>()
     for (const b of next.backends.values()) {
       const old = this.backends.get(b.name)

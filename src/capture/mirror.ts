@@ -11,6 +11,7 @@ import pino, {type Logger} from 'pino'
 import {encodeProxyV1, encodeProxyV2} from '../backends/proxy-protocol.js'
 import type {ProxyProtocolVersion} from '../config/types.js'
 import {formatAddress, type Address} from '../addr/address.js'
+import {defaultSockets} from '../net/sockets.js'
 import type {CloseCause, SessionMeta, Tap} from '../session/types.js'
 
 export type MirrorState = 'connecting' | 'active' | 'overflow' | 'failed' | 'closed'
@@ -24,6 +25,7 @@ export interface MirrorTarget {
 export interface MirrorOptions {
   /** Bytes the mirror may hold that its kernel socket has not taken yet (while connecting, too). */
   bufferBytes: number
+  /** Where the mirror's sockets come from: the daemon passes its socket factory with the mirror backend's options. */
   connect?: (ep: Address) => net.Socket
   udpSocket?: (family: 4 | 6) => dgram.Socket
   logger?: Logger
@@ -142,11 +144,13 @@ class TcpMirror extends Mirror {
   }
 
   private open(): void {
-    const socket = (this.opts.connect ?? ((ep: Address) => net.connect({host: ep.address, port: ep.port})))(this.target.server)
+    const socket = this.opts.connect ? this.opts.connect(this.target.server) : defaultSockets.tcp(this.target.server)
     this.socket = socket
     socket.on('error', (err) => this.fail(errorCode(err), err))
     socket.once('connect', () => this.onConnect())
     socket.on('close', () => this.onClose())
+    // Factory sockets allow half-open (the proxy needs it); a mirror has nothing to say after the server's FIN.
+    socket.on('end', () => socket.end())
     socket.setNoDelay(true)
     // Replies are discarded: reading them keeps the mirror server from blocking on a full window.
     socket.resume()
@@ -251,7 +255,7 @@ class UdpMirror extends Mirror {
     // PROXY v1 has no UDP form (proxy-protocol.txt §2.1); v2 prefixes every datagram (§2.2).
     this.header = this.target.proxyProtocol === 'v2' ? this.proxyHeader('dgram') : undefined
     const family = this.target.server.family
-    const socket = (this.opts.udpSocket ?? ((f: 4 | 6) => dgram.createSocket(f === 6 ? 'udp6' : 'udp4')))(family)
+    const socket = this.opts.udpSocket ? this.opts.udpSocket(family) : defaultSockets.udp(this.target.server)
     this.socket = socket
     // ICMP port unreachable surfaces here on a connected socket: note it, keep mirroring.
     socket.on('error', (err) => this.onError(err))

@@ -15,6 +15,7 @@ import {performance} from 'node:perf_hooks'
 import {setTimeout as delay} from 'node:timers/promises'
 import {DivertError, ERROR_CATALOG} from '../errors.js'
 import {formatAddress, type Address} from '../addr/address.js'
+import {defaultSockets} from '../net/sockets.js'
 import {formatPrefix, parseCidr, prefixContains, type Prefix} from '../addr/cidr.js'
 import type {Protocol} from '../config/types.js'
 import {readCapture, type SkipCount} from './pcap-reader.js'
@@ -49,10 +50,13 @@ export interface ReplayConnector {
   udp(to: Address, flow: Flow): dgram.Socket
 }
 
+/**
+ * Replay's sockets come from the socket factory, as every upstream socket does: its TCP sockets allow
+ * half-open (the target's FIN must not close our side before the recorded client is done).
+ */
 export const defaultConnector: ReplayConnector = {
-  // allowHalfOpen: the target's FIN must not close our side before the recorded client is done.
-  tcp: (to) => net.connect({host: to.address, port: to.port, allowHalfOpen: true}),
-  udp: (to) => dgram.createSocket(to.family === 6 ? 'udp6' : 'udp4'),
+  tcp: (to) => defaultSockets.tcp(to),
+  udp: (to) => defaultSockets.udp(to),
 }
 
 export interface ReplayProgress {

@@ -318,6 +318,8 @@ function backendOf(name: string, b: RawConfig['backends'][string]): BackendConfi
     connectTimeoutMs: b.timeouts?.connect ?? DEFAULTS.connectTimeoutMs,
     serverTimeoutMs: b.timeouts?.server ?? 0,
     keepaliveMs: b.keepalive ?? DEFAULTS.keepaliveMs,
+    source: b.source,
+    mark: b.mark,
   })
 }
 

@@ -6,12 +6,13 @@
  *
  *   plain JS from YAML → configSchema(known).safeParse → crossCheck → RawConfig | SchemaProblem[]
  */
+import {isIP} from 'node:net'
 import {z} from 'zod'
 import {DEFAULTS} from './types.js'
 import {parseDuration} from './duration.js'
 import {parseSize} from './size.js'
 import {formatAddress, parseAddress, type Address} from '../addr/address.js'
-import {formatAddressBytes, addressBytes, formatPrefix, parseCidr} from '../addr/cidr.js'
+import {formatAddressBytes, addressBytes, formatPrefix, normalizeAddress, parseCidr} from '../addr/cidr.js'
 import {DivertError, isDivertError} from '../errors.js'
 
 export type ConfigPath = (string | number)[]
@@ -135,6 +136,18 @@ function keepalive() {
 const endpoint = (example: string) =>
   scalar<Address>(`IP:port, e.g. ${example}`, (v) => parseAddress(String(v), 'address'))
 
+/**
+ * `source:` of a backend's upstream sockets: `client` (the client's own address, IP_TRANSPARENT) or a
+ * local IP literal (bound as is); absent, the host picks by its routes.
+ */
+const upstreamSource = () =>
+  scalar<string>('client, or a local IP address such as 198.51.100.1', (v, where) => {
+    const text = String(v)
+    if (text === 'client') return text
+    if (isIP(text) === 0) throw new DivertError('INVALID_ADDRESS', `${where}: "${text}" is neither client nor an IP address; expected client, or a local IP such as 198.51.100.1`)
+    return normalizeAddress(text)
+  })
+
 /** A server to connect to: port 0 is only meaningful for binding, never as a destination. */
 const destination = (example: string) =>
   scalar<Address>(`IP:port, e.g. ${example}`, (v) => {
@@ -232,7 +245,14 @@ function backendSchema() {
       server: duration().default(0),
     }, 'a mapping like { connect: 5s, server: 0 }').optional(),
     keepalive: keepalive().optional(),
-  }, 'a backend: a mapping with servers')
+    source: upstreamSource().optional(),
+    // SO_MARK takes an unsigned 32-bit value (socket(7)); YAML also reads 0x-prefixed hex.
+    mark: int(0, 2 ** 32 - 1, 'an integer from 0 to 4294967295 (SO_MARK), e.g. 1 or 0x10').optional(),
+  }, 'a backend: a mapping with servers').superRefine((b, ctx) => {
+    const family = b.source === undefined || b.source === 'client' ? undefined : isIP(b.source)
+    const other = b.servers.findIndex((s) => family !== undefined && s.address.family !== family)
+    if (other >= 0) ctx.addIssue({code: 'custom', path: ['source'], message: `is an IPv${family} address but servers[${other}] (${formatAddress(b.servers[other].address)}) is not; expected a source of the servers' family`})
+  })
 }
 
 function ruleSchema(known: KnownNames) {

@@ -66,6 +66,10 @@ export interface BackendConfig {
   serverTimeoutMs: number
   /** TCP: keepalive idle time of upstream sockets (0 = off; absent = DEFAULTS.keepaliveMs). */
   keepaliveMs?: number
+  /** Upstream sockets' source: `client` (the client's own address, IP_TRANSPARENT) or a local IP; absent = the host picks. */
+  source?: string
+  /** SO_MARK of upstream sockets (absent or 0 = none). */
+  mark?: number
 }
 
 export interface RuleSpec {

@@ -15,7 +15,8 @@ import {encodeProxyV1, encodeProxyV2} from '../backends/proxy-protocol.js'
 import {isRefusal, type Decision, type Router} from '../rules/router.js'
 import type {Session, SessionRegistry, SessionTransport} from '../session/registry.js'
 import type {CloseCause, SessionMeta, Tap} from '../session/types.js'
-import {ConnectDeadlines, tcpConnector, type Connector, type DeadlineList, type DeadlineWaiter} from './connector.js'
+import {ConnectDeadlines, type DeadlineList, type DeadlineWaiter} from './connector.js'
+import {defaultSockets, type SocketFactory} from './sockets.js'
 import {formatAddress, localOf, remoteOf, type Address} from '../addr/address.js'
 import {RefusalLog} from './refusals.js'
 import {Admission, type GlobalLimit} from './limits.js'
@@ -24,7 +25,8 @@ export interface ProxyContext {
   router: Router
   registry: SessionRegistry
   logger: Logger
-  connect?: Connector
+  /** Where upstream sockets come from (the daemon's one factory; default: Node's own connect). */
+  sockets?: SocketFactory
   /** Builds the mirror/record taps a decision asks for. */
   tapsFor?: (decision: Decision, meta: SessionMeta) => Tap | undefined
   /** The session cap over all listeners (`limits.max_connections`). */
@@ -38,7 +40,8 @@ export class TcpProxy {
   config: ListenerConfig
   private readonly ctx: ProxyContext
   private readonly server: net.Server
-  private readonly connect: Connector
+  /** @internal every upstream socket of this listener comes from here. */
+  readonly sockets: SocketFactory
   private readonly refusals: RefusalLog
   /** @internal global, per-listener and per-source limits; TcpConnection releases its slot. */
   readonly admission: Admission
@@ -48,7 +51,7 @@ export class TcpProxy {
   constructor(config: ListenerConfig, ctx: ProxyContext) {
     this.config = config
     this.ctx = ctx
-    this.connect = ctx.connect ?? tcpConnector
+    this.sockets = ctx.sockets ?? defaultSockets
     this.server = net.createServer({allowHalfOpen: true, noDelay: true}, (socket) => this.accept(socket))
     this.server.on('error', (error: NodeJS.ErrnoException) => this.onServerError(error))
     this.refusals = new RefusalLog(config.name, ctx.logger, Date.now, ctx.onRefused)
@@ -125,11 +128,6 @@ export class TcpProxy {
   get context(): ProxyContext {
     return this.ctx
   }
-
-  /** @internal */
-  get connector(): Connector {
-    return this.connect
-  }
 }
 
 /**
@@ -161,7 +159,7 @@ class TcpConnection implements SessionTransport, DeadlineWaiter {
     const server = (this.server = decision.server)
     server.acquire()
     const backend = decision.backend
-    const upstream = (this.upstream = proxy.connector(server.address))
+    const upstream = (this.upstream = proxy.sockets.tcp(server.address, backend.config, peer))
     const serverPeer = server.address
     this.session = ctx.registry.add({
       protocol: 'tcp', listener: proxy.config.name, client: peer, backend: backend.name, server: serverPeer,
@@ -177,7 +175,6 @@ class TcpConnection implements SessionTransport, DeadlineWaiter {
     }
     if (backend.config.connectTimeoutMs > 0) proxy.deadlines.start(this, backend.config.connectTimeoutMs)
     keepAlive(client, proxy.config.keepaliveMs)
-    keepAlive(upstream, backend.config.keepaliveMs)
     wire(this, client, upstream)
   }
 

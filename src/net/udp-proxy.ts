@@ -12,7 +12,7 @@
  * Idle flows are closed by the registry's coarse tick, not by a timer per flow.
  */
 import dgram from 'node:dgram'
-import {isIP, type AddressInfo} from 'node:net'
+import type {AddressInfo} from 'node:net'
 import type {ListenerConfig} from '../config/types.js'
 import {DivertError} from '../errors.js'
 import type {Server} from '../backends/backend.js'
@@ -24,27 +24,10 @@ import {addressOf, formatAddress, type Address} from '../addr/address.js'
 import {RefusalLog} from './refusals.js'
 import {Admission} from './limits.js'
 import type {ProxyContext} from './tcp-proxy.js'
+import {defaultSockets, udpSocket} from './sockets.js'
 
 /** Datagrams held per flow while its upstream socket connects (a few ms); more are dropped. */
 const CONNECT_QUEUE_MAX = 64
-
-/**
- * The `lookup` of every socket here. Every address divert sends to or connects to is an IP literal
- * (config and rinfo), yet dgram runs each unconnected send, bind and connect through dns.lookup,
- * which answers a literal one tick later. This answers in the same call: a reply is sent without a
- * closure and a tick of its own, and an upstream socket is bound and connected when connect()
- * returns (lib/internal/dgram.js lookup4/lookup6 call it as lookup(address, family, callback)).
- */
-function literalLookup(address: string, _family: unknown, callback: (error: Error | null, address: string, family: number) => void): void {
-  const family = isIP(address)
-  if (family === 0) callback(new DivertError('INVALID_ADDRESS', `"${address}" is not an IP address`), address, 0)
-  else callback(null, address, family)
-}
-
-/** A UDP socket that resolves nothing (see literalLookup); a udp6 one is dual stack. */
-export function udpSocket(family: 4 | 6): dgram.Socket {
-  return dgram.createSocket({type: family === 6 ? 'udp6' : 'udp4', lookup: literalLookup as never})
-}
 
 export class UdpProxy {
   /** Replaced on reload when only options changed (same bind, same protocol). */
@@ -220,6 +203,8 @@ class UdpFlow implements SessionTransport {
   private upstreamErrors = 0
   private replyErrors = 0
   private connectError?: string
+  /** Why the factory could not prepare the upstream socket (connect() then fails the flow). */
+  private openError?: Error
   private closed = false
   /** Datagrams that arrived before the upstream socket finished connecting. */
   private queue?: Buffer[] = []
@@ -233,7 +218,7 @@ class UdpFlow implements SessionTransport {
     this.server.acquire()
     const to = this.server.address
     const serverPeer = to
-    this.upstream = udpSocket(to.family)
+    this.upstream = this.openUpstream(decision, peer)
     this.upstream.on('message', (msg) => this.fromServer(msg))
     // ICMP port unreachable arrives as ECONNREFUSED on a connected socket: count it, keep the flow.
     this.upstream.on('error', () => this.upstreamErrors++)
@@ -252,8 +237,22 @@ class UdpFlow implements SessionTransport {
     return !this.closed
   }
 
+  /**
+   * The flow's socket from the factory, with its backend's options. One that cannot be prepared (its
+   * source address taken or not available) fails this flow in connect(), with the cause in its close line.
+   */
+  private openUpstream(decision: Decision, peer: Address): dgram.Socket {
+    try {
+      return (this.ctx.sockets ?? defaultSockets).udp(this.server.address, decision.backend.config, peer)
+    } catch (error) {
+      this.openError = error as Error
+      return udpSocket(this.server.address.family)
+    }
+  }
+
   /** Connects the upstream socket; a failure (no route, bad port) ends this flow, never the daemon. */
   connect(): void {
+    if (this.openError) return this.connectFailed(this.openError)
     const {address: host, port} = this.server.address
     try {
       // A failed connect calls the callback with the error instead of emitting 'connect' (lib/dgram.js

@@ -22,6 +22,7 @@ import {after, before, describe, it} from 'node:test'
 import {once} from 'node:events'
 import {writeFileSync} from 'node:fs'
 import {Lab, netnsUnavailableReason, whichCommand, type LabProcess} from '../helpers/netns.js'
+import {installReplyPath, NFT} from '../helpers/reply-path.js'
 import {runCli, spawnDaemon, tempDir as makeTempDir} from '../helpers/daemon.js'
 import {freePort} from '../helpers/servers.js'
 
@@ -31,8 +32,6 @@ const NET = {dev: '192.0.2.2', gwDev: '192.0.2.1', gwSrv: '198.51.100.1', srv: '
 const MARK = 0x2a
 const PREFIX = `dvs${process.pid}`
 
-const NFT = whichCommand('nft') ?? 'nft'
-const IP = whichCommand('ip') ?? 'ip'
 const skipReason = netnsUnavailableReason() ?? (whichCommand('nft') ? undefined : 'needs nft (Debian package nftables) for the router\'s reply path')
 
 /** The staging server: answers every TCP connection and UDP datagram with the peer it sees. */
@@ -75,33 +74,13 @@ async function buildLab(lab: Lab): Promise<World['ns']> {
   await lab.link({ns: ns.gw, ifname: 'dvs-srv', cidr: `${NET.gwSrv}/24`}, {ns: ns.srv, ifname: 'dvs-gw', cidr: `${NET.srv}/24`})
   await lab.route(ns.dev, 'default', NET.gwDev)
   await lab.route(ns.srv, 'default', NET.gwSrv)
-  await installReplyPath(lab, ns.gw)
-  return ns
-}
-
-/**
- * What replies to a spoofed source need on the router (README "Upstream source address"): packets of
- * a transparent socket's connection are marked, and marked packets are delivered locally. Plus an
- * output counter of the packets that carry the backend's `mark:`.
- */
-async function installReplyPath(lab: Lab, gw: string): Promise<void> {
-  const rules = `
-table inet ${PREFIX} {
-  chain pre {
-    type filter hook prerouting priority mangle; policy accept;
-    meta l4proto { tcp, udp } socket transparent 1 meta mark set 1 accept
-  }
-  chain out {
+  // The reply path README asks for, plus an output counter of the packets that carry the backend's mark.
+  await installReplyPath(lab, ns.gw, tempDir, PREFIX, `  chain out {
     type route hook output priority mangle; policy accept;
     meta mark ${MARK} counter
   }
-}
-`
-  const file = join(tempDir, 'rules.nft')
-  await writeFile(file, rules)
-  await lab.run(gw, NFT, ['-f', file])
-  await lab.run(gw, IP, ['rule', 'add', 'fwmark', '1', 'lookup', '100'])
-  await lab.run(gw, IP, ['route', 'add', 'local', '0.0.0.0/0', 'dev', 'lo', 'table', '100'])
+`)
+  return ns
 }
 
 let tempDir = ''

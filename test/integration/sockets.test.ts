@@ -13,7 +13,7 @@ import {tcpConnector} from '../../src/net/connector.js'
 import {addressOf, type Address} from '../../src/addr/address.js'
 import * as sys from '../../src/sys/libc.js'
 import {DivertError} from '../../src/errors.js'
-import {startServer, connect, readLine, freePort, until, type TestServer} from '../helpers/servers.js'
+import {startServer, connect, echo, readLine, freePort, until, type Behaviour, type TestServer} from '../helpers/servers.js'
 import {startInProcess} from '../helpers/daemon.js'
 import {startUdpEcho, type UdpEcho} from '../helpers/udp.js'
 
@@ -158,5 +158,35 @@ backends:
     closers.push(() => ok.destroy())
     assert.equal(await readLine(ok), 'srv')
     assert.equal([...good.sockets].find((s) => s.remotePort === undefined || s.remoteAddress === '127.0.0.4')?.remoteAddress, '127.0.0.4')
+  })
+
+  it('mirror copies and health checks take their backend\'s source too', async () => {
+    const from = {main: [] as string[], copy: [] as string[]}
+    const recording = (list: string[]): Behaviour => (socket, server) => {
+      list.push(socket.remoteAddress!)
+      echo(socket, server)
+    }
+    const main = await startServer('srv', recording(from.main))
+    const copy = await startServer('copy', recording(from.copy))
+    closers.push(() => main.close(), () => copy.close())
+    const port = await freePort()
+    const h = await startInProcess(`
+listeners:
+  - { name: main, bind: "127.0.0.1:${port}", backend: main }
+backends:
+  main: { servers: [ { address: "${main.address}" } ], source: 127.0.0.4, health: { interval: 1s, timeout: 1s } }
+  copy: { servers: [ { address: "${copy.address}" } ], source: 127.0.0.5 }
+rules:
+  - { source: 127.0.0.1, mirror: copy }
+`)
+    closers.push(() => h.stop())
+    const client = await connect({port})
+    closers.push(() => client.destroy())
+    assert.equal(await readLine(client), 'srv')
+    client.write('copied\n')
+    // One session and at least one health check reach main; the session's copy reaches the mirror.
+    await until(() => from.copy.length > 0 && from.main.length > 1, 5000, 'the mirror copy and a health check')
+    assert.deepEqual(new Set(from.copy), new Set(['127.0.0.5']))
+    assert.deepEqual(new Set(from.main), new Set(['127.0.0.4']))
   })
 })

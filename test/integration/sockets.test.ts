@@ -151,8 +151,8 @@ backends:
     await until(() => h.logs.find('session closed').length === 2, 5000, 'two close lines')
     const lines = h.logs.find('session closed')
     assert.deepEqual(lines.map((l) => [l.protocol, l.cause, l.error]).sort(), [
-      ['tcp', 'connect-failed', 'EADDRNOTAVAIL connecting to ' + good.address],
-      ['udp', 'connect-failed', 'EADDRNOTAVAIL'],
+      ['tcp', 'connect-failed', `EADDRNOTAVAIL connecting to ${good.address} (bind 203.0.113.9:0)`],
+      ['udp', 'connect-failed', 'EADDRNOTAVAIL (bind 203.0.113.9:0)'],
     ])
     const ok = await connect({port: pGood})
     closers.push(() => ok.destroy())

@@ -6,13 +6,13 @@
  *   AdminServer routes ─▶ DaemonControl ─▶ RuleService / SessionRegistry / Backends
  */
 import {DivertError} from './errors.js'
-import {formatPrefix, normalizeAddress, parseCidr} from './rules/cidr.js'
+import {formatPrefix, normalizeAddress, parseCidr} from './addr/cidr.js'
 import {RuleTable, type Rule} from './rules/table.js'
 import {parseAddRule} from './rules/spec.js'
 import {checkBackend, checkListener, type KeptFields} from './rules/service.js'
 import {isRefusal} from './rules/router.js'
 import type {SessionFilter} from './session/registry.js'
-import {formatEndpoint} from './net/endpoint.js'
+import {formatAddress} from './addr/address.js'
 import type {Control} from './admin/routes.js'
 import type {SessionQuery} from './admin/client.js'
 import type {FleetView} from './fleet/view.js'
@@ -20,11 +20,40 @@ import type {
   AddRuleResult, BackendView, FleetKillResult, FleetSessionsResult, FleetStatusResult, KeptView, ExplainResult, KillResult, ReloadResult, RemoveRulesResult,
   RuleView, SessionView, StatusView,
 } from './admin/protocol.js'
-import type {Daemon} from './daemon.js'
+import type {Logger} from 'pino'
+import type {Clock} from './clock.js'
+import type {Config} from './config/types.js'
+import type {Backend} from './backends/backend.js'
+import type {Router} from './rules/router.js'
+import type {RuleService} from './rules/service.js'
+import type {SessionRegistry} from './session/registry.js'
+import type {TcpProxy} from './net/tcp-proxy.js'
+import type {UdpProxy} from './net/udp-proxy.js'
+import type {DaemonMetrics} from './admin/metrics.js'
 import {VERSION} from './version.js'
 
+/**
+ * The owners of a running daemon that the admin API works through (daemon.ts's Daemon is one). Named
+ * here rather than imported, so the composition root and its control surface are no import circle.
+ */
+export interface ControlledDaemon {
+  readonly config: Config
+  readonly startedAt: number
+  readonly clock: Clock
+  readonly logger: Logger
+  readonly rules: RuleTable
+  readonly ruleService: RuleService
+  readonly router: Router
+  readonly registry: SessionRegistry
+  readonly backends: Map<string, Backend>
+  readonly proxies: Map<string, TcpProxy | UdpProxy>
+  readonly refused: Map<string, number>
+  readonly metrics: DaemonMetrics
+  reload(who: string): Promise<ReloadResult>
+}
+
 export class DaemonControl implements Control {
-  constructor(private readonly d: Daemon) {}
+  constructor(private readonly d: ControlledDaemon) {}
 
   status(): StatusView {
     const counters = this.d.registry.counters()
@@ -35,8 +64,8 @@ export class DaemonControl implements Control {
       listeners: [...this.d.proxies.values()].map((p) => {
         const a = p.address()
         return {
-          name: p.config.name, protocol: p.config.protocol, bind: formatEndpoint(p.config.bind.host, p.config.bind.port),
-          address: a ? formatEndpoint(a.address, a.port) : '', backend: p.config.backend,
+          name: p.config.name, protocol: p.config.protocol, bind: formatAddress(p.config.bind),
+          address: a ? formatAddress(a) : '', backend: p.config.backend,
           sessions: [...this.d.registry.matching({listener: p.config.name})].length,
         }
       }),

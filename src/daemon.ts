@@ -12,7 +12,7 @@ import {lstatSync, readFileSync} from 'node:fs'
 import {hostname} from 'node:os'
 import type {Logger} from 'pino'
 import {loadConfig} from './config/load.js'
-import type {Config, ListenerConfig} from './config/types.js'
+import type {BackendConfig, Config, ListenerConfig} from './config/types.js'
 import {DivertError} from './errors.js'
 import {realClock, type Clock, type Timer} from './clock.js'
 import {Backend} from './backends/backend.js'
@@ -30,7 +30,8 @@ import type {SessionMeta, Tap} from './session/types.js'
 import {TcpProxy} from './net/tcp-proxy.js'
 import {UdpProxy} from './net/udp-proxy.js'
 import type {Connector} from './net/connector.js'
-import {endpointString} from './net/endpoint.js'
+import {checkUpstreamPrivileges, createSocketFactory, type SocketFactory, type UpstreamOptions} from './net/sockets.js'
+import {formatAddress} from './addr/address.js'
 import {AdminServer} from './admin/server.js'
 import {prepareSocketDir, resolveAdminTarget} from './admin/paths.js'
 import {RecordingSet} from './capture/recorder.js'
@@ -47,6 +48,7 @@ export interface DaemonOptions {
   admin?: string
   logger: Logger
   env?: NodeJS.ProcessEnv
+  /** Test seam: how plain upstream TCP sockets are opened (through the socket factory). */
   connect?: Connector
   /** Time and timers for every owner the daemon builds (tests inject a fake one); realClock when absent. */
   clock?: Clock
@@ -77,6 +79,8 @@ export class Daemon {
   capacity?: {openFiles: number; tcpSessions: number; udpFlows: number}
   /** This daemon's Prometheus registry (GET /metrics). */
   readonly metrics: DaemonMetrics
+  /** Every upstream socket (proxies, mirrors, health checks) comes from here. */
+  readonly sockets: SocketFactory
   /** This instance's name in a fleet (fleet.name, else the host name); audit lines carry it. */
   instance = hostname()
   /** Set when `state: redis://…`: the shared store, registration and fleet view (issue 14). */
@@ -99,6 +103,7 @@ export class Daemon {
     this.startedAt = clock.now()
     this.rules = new RuleTable({clock, configFile: opts.configFile})
     this.metrics = new DaemonMetrics(this.metricsSource())
+    this.sockets = createSocketFactory({connect: opts.connect})
     this.registry = new SessionRegistry({
       logger: opts.logger, clock, onConnect: (s, ms) => this.metrics.connected(s, ms), onClose: (s, ms) => this.onSessionClosed(s, ms),
     })
@@ -145,6 +150,7 @@ export class Daemon {
 
   private async boot(): Promise<void> {
     this.config = await loadConfig(this.opts.configFile)
+    checkUpstreamPrivileges(this.config.backends.values())
     this.globalLimit.max = this.config.maxConnections
     this.checkFdLimit()
     this.backends = buildBackends(this.config, this.clock)
@@ -160,7 +166,7 @@ export class Daemon {
     this.fleet?.start({url: this.adminUrl(), token: this.adminToken})
     this.ticker = this.clock.setInterval(() => this.tick(), this.opts.tickMs ?? 1000)
     this.logger.info({
-      listeners: [...this.proxies.values()].map((p) => `${p.config.name} ${p.config.protocol} ${endpointString(p.config.bind)}`),
+      listeners: [...this.proxies.values()].map((p) => `${p.config.name} ${p.config.protocol} ${formatAddress(p.config.bind)}`),
       admin: this.adminSocket, rules: this.rules.size, capacity: this.capacity,
     }, 'divert ready')
     this.ready = true
@@ -209,7 +215,7 @@ export class Daemon {
 
   createProxy(l: ListenerConfig): ListenerProxy {
     const ctx = {
-      router: this.router, registry: this.registry, logger: this.logger.child({listener: l.name}), connect: this.opts.connect, global: this.globalLimit, clock: this.clock,
+      router: this.router, registry: this.registry, logger: this.logger.child({listener: l.name}), sockets: this.sockets, global: this.globalLimit, clock: this.clock,
       tapsFor: (d: Decision, meta: SessionMeta) => this.tapsFor(d, meta),
       onRefused: (listener: string) => this.refused.set(listener, (this.refused.get(listener) ?? 0) + 1),
     }
@@ -252,6 +258,8 @@ export class Daemon {
     server.acquire()
     const tap = createMirrorTap(meta, {backend: mirror.name, server: server.address, proxyProtocol: mirror.config.proxyProtocol}, {
       bufferBytes: this.config.mirrorBufferBytes, logger: this.logger, local: meta.local, onDrop,
+      connect: (to) => this.sockets.tcp(to, withoutKeepalive(mirror.config), meta.client),
+      udpSocket: () => this.sockets.udp(server.address, withoutKeepalive(mirror.config), meta.client),
     })
     let held = true
     return {
@@ -285,7 +293,8 @@ export class Daemon {
   private startHealth(): void {
     for (const b of this.backends.values()) {
       if (!b.config.health || b.config.health.check === 'none' || this.checkers.some((c) => c.backend === b)) continue
-      const checker = new HealthChecker(b, {check: tcpConnectCheck, logger: this.logger, clock: this.clock})
+      const options = withoutKeepalive(b.config)
+      const checker = new HealthChecker(b, {check: tcpConnectCheck, dial: (to) => this.sockets.tcp(to, options), logger: this.logger, clock: this.clock})
       checker.start()
       this.checkers.push(checker)
     }
@@ -338,6 +347,7 @@ export class Daemon {
 
   private async applyReload(who: string): Promise<ReloadResult> {
     const next = await loadConfig(this.config.file)
+    checkUpstreamPrivileges(next.backends.values())
     const backends = new Map<string, Backend>()
     for (const b of next.backends.values()) {
       const old = this.backends.get(b.name)
@@ -481,6 +491,11 @@ function metaOf(s: Session): SessionMeta {
   return {id: s.id, protocol: s.protocol, listener: s.listener, backend: s.backend, rule: s.rule, client: s.client, server: s.server, startedAt: s.startedAt}
 }
 
+/** A backend's source and mark without its keepalive: mirror copies and health checks end with what started them. */
+function withoutKeepalive(b: BackendConfig): UpstreamOptions {
+  return {source: b.source, mark: b.mark}
+}
+
 export function buildBackends(config: Config, clock?: Clock): Map<string, Backend> {
   return new Map([...config.backends.values()].map((b) => [b.name, new Backend(b, {clock})]))
 }
@@ -533,7 +548,7 @@ function planListeners(proxies: Map<string, ListenerProxy>, next: Config): Liste
     }
     const clash = [...proxies.values()].find((p) => overlaps(p.config, l))
     if (clash) {
-      const what = clash.config.name === l.name ? `listener ${l.name} moves from ${endpointString(clash.config.bind)} to ${endpointString(l.bind)}` : `listener ${l.name} (${endpointString(l.bind)}) needs the address listener ${clash.config.name} holds (${endpointString(clash.config.bind)})`
+      const what = clash.config.name === l.name ? `listener ${l.name} moves from ${formatAddress(clash.config.bind)} to ${formatAddress(l.bind)}` : `listener ${l.name} (${formatAddress(l.bind)}) needs the address listener ${clash.config.name} holds (${formatAddress(clash.config.bind)})`
       throw new DivertError('CONFIG_INVALID', `${next.file}: ${what}; both cannot be bound at once and a reload binds the new address before it closes the old: use another port, or reload in two steps (first without ${clash.config.name}), or restart the daemon`)
     }
     plan.bind.push(l)
@@ -546,7 +561,7 @@ function planListeners(proxies: Map<string, ListenerProxy>, next: Config): Liste
 /** Whether two binds of the same protocol contend for one port ("[::]" is dual stack: it takes v4 too). */
 function overlaps(a: ListenerConfig, b: ListenerConfig): boolean {
   if (a.protocol !== b.protocol || a.bind.port === 0 || a.bind.port !== b.bind.port) return false
-  const [x, y] = [a.bind.host, b.bind.host]
+  const [x, y] = [a.bind.address, b.bind.address]
   if (x === y || x === '::' || y === '::') return true
   return (x === '0.0.0.0' || y === '0.0.0.0') && a.bind.family === b.bind.family
 }

@@ -6,7 +6,7 @@
  *   client address ─▶ Backend.pick ─▶ balancer over the servers that are up ─▶ Server | undefined
  */
 import type {BackendConfig, BalanceMethod, HealthConfig, ProxyProtocolVersion, ServerConfig} from '../config/types.js'
-import {endpointString, type Endpoint} from '../net/endpoint.js'
+import {formatAddress, type Address} from '../addr/address.js'
 import {createBalancer, type Balancer} from './balancer.js'
 import {realClock, type Clock} from '../clock.js'
 
@@ -48,7 +48,7 @@ interface ServerOptions {
 
 export class Server {
   readonly key: string
-  readonly address: Endpoint
+  readonly address: Address
   readonly weight: number
   active = 0
   total = 0
@@ -61,7 +61,7 @@ export class Server {
   constructor(config: ServerConfig, opts: ServerOptions = {}) {
     this.address = config.address
     this.weight = config.weight
-    this.key = endpointString(config.address)
+    this.key = formatAddress(config.address)
     this.now = (opts.clock ?? realClock).now
     this.onUpChange = opts.onUpChange
     this.lastChange = this.now()
@@ -107,7 +107,7 @@ export class Backend {
   readonly name: string
   readonly config: BackendConfig
   readonly servers: Server[]
-  private readonly balancer: Balancer
+  private readonly balancer: Balancer<Server>
   /** Servers that are up, rebuilt only when one changes state, so pick allocates nothing. */
   private upServers: Server[] | undefined
 

@@ -9,6 +9,7 @@ import {EventEmitter} from 'node:events'
 import net from 'node:net'
 import type {Logger} from 'pino'
 import {realClock, type Clock, type Timer} from '../clock.js'
+import type {Address} from '../addr/address.js'
 import type {HealthConfig, ProxyProtocolVersion} from '../config/types.js'
 import type {Backend, Server} from './backend.js'
 import {encodeProxyLocal} from './proxy-protocol.js'
@@ -16,6 +17,8 @@ import {encodeProxyLocal} from './proxy-protocol.js'
 export interface CheckOptions {
   /** The backend's PROXY protocol version: its servers expect a header on every connection, checks included. */
   proxyProtocol?: ProxyProtocolVersion
+  /** Opens the check's socket: the daemon's socket factory with the backend's options (default: Node's connect). */
+  dial?: (to: Address) => net.Socket
 }
 
 export type HealthCheck = (server: Server, timeoutMs: number, opts?: CheckOptions) => Promise<void>
@@ -24,6 +27,8 @@ export interface HealthCheckerOptions {
   check: HealthCheck
   /** The daemon's clock: intervals, the timeout guard, check times (realClock when absent). */
   clock?: Clock
+  /** Passed to every check (see CheckOptions.dial). */
+  dial?: (to: Address) => net.Socket
   logger?: Logger
 }
 
@@ -58,6 +63,7 @@ export class HealthChecker extends EventEmitter<{change: [HealthChange]}> {
   private readonly config?: HealthConfig
   private readonly check: HealthCheck
   private readonly clock: Clock
+  private readonly checkOptions: CheckOptions
   private readonly logger?: Logger
   private readonly states: ServerState[]
   private running = false
@@ -71,6 +77,7 @@ export class HealthChecker extends EventEmitter<{change: [HealthChange]}> {
     this.config = health && health.check !== 'none' ? health : undefined
     this.check = opts.check
     this.clock = opts.clock ?? realClock
+    this.checkOptions = {proxyProtocol: backend.config.proxyProtocol, dial: opts.dial}
     this.logger = opts.logger
     this.states = backend.servers.map((server) => ({server, successes: 0, failures: 0}))
   }
@@ -116,7 +123,7 @@ export class HealthChecker extends EventEmitter<{change: [HealthChange]}> {
     state.guard = this.clock.setTimeout(() => finish(new CheckTimeoutError(config.timeoutMs)), config.timeoutMs)
     let pending: Promise<void>
     try {
-      pending = this.check(state.server, config.timeoutMs, {proxyProtocol: this.backend.config.proxyProtocol})
+      pending = this.check(state.server, config.timeoutMs, this.checkOptions)
     } catch (error) {
       pending = Promise.reject(error)
     }
@@ -167,7 +174,7 @@ export function describeCheckError(error: unknown): string {
  */
 export function tcpConnectCheck(server: Server, timeoutMs: number, opts: CheckOptions = {}): Promise<void> {
   return new Promise((resolve, reject) => {
-    const socket = net.connect({host: server.address.host, port: server.address.port})
+    const socket = opts.dial ? opts.dial(server.address) : net.connect({host: server.address.address, port: server.address.port})
     let done = false
     const finish = (error?: Error): void => {
       if (done) return

@@ -19,7 +19,7 @@ import {DivertError} from '../errors.js'
 import type {Protocol, ProxyProtocolVersion, RuleSpec} from '../config/types.js'
 import {parseDuration} from '../config/duration.js'
 import {describeValue, expecting, formatPath, issuesToProblems, path, ref, scalar, size, strictObject, type SchemaProblem} from '../config/fields.js'
-import {formatPrefix, parseCidr} from './cidr.js'
+import {formatPrefix, parseCidr} from '../addr/cidr.js'
 
 /** A rule id: "r" and 6 lowercase hex digits. */
 export const RULE_ID = /^r[0-9a-f]{6}$/

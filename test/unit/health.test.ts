@@ -5,7 +5,7 @@ import pino from 'pino'
 import {Backend, type Server} from '../../src/backends/backend.js'
 import {CheckTimeoutError, HealthChecker, describeCheckError, type HealthChange} from '../../src/backends/health.js'
 import type {BackendConfig, HealthConfig} from '../../src/config/types.js'
-import {parseEndpoint} from '../../src/net/endpoint.js'
+import {parseAddress} from '../../src/addr/address.js'
 import {FakeClock} from '../helpers/clock.js'
 
 const refused = (): Error => Object.assign(new Error('connect ECONNREFUSED 127.0.0.1:1'), {code: 'ECONNREFUSED', syscall: 'connect'})
@@ -37,7 +37,7 @@ const HEALTH: HealthConfig = {check: 'tcp', intervalMs: 2000, timeoutMs: 1000, r
 function backend(health: HealthConfig | null, n = 2): Backend {
   const config: BackendConfig = {
     name: 'prod', balance: 'roundrobin', fallback: 'default', connectTimeoutMs: 1000, serverTimeoutMs: 0, health: health ?? undefined,
-    servers: Array.from({length: n}, (_, i) => ({address: parseEndpoint(`127.0.0.${i + 1}:23`), weight: 1})),
+    servers: Array.from({length: n}, (_, i) => ({address: parseAddress(`127.0.0.${i + 1}:23`), weight: 1})),
   }
   return new Backend(config)
 }

@@ -1,0 +1,142 @@
+/**
+ * The kernel splice: a SOCKHASH of the spliced sockets keyed by socket cookie, a HASH of
+ * cookie → {peer cookie, bytes redirected, bytes kept}, and one sk_skb stream-verdict program
+ * attached to the SOCKHASH that sends every skb a member socket receives to its peer's send path
+ * (bpf_sk_redirect_hash without BPF_F_INGRESS). Bytes of a spliced pair never reach user space.
+ *
+ *   client sock ─skb─▶ verdict ─redirect─▶ psock backlog of server sock ─▶ its send queue (and back)
+ *
+ * No stream parser: since Linux 5.10 a verdict program alone is enough (sk_psock_start_verdict reads
+ * whole skbs through tcp_read_skb), which is also the cheaper path. When the peer is not (yet) in the
+ * SOCKHASH the redirect fails; the program then keeps that skb and every later one on the socket
+ * itself (SK_PASS: user space reads them as usual), so the bytes of one direction never go two ways
+ * at once and cannot overtake each other.
+ */
+import {assemble, asm, label} from './asm.js'
+import {BPF_MAP_TYPE_HASH, BPF_MAP_TYPE_SOCKHASH, BPF_NOEXIST, BPF_PROG_TYPE_SK_SKB, BPF_SK_SKB_STREAM_VERDICT, HELPER, mapCreate, mapDelete, mapLookup, mapUpdate, progAttach, progLoad} from './bpf.js'
+import {closeFd, getOption, SOL_SOCKET, SO_COOKIE} from '../sys/libc.js'
+
+const SK_DROP = 0, SK_PASS = 1
+/** struct pair_value: the peer's cookie, then the two counters the program adds to. */
+const PEER = 0, REDIRECTED = 8, KEPT = 16, VALUE_SIZE = 24
+/** Offset of `len` in struct __sk_buff. */
+const SKB_LEN = 0
+
+/** The verdict program, for the two maps. */
+export function verdictProgram(pairsFd: number, sockhashFd: number): Buffer {
+  return assemble([
+    asm.movReg(6, 1),
+    // An empty skb (the FIN's) is dropped: redirected, it reached the peer's backlog after divert had
+    // shut the peer's writing half, and the failed send left EPIPE on the peer (sk_psock_report_error).
+    asm.loadW(2, 6, SKB_LEN),
+    asm.movImm(0, SK_DROP),
+    asm.jeqImm(2, 0, 'exit'),
+    asm.call(HELPER.getSocketCookie),
+    asm.storeDw(10, -8, 0),
+    asm.loadMapFd(1, pairsFd),
+    asm.movReg(2, 10),
+    asm.addImm(2, -8),
+    asm.call(HELPER.mapLookupElem),
+    asm.jeqImm(0, 0, 'pass'),
+    asm.movReg(7, 0),
+    asm.loadDw(1, 7, KEPT),
+    asm.jneImm(1, 0, 'keep'),
+    asm.loadDw(1, 7, PEER),
+    asm.storeDw(10, -16, 1),
+    asm.movReg(1, 6),
+    asm.loadMapFd(2, sockhashFd),
+    asm.movReg(3, 10),
+    asm.addImm(3, -16),
+    asm.movImm(4, 0),
+    asm.call(HELPER.skRedirectHash),
+    asm.jneImm(0, SK_PASS, 'keep'),
+    asm.loadW(1, 6, SKB_LEN),
+    asm.atomicAddDw(7, REDIRECTED, 1),
+    label('exit'),
+    asm.exit(),
+    label('keep'),
+    asm.loadW(1, 6, SKB_LEN),
+    asm.atomicAddDw(7, KEPT, 1),
+    label('pass'),
+    asm.movImm(0, SK_PASS),
+    asm.exit(),
+  ])
+}
+
+/** One spliced socket's figures: bytes the kernel sent on to its peer, and bytes it kept for user space. */
+export interface SpliceCounters {
+  redirected: number
+  kept: number
+}
+
+export class Sockhash {
+  private constructor(private readonly sockhashFd: number, private readonly pairsFd: number, private readonly progFd: number) {}
+
+  /** Makes the maps and loads and attaches the program; throws SysError/VerifierError when the kernel says no. */
+  static open(maxSockets = 65536): Sockhash {
+    const fds: number[] = []
+    try {
+      const sockhash = mapCreate({type: BPF_MAP_TYPE_SOCKHASH, keySize: 8, valueSize: 8, maxEntries: maxSockets, name: 'divert_socks'})
+      fds.push(sockhash)
+      const pairs = mapCreate({type: BPF_MAP_TYPE_HASH, keySize: 8, valueSize: VALUE_SIZE, maxEntries: maxSockets, name: 'divert_pairs'})
+      fds.push(pairs)
+      const prog = progLoad(BPF_PROG_TYPE_SK_SKB, verdictProgram(pairs, sockhash), 'divert_verdict')
+      fds.push(prog)
+      progAttach(sockhash, prog, BPF_SK_SKB_STREAM_VERDICT)
+      return new Sockhash(sockhash, pairs, prog)
+    } catch (e) {
+      fds.forEach(closeFd)
+      throw e
+    }
+  }
+
+  /**
+   * Splices two connected TCP sockets: each one's peer entry first, then the sockets. From the moment
+   * a socket is in the SOCKHASH the kernel reads it; until its peer is in too, what it reads stays
+   * with it (see the module comment). Returns the two cookies.
+   */
+  splice(a: number, b: number): [bigint, bigint] {
+    const ca = cookieOf(a), cb = cookieOf(b)
+    this.setPeer(ca, cb)
+    this.setPeer(cb, ca)
+    mapUpdate(this.sockhashFd, u64(ca), u64(BigInt(a)), BPF_NOEXIST)
+    mapUpdate(this.sockhashFd, u64(cb), u64(BigInt(b)), BPF_NOEXIST)
+    return [ca, cb]
+  }
+
+  /** The counters of one spliced socket (zero once forgotten). */
+  counters(cookie: bigint): SpliceCounters {
+    const v = Buffer.alloc(VALUE_SIZE)
+    if (!mapLookup(this.pairsFd, u64(cookie), v)) return {redirected: 0, kept: 0}
+    return {redirected: Number(v.readBigUInt64LE(REDIRECTED)), kept: Number(v.readBigUInt64LE(KEPT))}
+  }
+
+  /** Takes a socket out of the SOCKHASH (closing it does that too) and forgets its counters. */
+  forget(cookie: bigint): void {
+    mapDelete(this.sockhashFd, u64(cookie))
+    mapDelete(this.pairsFd, u64(cookie))
+  }
+
+  close(): void {
+    closeFd(this.progFd)
+    closeFd(this.pairsFd)
+    closeFd(this.sockhashFd)
+  }
+
+  private setPeer(cookie: bigint, peer: bigint): void {
+    const v = Buffer.alloc(VALUE_SIZE)
+    v.writeBigUInt64LE(peer, PEER)
+    mapUpdate(this.pairsFd, u64(cookie), v, BPF_NOEXIST)
+  }
+}
+
+/** SO_COOKIE (socket(7)): the socket's 64-bit id, unique for the life of the kernel. */
+export function cookieOf(fd: number): bigint {
+  return getOption(fd, SOL_SOCKET, SO_COOKIE, 8, 'getsockopt(SO_COOKIE)').readBigUInt64LE()
+}
+
+function u64(n: bigint): Buffer {
+  const b = Buffer.alloc(8)
+  b.writeBigUInt64LE(n)
+  return b
+}

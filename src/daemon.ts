@@ -10,7 +10,8 @@
 import {lstatSync, readFileSync} from 'node:fs'
 import type {Logger} from 'pino'
 import {loadConfig} from './config/load.js'
-import type {Config, ListenerConfig} from './config/types.js'
+import {DEFAULTS, type Config, type ListenerConfig} from './config/types.js'
+import {FastPath} from './fastpath/splice.js'
 import {DivertError} from './errors.js'
 import {Backend} from './backends/backend.js'
 import {HealthChecker, tcpConnectCheck} from './backends/health.js'
@@ -74,6 +75,8 @@ export class Daemon {
   private admin?: AdminServer
   private checkers: HealthChecker[] = []
   private ticker?: NodeJS.Timeout
+  /** The kernel fast path, when `fast_path: auto` and the kernel allows it. */
+  private fastPath?: FastPath
   private stopping?: Promise<void>
   private ready = false
 
@@ -103,6 +106,7 @@ export class Daemon {
       servers: () => [...this.backends.values()].flatMap((b) => b.servers.map((s) => ({backend: b.name, key: s.key, up: s.up, active: s.active, total: s.total}))),
       mirrorDropped: () => this.mirrorDropped.entries(),
       recordingDropped: () => this.recordings.dropped().entries(),
+      fastPath: () => ({active: this.fastPath?.active ?? 0, spliced: this.fastPath?.spliced ?? 0}),
     }
   }
 
@@ -124,6 +128,8 @@ export class Daemon {
   private async boot(): Promise<void> {
     this.config = await loadConfig(this.opts.configFile)
     this.globalLimit.max = this.config.maxConnections
+    // Read at start only: a reload does not load or unload the kernel program.
+    if ((this.config.fastPath ?? DEFAULTS.fastPath) === 'auto') this.fastPath = FastPath.open(this.logger)
     this.checkFdLimit()
     this.backends = buildBackends(this.config)
     this.router.state = {rules: this.rules, backends: this.backends}
@@ -157,7 +163,7 @@ export class Daemon {
   createProxy(l: ListenerConfig): ListenerProxy {
     const ctx = {
       router: this.router, registry: this.registry, logger: this.logger.child({listener: l.name}), connect: this.opts.connect, global: this.globalLimit,
-      tapsFor: (d: Decision, meta: SessionMeta) => this.tapsFor(d, meta),
+      tapsFor: (d: Decision, meta: SessionMeta) => this.tapsFor(d, meta), fastPath: this.fastPath,
       onRefused: (listener: string) => this.refused.set(listener, (this.refused.get(listener) ?? 0) + 1),
     }
     return l.protocol === 'tcp' ? new TcpProxy(l, ctx) : new UdpProxy(l, ctx)
@@ -399,6 +405,7 @@ export class Daemon {
     for (const c of this.checkers) c.stop()
     await this.admin?.close()
     await this.recordings.closeAll()
+    this.fastPath?.close()
     if (this.ready) this.logger.info({uptimeMs: Date.now() - this.startedAt}, 'divert stopped')
   }
 }

@@ -1,6 +1,6 @@
 /**
- * The kernel splice: a SOCKHASH of the spliced sockets keyed by socket cookie, a HASH of
- * cookie → {peer cookie, bytes redirected, bytes kept}, and one sk_skb stream-verdict program
+ * The kernel splice: a SOCKHASH of the spliced sockets keyed by socket cookie, a HASH of cookie →
+ * peer cookie, a HASH of cookie → {bytes redirected, bytes kept}, and one sk_skb stream-verdict program
  * attached to the SOCKHASH that sends every skb a member socket receives to its peer's send path
  * (bpf_sk_redirect_hash without BPF_F_INGRESS). Bytes of a spliced pair never reach user space.
  *
@@ -17,13 +17,16 @@ import {BPF_MAP_TYPE_HASH, BPF_MAP_TYPE_SOCKHASH, BPF_NOEXIST, BPF_PROG_TYPE_SK_
 import {closeFd, getOption, SOL_SOCKET, SO_COOKIE} from '../sys/libc.js'
 
 const SK_DROP = 0, SK_PASS = 1
-/** struct pair_value: the peer's cookie, then the two counters the program adds to. */
-const PEER = 0, REDIRECTED = 8, KEPT = 16, VALUE_SIZE = 24
+/** struct counts: bytes redirected to the peer, bytes kept on the socket. */
+const REDIRECTED = 0, KEPT = 8, COUNTS_SIZE = 16
 /** Offset of `len` in struct __sk_buff. */
 const SKB_LEN = 0
 
-/** The verdict program, for the two maps. */
-export function verdictProgram(pairsFd: number, sockhashFd: number): Buffer {
+/**
+ * The verdict program: counts[cookie] must exist (else the skb is passed untouched); once a socket
+ * has kept a byte it keeps all later ones; otherwise it redirects to peers[cookie] and counts.
+ */
+export function verdictProgram(countsFd: number, peersFd: number, sockhashFd: number): Buffer {
   return assemble([
     asm.movReg(6, 1),
     // An empty skb (the FIN's) is dropped: redirected, it reached the peer's backlog after divert had
@@ -33,7 +36,7 @@ export function verdictProgram(pairsFd: number, sockhashFd: number): Buffer {
     asm.jeqImm(2, 0, 'exit'),
     asm.call(HELPER.getSocketCookie),
     asm.storeDw(10, -8, 0),
-    asm.loadMapFd(1, pairsFd),
+    asm.loadMapFd(1, countsFd),
     asm.movReg(2, 10),
     asm.addImm(2, -8),
     asm.call(HELPER.mapLookupElem),
@@ -41,7 +44,12 @@ export function verdictProgram(pairsFd: number, sockhashFd: number): Buffer {
     asm.movReg(7, 0),
     asm.loadDw(1, 7, KEPT),
     asm.jneImm(1, 0, 'keep'),
-    asm.loadDw(1, 7, PEER),
+    asm.loadMapFd(1, peersFd),
+    asm.movReg(2, 10),
+    asm.addImm(2, -8),
+    asm.call(HELPER.mapLookupElem),
+    asm.jeqImm(0, 0, 'keep'),
+    asm.loadDw(1, 0, 0),
     asm.storeDw(10, -16, 1),
     asm.movReg(1, 6),
     asm.loadMapFd(2, sockhashFd),
@@ -70,7 +78,7 @@ export interface SpliceCounters {
 }
 
 export class Sockhash {
-  private constructor(private readonly sockhashFd: number, private readonly pairsFd: number, private readonly progFd: number) {}
+  private constructor(private readonly sockhashFd: number, private readonly countsFd: number, private readonly peersFd: number, private readonly progFd: number) {}
 
   /** Makes the maps and loads and attaches the program; throws SysError/VerifierError when the kernel says no. */
   static open(maxSockets = 65536): Sockhash {
@@ -78,12 +86,14 @@ export class Sockhash {
     try {
       const sockhash = mapCreate({type: BPF_MAP_TYPE_SOCKHASH, keySize: 8, valueSize: 8, maxEntries: maxSockets, name: 'divert_socks'})
       fds.push(sockhash)
-      const pairs = mapCreate({type: BPF_MAP_TYPE_HASH, keySize: 8, valueSize: VALUE_SIZE, maxEntries: maxSockets, name: 'divert_pairs'})
-      fds.push(pairs)
-      const prog = progLoad(BPF_PROG_TYPE_SK_SKB, verdictProgram(pairs, sockhash), 'divert_verdict')
+      const counts = mapCreate({type: BPF_MAP_TYPE_HASH, keySize: 8, valueSize: COUNTS_SIZE, maxEntries: maxSockets, name: 'divert_counts'})
+      fds.push(counts)
+      const peers = mapCreate({type: BPF_MAP_TYPE_HASH, keySize: 8, valueSize: 8, maxEntries: maxSockets, name: 'divert_peers'})
+      fds.push(peers)
+      const prog = progLoad(BPF_PROG_TYPE_SK_SKB, verdictProgram(counts, peers, sockhash), 'divert_verdict')
       fds.push(prog)
       progAttach(sockhash, prog, BPF_SK_SKB_STREAM_VERDICT)
-      return new Sockhash(sockhash, pairs, prog)
+      return new Sockhash(sockhash, counts, peers, prog)
     } catch (e) {
       fds.forEach(closeFd)
       throw e
@@ -97,8 +107,9 @@ export class Sockhash {
    */
   splice(a: number, b: number): [bigint, bigint] {
     const ca = cookieOf(a), cb = cookieOf(b)
-    this.setPeer(ca, cb)
-    this.setPeer(cb, ca)
+    for (const c of [ca, cb]) mapUpdate(this.countsFd, u64(c), Buffer.alloc(COUNTS_SIZE), BPF_NOEXIST)
+    mapUpdate(this.peersFd, u64(ca), u64(cb), BPF_NOEXIST)
+    mapUpdate(this.peersFd, u64(cb), u64(ca), BPF_NOEXIST)
     mapUpdate(this.sockhashFd, u64(ca), u64(BigInt(a)), BPF_NOEXIST)
     mapUpdate(this.sockhashFd, u64(cb), u64(BigInt(b)), BPF_NOEXIST)
     return [ca, cb]
@@ -106,27 +117,29 @@ export class Sockhash {
 
   /** The counters of one spliced socket (zero once forgotten). */
   counters(cookie: bigint): SpliceCounters {
-    const v = Buffer.alloc(VALUE_SIZE)
-    if (!mapLookup(this.pairsFd, u64(cookie), v)) return {redirected: 0, kept: 0}
+    const v = Buffer.alloc(COUNTS_SIZE)
+    if (!mapLookup(this.countsFd, u64(cookie), v)) return {redirected: 0, kept: 0}
     return {redirected: Number(v.readBigUInt64LE(REDIRECTED)), kept: Number(v.readBigUInt64LE(KEPT))}
   }
 
-  /** Takes a socket out of the SOCKHASH (closing it does that too) and forgets its counters. */
+  /** The kernel stops redirecting between the two; what they receive from now on stays with them. */
+  unpair(a: bigint, b: bigint): void {
+    mapDelete(this.peersFd, u64(a))
+    mapDelete(this.peersFd, u64(b))
+  }
+
+  /** Takes a socket out of the SOCKHASH (closing it does that too) and forgets its entries. */
   forget(cookie: bigint): void {
     mapDelete(this.sockhashFd, u64(cookie))
-    mapDelete(this.pairsFd, u64(cookie))
+    mapDelete(this.peersFd, u64(cookie))
+    mapDelete(this.countsFd, u64(cookie))
   }
 
   close(): void {
     closeFd(this.progFd)
-    closeFd(this.pairsFd)
+    closeFd(this.peersFd)
+    closeFd(this.countsFd)
     closeFd(this.sockhashFd)
-  }
-
-  private setPeer(cookie: bigint, peer: bigint): void {
-    const v = Buffer.alloc(VALUE_SIZE)
-    v.writeBigUInt64LE(peer, PEER)
-    mapUpdate(this.pairsFd, u64(cookie), v, BPF_NOEXIST)
   }
 }
 

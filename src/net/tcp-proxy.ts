@@ -19,6 +19,7 @@ import {ConnectDeadlines, endpointPeer, remotePeer, localPeer, tcpConnector, typ
 import {endpointString, formatEndpoint} from './endpoint.js'
 import {RefusalLog} from './refusals.js'
 import {Admission, type GlobalLimit} from './limits.js'
+import type {FastPath, Splice} from '../fastpath/splice.js'
 
 export interface ProxyContext {
   router: Router
@@ -31,7 +32,18 @@ export interface ProxyContext {
   global?: GlobalLimit
   /** Counts sessions refused (no server, limits) per listener, for /metrics. */
   onRefused?: (listener: string, reason: string) => void
+  /** The kernel fast path (`fast_path: auto` and the kernel allows it): untapped sessions are spliced. */
+  fastPath?: FastPath
 }
+
+/**
+ * Bytes a session moves through divert before it is handed to the kernel: a splice costs about as
+ * much CPU as proxying this many bytes (measured, README "Kernel fast path"), so short request/response
+ * sessions never pay for it.
+ */
+export const SPLICE_AFTER_BYTES = 64 * 1024
+/** While divert still holds bytes of the session (or the kernel does, unread), the next try waits this many. */
+const SPLICE_RETRY_BYTES = 4 * 1024
 
 export class TcpProxy {
   /** Replaced on reload when only options changed (same bind, same protocol). */
@@ -150,6 +162,9 @@ class TcpConnection implements SessionTransport, DeadlineWaiter {
   private error?: string
   /** Who half-closed first: the cause of a clean end. */
   firstFin?: CloseCause
+  /** The kernel moves this session's bytes (src/fastpath); `untilSplice` counts down to the attempt. */
+  spliced?: Splice
+  untilSplice = Infinity
   // DeadlineWaiter: links in the listener's connect-deadline list.
   deadlineAt = 0
   deadlineNext?: DeadlineWaiter = undefined
@@ -178,7 +193,22 @@ class TcpConnection implements SessionTransport, DeadlineWaiter {
     if (backend.config.connectTimeoutMs > 0) proxy.deadlines.start(this, backend.config.connectTimeoutMs)
     keepAlive(client, proxy.config.keepaliveMs)
     keepAlive(upstream, backend.config.keepaliveMs)
+    if (ctx.fastPath && !this.tap) this.untilSplice = SPLICE_AFTER_BYTES
     wire(this, client, upstream)
+  }
+
+  /**
+   * The one hand-over point (called from the untapped data handlers once the session moved
+   * SPLICE_AFTER_BYTES): with both sockets connected, nothing buffered in divert and no tap, the
+   * kernel takes the bytes from here (src/fastpath/splice.ts says how order is kept).
+   */
+  trySplice(): void {
+    const fast = this.proxy.context.fastPath
+    this.untilSplice = Infinity
+    if (!fast || this.tap || this.firstFin || this.cause || !this.connected) return
+    const spliced = fast.splice(this.client, this.upstream)
+    if (spliced === 'later') this.untilSplice = SPLICE_RETRY_BYTES
+    else this.spliced = spliced
   }
 
   private attachTaps(decision: Decision, client: Peer, server: Peer, local: Peer): void {
@@ -190,6 +220,8 @@ class TcpConnection implements SessionTransport, DeadlineWaiter {
 
   /** A tap given mid-session (a rule added): an untapped connection switches to the tapped handlers. */
   setTap(tap: Tap): void {
+    this.untilSplice = Infinity
+    this.spliced?.takeBack()
     if (!this.tap) {
       swapListener(this.client, 'data', onClientData, onClientDataTapped)
       swapListener(this.upstream, 'data', onServerData, onServerDataTapped)
@@ -239,15 +271,16 @@ class TcpConnection implements SessionTransport, DeadlineWaiter {
     this.server.release()
     const cause = this.cause ?? this.firstFin ?? 'client-closed'
     this.proxy.context.registry.close(this.session, cause, this.reset, this.error ? {error: this.error} : undefined)
+    this.spliced?.release()
   }
 
   // SessionTransport
   bytesIn(): number {
-    return this.client.bytesRead
+    return this.client.bytesRead + (this.spliced?.redirected(this.client) ?? 0)
   }
 
   bytesOut(): number {
-    return this.client.bytesWritten
+    return this.client.bytesWritten + (this.spliced?.redirected(this.upstream) ?? 0)
   }
 
   kill(cause: CloseCause): void {
@@ -323,11 +356,15 @@ function onServerError(this: net.Socket, e: NodeJS.ErrnoException): void {
 }
 
 function onClientData(this: net.Socket, chunk: Buffer): void {
-  if (!owner(this).upstream.write(chunk)) this.pause()
+  const c = owner(this)
+  if (!c.upstream.write(chunk)) this.pause()
+  else if ((c.untilSplice -= chunk.length) <= 0) c.trySplice()
 }
 
 function onServerData(this: net.Socket, chunk: Buffer): void {
-  if (!owner(this).client.write(chunk)) this.pause()
+  const c = owner(this)
+  if (!c.client.write(chunk)) this.pause()
+  else if ((c.untilSplice -= chunk.length) <= 0) c.trySplice()
 }
 
 function onClientDataTapped(this: net.Socket, chunk: Buffer): void {
@@ -381,12 +418,14 @@ function onServerEnd(this: net.Socket): void {
 
 function clientFinished(c: TcpConnection): void {
   c.tap?.clientEnd?.()
-  c.upstream.end()
+  if (c.spliced) c.spliced.whenFlushed(c.client, () => c.upstream.end())
+  else c.upstream.end()
 }
 
 function serverFinished(c: TcpConnection): void {
   c.tap?.serverEnd?.()
-  c.client.end()
+  if (c.spliced) c.spliced.whenFlushed(c.upstream, () => c.client.end())
+  else c.client.end()
 }
 
 function onClose(this: net.Socket): void {

@@ -16,7 +16,7 @@
 import type net from 'node:net'
 import type {Logger} from 'pino'
 import {Sockhash} from './sockhash.js'
-import {getOption, ioctlInt, IPPROTO_TCP, setIntOption, SIOCINQ, SIOCOUTQ, SOL_SOCKET, SO_RCVLOWAT, TCP_INFO} from '../sys/libc.js'
+import {getOption, ioctlInt, IPPROTO_TCP, recvNow, setIntOption, SIOCOUTQ, SOL_SOCKET, SO_RCVLOWAT, TCP_INFO} from '../sys/libc.js'
 
 /** Offset of tcpi_bytes_acked in struct tcp_info (include/uapi/linux/tcp.h). */
 const TCPI_BYTES_ACKED = 120
@@ -58,9 +58,9 @@ export class FastPath {
     if (!idle(a) || !idle(b)) return 'later'
     const fa = fdOf(a), fb = fdOf(b)
     if (fa === undefined || fb === undefined) return undefined
-    if (!drained(fa) || !drained(fb)) return 'later'
     let cookies: [bigint, bigint]
     try {
+      if (!moveQueued(fa, a, b) || !moveQueued(fb, b, a)) return 'later'
       cookies = this.sockhash.splice(fa, fb)
       for (const fd of [fa, fb]) setIntOption(fd, SOL_SOCKET, SO_RCVLOWAT, 1, 'setsockopt(SO_RCVLOWAT)')
     } catch (error) {
@@ -84,13 +84,38 @@ export class FastPath {
   }
 }
 
+/** Bytes divert read from a socket itself (moveQueued), which Node's bytesRead does not count. */
+const taken = new WeakMap<net.Socket, number>()
+/** Reads per socket in one attempt (64 KiB each) before the attempt gives up for now. */
+const MAX_QUEUED_READS = 16
+
 /**
- * No unread byte in the kernel's receive queue. The psock reader takes whole skbs off the queue
- * (tcp_read_skb ignores copied_seq), so an skb Node had read part of would be sent on whole: bytes
- * twice. With SIOCINQ 0 every skb in the queue arrives after the check, unread.
+ * Empties the kernel's receive queue of `from` (fd) into `to`, synchronously, so the splice starts
+ * with no skb half-read. The psock reader takes whole skbs off the queue (tcp_read_skb ignores
+ * copied_seq): an skb Node had read part of would be sent on whole, bytes twice. After a read that
+ * finds the queue empty, every later skb is new and whole (nothing left to coalesce into).
+ * False when the queue did not empty, the stream ended, or `to` could not take the bytes at once.
  */
-function drained(fd: number): boolean {
-  return ioctlInt(fd, SIOCINQ, 'ioctl(SIOCINQ)') === 0
+function moveQueued(fd: number, from: net.Socket, to: net.Socket): boolean {
+  for (let i = 0; i < MAX_QUEUED_READS; i++) {
+    const buf = Buffer.allocUnsafe(64 * 1024)
+    let n: number
+    try {
+      n = recvNow(fd, buf)
+    } catch {
+      return false // a reset: Node's next read or write reports it
+    }
+    if (n < 0) return to.writableLength === 0
+    if (n === 0) return false
+    taken.set(from, (taken.get(from) ?? 0) + n)
+    to.write(buf.subarray(0, n))
+  }
+  return false
+}
+
+/** Every byte read from `s`: by Node, by divert itself before a splice, and by the kernel after it. */
+export function bytesFrom(s: net.Socket, spliced?: Splice): number {
+  return s.bytesRead + (taken.get(s) ?? 0) + (spliced?.redirected(s) ?? 0)
 }
 
 /** Nothing buffered by Node either way, both halves open. */

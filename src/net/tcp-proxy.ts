@@ -19,7 +19,7 @@ import {ConnectDeadlines, endpointPeer, remotePeer, localPeer, tcpConnector, typ
 import {endpointString, formatEndpoint} from './endpoint.js'
 import {RefusalLog} from './refusals.js'
 import {Admission, type GlobalLimit} from './limits.js'
-import type {FastPath, Splice} from '../fastpath/splice.js'
+import {bytesFrom, type FastPath, type Splice} from '../fastpath/splice.js'
 
 export interface ProxyContext {
   router: Router
@@ -276,7 +276,7 @@ class TcpConnection implements SessionTransport, DeadlineWaiter {
 
   // SessionTransport
   bytesIn(): number {
-    return this.client.bytesRead + (this.spliced?.redirected(this.client) ?? 0)
+    return bytesFrom(this.client, this.spliced)
   }
 
   bytesOut(): number {
@@ -357,14 +357,16 @@ function onServerError(this: net.Socket, e: NodeJS.ErrnoException): void {
 
 function onClientData(this: net.Socket, chunk: Buffer): void {
   const c = owner(this)
+  c.untilSplice -= chunk.length
   if (!c.upstream.write(chunk)) this.pause()
-  else if ((c.untilSplice -= chunk.length) <= 0) c.trySplice()
+  else if (c.untilSplice <= 0) c.trySplice()
 }
 
 function onServerData(this: net.Socket, chunk: Buffer): void {
   const c = owner(this)
+  c.untilSplice -= chunk.length
   if (!c.client.write(chunk)) this.pause()
-  else if ((c.untilSplice -= chunk.length) <= 0) c.trySplice()
+  else if (c.untilSplice <= 0) c.trySplice()
 }
 
 function onClientDataTapped(this: net.Socket, chunk: Buffer): void {
@@ -384,6 +386,7 @@ function onDrainResumeOther(this: net.Socket): void {
   const c = owner(this)
   const other = this === c.client ? c.upstream : c.client
   if (!other.destroyed) other.resume()
+  if (c.untilSplice <= 0) c.trySplice()
 }
 
 const PROBE = Buffer.alloc(0)

@@ -55,6 +55,7 @@ interface Libc {
   close(fd: number): number
   syscall(nr: number, a: number, b: Buffer | null, c: number): number
   ioctl(fd: number, request: number, arg: Buffer): number
+  recv(fd: number, buf: Buffer, len: number, flags: number): number
   address(b: Buffer): bigint
   errno(): number
 }
@@ -76,6 +77,7 @@ export function libc(): Libc {
     // syscall(2) is variadic; bpf(2) takes (cmd, union bpf_attr *, size).
     syscall: lib.func('long syscall(long, long, void *, long)'),
     ioctl: lib.func('int ioctl(int, unsigned long, _Out_ void *)'),
+    recv: lib.func('long recv(int, _Out_ void *, size_t, int)'),
     // bpf(2) attributes carry user pointers as u64: Buffers' backing stores do not move.
     address: (b: Buffer) => koffi.address(b) as bigint,
     errno: () => koffi.errno(),
@@ -133,6 +135,20 @@ export function ioctlInt(fd: number, request: number, what = 'ioctl'): number {
   const out = Buffer.alloc(4)
   check(what, libc().ioctl(fd, request, out))
   return out.readInt32LE()
+}
+
+const MSG_DONTWAIT = 0x40
+
+/**
+ * recv(2) without blocking into `buf`: the bytes read (0 at end of stream), or -1 when there is
+ * nothing to read now (EAGAIN).
+ */
+export function recvNow(fd: number, buf: Buffer): number {
+  const n = libc().recv(fd, buf, buf.length, MSG_DONTWAIT)
+  if (n >= 0) return n
+  const errno = libc().errno()
+  if (errno === os.constants.errno.EAGAIN) return -1
+  throw new SysError('recv', errno, errnoName(errno))
 }
 
 /** struct sockaddr_in / sockaddr_in6 (ip(7), ipv6(7)): family in host order, port and address in network order. */

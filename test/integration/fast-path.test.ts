@@ -35,7 +35,7 @@ const skip = fastPathProblem()
 
 /**
  * Writes `data` in random chunks (1 B–64 KiB) with random short pauses, honouring back-pressure; then
- * ends. One longer pause after the first 96 KiB lets divert catch up and splice (on loopback a whole
+ * ends. One longer pause after the first 160 KiB lets divert catch up and splice (on loopback a whole
  * session would otherwise be in its receive queue, FIN included, before the splice threshold).
  */
 async function pump(s: net.Socket, data: Buffer, rnd: () => number): Promise<void> {
@@ -47,8 +47,8 @@ async function pump(s: net.Socket, data: Buffer, rnd: () => number): Promise<voi
     at += n
     if (!ok) await once(s, 'drain')
     if (rnd() < 0.05) await sleep(Math.floor(rnd() * 4))
-    if (!paused && at > 96 * 1024) await sleep(10 + Math.floor(rnd() * 20))
-    paused ||= at > 96 * 1024
+    if (!paused && at > 160 * 1024) await sleep(10 + Math.floor(rnd() * 20))
+    paused ||= at > 160 * 1024
   }
   s.end()
 }
@@ -83,7 +83,7 @@ async function exchangeServer(seed: number, results: Map<number, Exchange>): Pro
   let n = 0
   return startServer('x', (socket) => {
     const rnd = prng(seed + ++n)
-    const out = randomBytes(128 * 1024 + Math.floor(rnd() * 512 * 1024))
+    const out = randomBytes(256 * 1024 + Math.floor(rnd() * 512 * 1024))
     const reading = slurp(socket, rnd)
     const writing = pump(socket, out, rnd)
     void Promise.all([reading, writing]).then(([got]) => {
@@ -369,7 +369,7 @@ describe('issue 15: integrity through a daemon process with the fast path', {ski
     const m0 = await metrics(d)
     const bytesBefore = {in: metric(m0, 'divert_bytes_in_total'), out: metric(m0, 'divert_bytes_out_total')}
     const rnd = prng(seed)
-    const sizes = Array.from({length: 300}, () => 128 * 1024 + Math.floor(rnd() * 512 * 1024))
+    const sizes = Array.from({length: 300}, () => 256 * 1024 + Math.floor(rnd() * 512 * 1024))
     const runs = await Promise.all(sizes.map((size, id) => clientSession(port, id, size, prng(seed * 7 + id))))
     await until(async () => results.size === runs.length && metric(await metrics(d), 'divert_sessions_active') === 0, 20_000, 'every session to end')
     let up = 0, down = 0

@@ -20,8 +20,9 @@ import {getOption, ioctlInt, IPPROTO_TCP, recvNow, setIntOption, SIOCOUTQ, SOL_S
 
 /** Offset of tcpi_bytes_acked in struct tcp_info (include/uapi/linux/tcp.h). */
 const TCPI_BYTES_ACKED = 120
-/** How often a FIN or take-back polls the kernel's send queue while it waits. */
+/** How often a FIN or take-back polls the kernel's send queue while it waits: 2 ms, doubling to 100 ms. */
 const FLUSH_POLL_MS = 2
+const FLUSH_POLL_MAX_MS = 100
 
 type Handle = {fd?: number}
 
@@ -113,6 +114,15 @@ function moveQueued(fd: number, from: net.Socket, to: net.Socket): boolean {
   return false
 }
 
+/**
+ * Every byte ever queued on a socket for sending: tcpi_bytes_acked (tcp(7) TCP_INFO; RFC 4898
+ * tcpEStatsAppHCThruOctetsAcked) plus what is still unacknowledged or unsent (SIOCOUTQ).
+ */
+function queuedTotal(fd: number): number {
+  const acked = Number(getOption(fd, IPPROTO_TCP, TCP_INFO, 232, 'getsockopt(TCP_INFO)').readBigUInt64LE(TCPI_BYTES_ACKED))
+  return acked + ioctlInt(fd, SIOCOUTQ, 'ioctl(SIOCOUTQ)')
+}
+
 /** Every byte read from `s`: by Node, by divert itself before a splice, and by the kernel after it. */
 export function bytesFrom(s: net.Socket, spliced?: Splice): number {
   return s.bytesRead + (taken.get(s) ?? 0) + (spliced?.redirected(s) ?? 0)
@@ -127,6 +137,7 @@ export class Splice {
   private released = false
   /** Counters of a released splice, kept for the session's last report. */
   private final?: [number, number]
+  private frozen?: Map<net.Socket, number>
 
   constructor(private readonly fast: FastPath, private readonly a: net.Socket, private readonly b: net.Socket, private readonly ca: bigint, private readonly cb: bigint) {}
 
@@ -140,24 +151,47 @@ export class Splice {
   /**
    * Calls `then` once the peer of `from` has in its send queue every byte the kernel redirected
    * from `from`: its kernel total (tcpi_bytes_acked + SIOCOUTQ) equals what divert wrote to it plus
-   * what was redirected. Polls while bytes are in the psock's backlog; stops when a socket closes.
+   * what was redirected. Polls while bytes are in the psock's backlog (a peer that does not read
+   * keeps them there); stops when a socket closes.
    */
   whenFlushed(from: net.Socket, then: () => void): void {
     const to = from === this.a ? this.b : this.a
+    let delay = FLUSH_POLL_MS
     const check = (): void => {
-      if (to.destroyed || from.destroyed && !from.readableEnded) return
+      if (to.destroyed || (from.destroyed && !from.readableEnded)) return
       if (this.released || this.flushed(from, to)) return then()
-      setTimeout(check, FLUSH_POLL_MS).unref()
+      setTimeout(check, delay).unref()
+      delay = Math.min(delay * 2, FLUSH_POLL_MAX_MS)
     }
     check()
   }
 
   private flushed(from: net.Socket, to: net.Socket): boolean {
     const fd = fdOf(to)
-    if (fd === undefined) return true
-    const acked = Number(getOption(fd, IPPROTO_TCP, TCP_INFO, 232, 'getsockopt(TCP_INFO)').readBigUInt64LE(TCPI_BYTES_ACKED))
-    const queued = ioctlInt(fd, SIOCOUTQ, 'ioctl(SIOCOUTQ)')
-    return acked + queued >= to.bytesWritten + this.redirected(from)
+    return fd === undefined || queuedTotal(fd) >= to.bytesWritten + this.redirected(from)
+  }
+
+  /**
+   * Bytes that reached `to`'s send queue (what Node's bytesWritten means for a socket divert writes
+   * itself): the kernel's total while the socket is open. Bytes the kernel redirected but still holds
+   * in its backlog (a peer that does not read) are not there yet. Once the socket is closed, the
+   * figure frozen before an abort, or the redirected count (a clean end flushed the backlog first).
+   */
+  sent(to: net.Socket): number {
+    const upper = to.bytesWritten + this.redirected(to === this.a ? this.b : this.a)
+    const fd = to.destroyed ? undefined : fdOf(to)
+    if (fd === undefined) return this.frozen?.get(to) ?? upper
+    try {
+      // min(): the kernel's total counts the FIN's sequence number once divert has ended `to`.
+      return Math.min(upper, queuedTotal(fd) + to.writableLength)
+    } catch {
+      return upper
+    }
+  }
+
+  /** Before an abort drops what the kernel holds: the send counts, while the descriptors are open. */
+  freeze(): void {
+    this.frozen = new Map([[this.a, this.sent(this.a)], [this.b, this.sent(this.b)]])
   }
 
   /**

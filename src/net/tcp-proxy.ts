@@ -261,6 +261,7 @@ class TcpConnection implements SessionTransport, DeadlineWaiter {
       this.cause = cause
       this.reset = reset
       this.error = error
+      this.spliced?.freeze()
     }
     abort(this.client, reset)
     abort(this.upstream, reset)
@@ -282,7 +283,7 @@ class TcpConnection implements SessionTransport, DeadlineWaiter {
   }
 
   bytesOut(): number {
-    return this.client.bytesWritten + (this.spliced?.redirected(this.upstream) ?? 0)
+    return this.spliced ? this.spliced.sent(this.client) : this.client.bytesWritten
   }
 
   kill(cause: CloseCause): void {

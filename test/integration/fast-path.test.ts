@@ -279,7 +279,7 @@ describe('issue 15: kernel fast path', {skip}, () => {
   })
 })
 
-describe('issue 15: drain and timeouts with spliced sessions', {skip}, () => {
+describe('issue 15: drain, timeouts and IPv6 with spliced sessions', {skip}, () => {
   test('issue 15: the client timeout sees the bytes the kernel moves: an active spliced session lives, an idle one ends', async () => {
     const srv = await startServer('echo')
     const p = await freePort()
@@ -303,6 +303,24 @@ describe('issue 15: drain and timeouts with spliced sessions', {skip}, () => {
       await closed(c)
       assert.ok(Date.now() - lastByte >= 900, 'closed only after a second without bytes')
       await until(() => d.logs.find('session closed').some((l) => l.cause === 'client-timeout'), 2000, 'the client-timeout close')
+    } finally {
+      await d.stop()
+      await srv.close()
+    }
+  })
+
+  test('issue 15: an IPv6 session is spliced too, its bytes intact', async () => {
+    const srv = await startServer('echo', undefined, {host: '::1'})
+    const p = await freePort('::1')
+    const d = await startInProcess(config(p, {echo: srv.address}).replace('127.0.0.1:', '[::1]:'))
+    try {
+      const c = await connect({port: p, host: '::1'})
+      const data = randomBytes(1024 * 1024)
+      const reading = readBytes(c, 5 + data.length)
+      c.write(data)
+      assert.equal(sha((await reading).subarray(5)), sha(data))
+      assert.equal(await spliced(d), 1)
+      c.destroy()
     } finally {
       await d.stop()
       await srv.close()

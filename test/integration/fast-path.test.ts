@@ -14,7 +14,7 @@ import {join} from 'node:path'
 import {writeFileSync} from 'node:fs'
 import {startServer, connect, readBytes, closed, ending, until, freePort, type TestServer} from '../helpers/servers.js'
 import {startInProcess, spawnDaemon, tempDir, type InProcess, type Spawned} from '../helpers/daemon.js'
-import {flowsOf, sideBytes} from '../helpers/capture.js'
+import {flowsOf, hasCommand, sideBytes} from '../helpers/capture.js'
 import {adminOf, metric, metrics} from '../faults/kit.js'
 import {Sockhash} from '../../src/fastpath/sockhash.js'
 import {prng} from '../helpers/random.js'
@@ -409,4 +409,33 @@ describe('issue 15: integrity through a daemon process with the fast path', {ski
     assert.equal(metric(await metrics(d), 'divert_fastpath_sessions'), 0, 'none left spliced')
   })
 
+})
+
+describe('issue 15: without the privileges', {skip: skip ?? (hasCommand('capsh') ? undefined : 'capsh is not installed')}, () => {
+  test('issue 15: without CAP_BPF/CAP_NET_ADMIN divert logs once at start and proxies as before', async () => {
+    const srv = await startServer('echo')
+    const port = await freePort()
+    const t = tempDir()
+    const file = join(t.dir, 'divert.yaml')
+    writeFileSync(file, config(port, {echo: srv.address}))
+    // capsh drops the capabilities from the bounding set, so the exec'd daemon (uid 0) lacks them.
+    const wrapper = ['capsh', '--drop=cap_bpf,cap_sys_admin,cap_net_admin,cap_perfmon', '--', '-c', 'exec "$@"', 'sh']
+    const daemon = await spawnDaemon(file, {admin: join(t.dir, 'admin.sock'), dir: t.dir, wrapper})
+    try {
+      const warned = daemon.logs.filter((l) => /^kernel fast path unavailable/.test(String(l.msg)))
+      assert.equal(warned.length, 1)
+      assert.match(warned[0].err?.message ?? '', /EPERM/)
+      const c = await connect({port})
+      const data = randomBytes(1024 * 1024)
+      const reading = readBytes(c, 5 + data.length)
+      c.write(data)
+      assert.equal(sha((await reading).subarray(5)), sha(data))
+      c.destroy()
+      assert.equal(metric(await metrics({admin: daemon.admin} as InProcess), 'divert_fastpath_sessions_total'), 0)
+    } finally {
+      await daemon.stop()
+      await srv.close()
+      t.cleanup()
+    }
+  })
 })

@@ -315,6 +315,8 @@ export class Daemon {
     this.rules.swapConfigRules(configRules)
     this.backends = backends
     this.router.state = {rules: this.rules, backends}
+    const fastPath = (c: Config): string => c.fastPath ?? DEFAULTS.fastPath
+    if (fastPath(next) !== fastPath(this.config)) this.logger.warn({fastPath: fastPath(next)}, 'fast_path changed: it takes effect at the next start (a reload does not load or unload the kernel program)')
     this.config = next
     this.globalLimit.max = next.maxConnections
     result.rules = this.rules.size

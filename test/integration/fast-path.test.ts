@@ -309,6 +309,22 @@ describe('issue 15: drain, timeouts and IPv6 with spliced sessions', {skip}, () 
     }
   })
 
+  test('issue 15: a reload that changes fast_path says it takes effect at the next start', async () => {
+    const srv = await startServer('echo')
+    const p = await freePort()
+    const d = await startInProcess(config(p, {echo: srv.address}))
+    try {
+      writeFileSync(join(d.dir, 'divert.yaml'), config(p, {echo: srv.address}).replace('fast_path: auto', 'fast_path: off'))
+      await d.daemon.reload('test')
+      const [line] = d.logs.find(/^fast_path changed/)
+      assert.equal(line.fastPath, 'off')
+      assert.match(line.msg, /takes effect at the next start/)
+    } finally {
+      await d.stop()
+      await srv.close()
+    }
+  })
+
   test('issue 15: an IPv6 session is spliced too, its bytes intact', async () => {
     const srv = await startServer('echo', undefined, {host: '::1'})
     const p = await freePort('::1')

@@ -107,10 +107,18 @@ export class Sockhash {
    */
   splice(a: number, b: number): [bigint, bigint] {
     const ca = cookieOf(a), cb = cookieOf(b)
-    for (const c of [ca, cb]) mapUpdate(this.countsFd, u64(c), Buffer.alloc(COUNTS_SIZE), BPF_NOEXIST)
-    mapUpdate(this.peersFd, u64(ca), u64(cb), BPF_NOEXIST)
-    mapUpdate(this.peersFd, u64(cb), u64(ca), BPF_NOEXIST)
-    mapUpdate(this.sockhashFd, u64(ca), u64(BigInt(a)), BPF_NOEXIST)
+    try {
+      for (const c of [ca, cb]) mapUpdate(this.countsFd, u64(c), Buffer.alloc(COUNTS_SIZE), BPF_NOEXIST)
+      mapUpdate(this.peersFd, u64(ca), u64(cb), BPF_NOEXIST)
+      mapUpdate(this.peersFd, u64(cb), u64(ca), BPF_NOEXIST)
+      mapUpdate(this.sockhashFd, u64(ca), u64(BigInt(a)), BPF_NOEXIST)
+    } catch (e) {
+      // Nothing is in the SOCKHASH yet (a full map, most likely): leave no entries behind.
+      for (const c of [ca, cb]) this.forget(c)
+      throw e
+    }
+    // Should this one fail, `a` stays in the SOCKHASH with no peer there: it keeps its bytes for
+    // divert (the program's fallback) until it closes, when the kernel drops it from the map.
     mapUpdate(this.sockhashFd, u64(cb), u64(BigInt(b)), BPF_NOEXIST)
     return [ca, cb]
   }

@@ -42,9 +42,9 @@ export class FastPath {
   private constructor(private readonly sockhash: Sockhash, private readonly logger: Logger) {}
 
   /** Loads the kernel side; without CAP_BPF/CAP_NET_ADMIN or kernel support it logs once and returns undefined. */
-  static open(logger: Logger): FastPath | undefined {
+  static open(logger: Logger, maxSockets?: number): FastPath | undefined {
     try {
-      return new FastPath(Sockhash.open(), logger)
+      return new FastPath(Sockhash.open(maxSockets), logger)
     } catch (error) {
       logger.warn({err: error}, 'kernel fast path unavailable (needs CAP_BPF and CAP_NET_ADMIN and a kernel with BPF sockmap): every byte goes through divert')
       return undefined

@@ -13,10 +13,12 @@ import {createHash, randomBytes} from 'node:crypto'
 import {join} from 'node:path'
 import {writeFileSync} from 'node:fs'
 import {startServer, connect, readBytes, closed, ending, until, freePort, type TestServer} from '../helpers/servers.js'
-import {startInProcess, spawnDaemon, tempDir, type InProcess, type Spawned} from '../helpers/daemon.js'
+import {LogCapture, startInProcess, spawnDaemon, tempDir, type InProcess, type Spawned} from '../helpers/daemon.js'
 import {flowsOf, hasCommand, sideBytes} from '../helpers/capture.js'
 import {adminOf, metric, metrics} from '../faults/kit.js'
 import {Sockhash} from '../../src/fastpath/sockhash.js'
+import {FastPath, type Splice} from '../../src/fastpath/splice.js'
+import pino from 'pino'
 import {prng} from '../helpers/random.js'
 
 const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex')
@@ -452,6 +454,45 @@ describe('issue 15: without the privileges', {skip: skip ?? (hasCommand('capsh')
       await daemon.stop()
       await srv.close()
       t.cleanup()
+    }
+  })
+})
+
+describe('issue 15: a full SOCKHASH', {skip}, () => {
+  test('issue 15: when the map is full a session stays with divert; one warning, nothing left in the maps', async () => {
+    const logs = new LogCapture()
+    const fast = FastPath.open(pino(logs.stream), 2)!
+    const server = net.createServer()
+    server.listen(0, '127.0.0.1')
+    await once(server, 'listening')
+    const accepted: net.Socket[] = []
+    server.on('connection', (s) => accepted.push(s))
+    const clients: net.Socket[] = []
+    try {
+      for (let i = 0; i < 4; i++) clients.push(await connect({port: (server.address() as net.AddressInfo).port}))
+      await until(() => accepted.length === 4, 5000, 'the accepts')
+      const first = fast.splice(accepted[0], accepted[1])
+      assert.equal(typeof first, 'object', 'the first pair fits')
+      assert.equal(fast.splice(accepted[2], accepted[3]), undefined, 'the second does not')
+      assert.equal(fast.splice(accepted[2], accepted[3]), undefined)
+      assert.equal(logs.find(/could not be handed to the kernel fast path/).length, 1, 'one warning')
+      assert.match(logs.lines.find((l) => /could not be handed/.test(l.msg))?.err?.message ?? '', /E2BIG|ENOSPC|ENOMEM/)
+      // The spliced pair moves bytes; the other pair's sockets still belong to Node alone.
+      const data = randomBytes(100_000)
+      const reading = readBytes(clients[1], data.length)
+      clients[0].write(data)
+      assert.equal(sha(await reading), sha(data))
+      accepted[2].write('still Node')
+      assert.equal((await readBytes(clients[2], 10)).toString(), 'still Node')
+      ;(first as Splice).release()
+      assert.equal(fast.active, 0)
+      const second = fast.splice(accepted[2], accepted[3])
+      assert.equal(typeof second, 'object', 'the failed attempt left no entries: the freed room takes the second pair')
+      ;(second as Splice).release()
+    } finally {
+      for (const s of [...clients, ...accepted]) s.destroy()
+      server.close()
+      fast.close()
     }
   })
 })

@@ -6,7 +6,7 @@
 import type {Profile, TestId} from './options.js'
 import {RELOAD_RTT_BUDGET_MS} from './reload.js'
 
-export type Contender = 'direct' | 'haproxy' | 'nginx' | 'divert' | 'divert-100k' | 'divert-mirror' | 'divert-record'
+export type Contender = 'direct' | 'haproxy' | 'nginx' | 'divert' | 'divert-fast' | 'divert-100k' | 'divert-mirror' | 'divert-record'
 
 export interface MetricDef {
   id: string
@@ -37,6 +37,9 @@ export interface TestDef {
 }
 
 const VS_PEERS: Array<[Contender, Contender]> = [['divert', 'haproxy'], ['divert', 'nginx'], ['divert', 'direct']]
+/** The TCP tests also run divert with `fast_path: auto` (issue 15): the kernel splices untapped sessions. */
+const TCP_CONTENDERS: Contender[] = ['direct', 'haproxy', 'nginx', 'divert', 'divert-fast']
+const VS_PEERS_FAST: Array<[Contender, Contender]> = [...VS_PEERS, ['divert-fast', 'haproxy'], ['divert-fast', 'divert']]
 const VS_NGINX: Array<[Contender, Contender]> = [['divert', 'nginx'], ['divert', 'direct']]
 
 const m = (id: string, label: string, unit: string, better: MetricDef['better']): MetricDef => ({id, label, unit, better})
@@ -56,7 +59,7 @@ export function catalog(p: Profile): TestDef[] {
   return [
     {
       id: 'tcp-bulk', title: 'TCP bulk throughput (iperf3)', how: `iperf3 -t ${p.iperfSec}, 1 and 4 streams`,
-      contenders: ['direct', 'haproxy', 'nginx', 'divert'], comparisons: VS_PEERS,
+      contenders: TCP_CONTENDERS, comparisons: VS_PEERS_FAST,
       metrics: [m('bulk1.gbps', '1 stream', 'Gbit/s', 'higher'), m('bulk1.cpuMsPerGB', '1 stream: proxy CPU', 'ms/GB', 'lower'),
         m('bulk4.gbps', '4 streams', 'Gbit/s', 'higher'), m('bulk4.cpuMsPerGB', '4 streams: proxy CPU', 'ms/GB', 'lower'),
         m('bulk1.faultsPerMB', '1 stream: proxy minor page faults', 'per MB', 'lower')],
@@ -64,7 +67,7 @@ export function catalog(p: Profile): TestDef[] {
     },
     {
       id: 'tcp-connect', title: 'New TCP connections (wrk, Connection: close)', how: `wrk -t1 -c${p.wrkConnections} -d${p.wrkSec}s, 256-byte file from nginx`,
-      contenders: ['direct', 'haproxy', 'nginx', 'divert'], comparisons: VS_PEERS,
+      contenders: TCP_CONTENDERS, comparisons: VS_PEERS_FAST,
       metrics: [m('conn.rate', 'new connections', 'conn/s', 'higher'), m('conn.p50', 'latency p50', 'ms', 'lower'),
         m('conn.p99', 'latency p99', 'ms', 'lower'), m('conn.cpuUs', 'proxy CPU per connection', 'µs', 'lower'),
         m('conn.errors', 'socket errors', 'count', 'lower')],
@@ -72,7 +75,7 @@ export function catalog(p: Profile): TestDef[] {
     },
     {
       id: 'keepalive', title: 'Keep-alive HTTP requests (wrk)', how: `wrk -t1 -c1 and -c${p.wrkConnections}, -d${p.wrkSec}s each`,
-      contenders: ['direct', 'haproxy', 'nginx', 'divert'], comparisons: VS_PEERS,
+      contenders: TCP_CONTENDERS, comparisons: VS_PEERS_FAST,
       metrics: [m('ka1.p50', '1 conn: latency p50', 'ms', 'lower'), m('ka1.p99', '1 conn: latency p99', 'ms', 'lower'),
         m('ka1.cpuUs', '1 conn: proxy CPU per request', 'µs', 'lower'), m('ka32.rps', `${p.wrkConnections} conns: requests`, 'req/s', 'higher'),
         m('ka32.p99', `${p.wrkConnections} conns: latency p99`, 'ms', 'lower'), m('ka32.cpuUs', `${p.wrkConnections} conns: proxy CPU per request`, 'µs', 'lower')],

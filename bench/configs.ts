@@ -103,6 +103,8 @@ export interface DivertVariant {
   mirror?: boolean
   /** pcap file that a rule for 127.0.0.1 records into. */
   record?: string
+  /** `fast_path: auto` (the kernel splices untapped TCP sessions); absent: `off`, every byte through divert. */
+  fastPath?: boolean
 }
 
 /**
@@ -133,6 +135,7 @@ export function divertConfig(ports: ProxyPorts, b: BackendPorts, dir: string, li
   const server = (port: number): string => `{ servers: [ { address: "${LOOPBACK}:${port}" } ], health: { check: none } }`
   const maxFlows = limits.nofile - 500
   return `state: ${JSON.stringify(`${dir}/divert-state.json`)}
+fast_path: ${v.fastPath ? 'auto' : 'off'}
 listeners:
   - { name: http, protocol: tcp, bind: "${LOOPBACK}:${ports.http}", backend: origin }
   - { name: bulk, protocol: tcp, bind: "${LOOPBACK}:${ports.bulk}", backend: bulk }

@@ -1,6 +1,6 @@
 /**
  * Starting one contender fresh for one measurement: direct (the backends themselves), HAProxy, nginx
- * (stream) or divert (plain, 100,000 rules, with a mirror, with a recorder), each pinned to core 0,
+ * (stream) or divert (plain, with the kernel fast path, 100,000 rules, with a mirror, with a recorder), each pinned to core 0,
  * listening on new ports, and stopped by pid afterwards.
  *
  *   startContender(lab, name) → Running {ports, pids(), stop()}
@@ -82,6 +82,7 @@ function divertVariant(name: Contender, dir: string): DivertVariant {
   if (name === 'divert-100k') return {rules: 100_000}
   if (name === 'divert-mirror') return {rules: 10, mirror: true}
   if (name === 'divert-record') return {rules: 10, record: join(dir, 'taps.pcap')}
+  if (name === 'divert-fast') return {rules: 10, fastPath: true}
   return {rules: 10}
 }
 

@@ -18,7 +18,7 @@ import type {SessionQuery} from './admin/client.js'
 import type {FleetView} from './fleet/view.js'
 import type {
   AddRuleResult, BackendView, FleetKillResult, FleetSessionsResult, FleetStatusResult, KeptView, ExplainResult, KillResult, ReloadResult, RemoveRulesResult,
-  RuleView, SessionView, StatusView,
+  RuleView, SessionView, StatusView, StoreView,
 } from './admin/protocol.js'
 import type {Logger} from 'pino'
 import type {Clock} from './clock.js'
@@ -49,6 +49,10 @@ export interface ControlledDaemon {
   readonly proxies: Map<string, TcpProxy | UdpProxy>
   readonly refused: Map<string, number>
   readonly metrics: DaemonMetrics
+  /** This instance's fleet name, and the fleet when rules are shared (issue 14). */
+  readonly instance: string
+  readonly fleet?: {readonly view: FleetView}
+  storeView(): StoreView
   reload(who: string): Promise<ReloadResult>
 }
 

@@ -12,7 +12,8 @@ import {lstatSync, readFileSync} from 'node:fs'
 import {hostname} from 'node:os'
 import type {Logger} from 'pino'
 import {loadConfig} from './config/load.js'
-import type {BackendConfig, Config, ListenerConfig} from './config/types.js'
+import {DEFAULTS, type BackendConfig, type Config, type ListenerConfig} from './config/types.js'
+import {FastPath} from './fastpath/splice.js'
 import {DivertError} from './errors.js'
 import {realClock, type Clock, type Timer} from './clock.js'
 import {Backend} from './backends/backend.js'
@@ -95,6 +96,8 @@ export class Daemon {
   private ticker?: Timer
   /** Resolves the drain's wait when the last session closes. */
   private drained?: () => void
+  /** The kernel fast path, when `fast_path: auto` and the kernel allows it. */
+  private fastPath?: FastPath
   private stopping?: Promise<void>
   private ready = false
 
@@ -125,6 +128,7 @@ export class Daemon {
       servers: () => [...this.backends.values()].flatMap((b) => b.servers.map((s) => ({backend: b.name, key: s.key, up: s.up, active: s.active, total: s.total}))),
       mirrorDropped: () => this.mirrorDropped.entries(),
       recordingDropped: () => this.recordings.dropped().entries(),
+      fastPath: () => ({active: this.fastPath?.active ?? 0, spliced: this.fastPath?.spliced ?? 0}),
     }
   }
 
@@ -152,6 +156,8 @@ export class Daemon {
     this.config = await loadConfig(this.opts.configFile)
     checkUpstreamPrivileges(this.config.backends.values())
     this.globalLimit.max = this.config.maxConnections
+    // Read at start only: a reload does not load or unload the kernel program.
+    if ((this.config.fastPath ?? DEFAULTS.fastPath) === 'auto') this.fastPath = FastPath.open(this.logger)
     this.checkFdLimit()
     this.backends = buildBackends(this.config, this.clock)
     this.router.state = {rules: this.rules, backends: this.backends}
@@ -216,7 +222,7 @@ export class Daemon {
   createProxy(l: ListenerConfig): ListenerProxy {
     const ctx = {
       router: this.router, registry: this.registry, logger: this.logger.child({listener: l.name}), sockets: this.sockets, global: this.globalLimit, clock: this.clock,
-      tapsFor: (d: Decision, meta: SessionMeta) => this.tapsFor(d, meta),
+      tapsFor: (d: Decision, meta: SessionMeta) => this.tapsFor(d, meta), fastPath: this.fastPath,
       onRefused: (listener: string) => this.refused.set(listener, (this.refused.get(listener) ?? 0) + 1),
     }
     return l.protocol === 'tcp' ? new TcpProxy(l, ctx) : new UdpProxy(l, ctx)
@@ -373,6 +379,8 @@ export class Daemon {
     this.rules.swapConfigRules(configRules)
     this.backends = backends
     this.router.state = {rules: this.rules, backends}
+    const fastPath = (c: Config): string => c.fastPath ?? DEFAULTS.fastPath
+    if (fastPath(next) !== fastPath(this.config)) this.logger.warn({fastPath: fastPath(next)}, 'fast_path changed: it takes effect at the next start (a reload does not load or unload the kernel program)')
     this.config = next
     this.globalLimit.max = next.maxConnections
     result.rules = this.rules.size
@@ -469,6 +477,7 @@ export class Daemon {
     await this.admin?.close()
     await this.fleet?.close()
     await this.recordings.closeAll()
+    this.fastPath?.close()
     if (this.ready) this.logger.info({uptimeMs: this.clock.now() - this.startedAt}, 'divert stopped')
   }
 

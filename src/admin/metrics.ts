@@ -19,6 +19,8 @@ export interface MetricsSource {
   servers(): Array<{backend: string; key: string; up: boolean; active: number; total: number}>
   mirrorDropped(): Iterable<[string, number]>
   recordingDropped(): Iterable<[string, number]>
+  /** The kernel fast path: sessions spliced now and since start (zeros when it is off). */
+  fastPath?(): {active: number; spliced: number}
 }
 
 /** The labels a session is observed with. */
@@ -49,6 +51,8 @@ export class DaemonMetrics {
     gauge('divert_up', 'Always 1 when the daemon answers (Prometheus "up" convention).', [], (g) => g.set(1))
     gauge('divert_start_time_seconds', 'Start time of the daemon since the Unix epoch, in seconds.', [], (g) => g.set(src.startedAt / 1000))
     this.sessionMetrics(src, gauge, counter)
+    gauge('divert_fastpath_sessions', 'TCP sessions whose bytes the kernel moves now (fast_path: auto).', [], (g) => g.set(src.fastPath?.().active ?? 0))
+    counter('divert_fastpath_sessions_total', 'TCP sessions handed to the kernel fast path since start.', [], (c) => c.inc(src.fastPath?.().spliced ?? 0))
     gauge('divert_rules', 'Rules in the table, by origin.', ['origin'], (g) => {
       const rules = src.rules()
       for (const origin of ['config', 'runtime']) g.set({origin}, rules.filter((r) => r.origin === origin).length)

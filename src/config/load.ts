@@ -281,6 +281,7 @@ function normalise(raw: RawConfig, file: string): Config {
     captureMaxBytes: raw.capture?.max_size ?? DEFAULTS.captureMaxBytes,
     mirrorBufferBytes: raw.capture?.mirror_buffer ?? DEFAULTS.mirrorBufferBytes,
     maxConnections: raw.limits?.max_connections ?? 0,
+    fastPath: raw.fast_path ?? undefined,
   })
 }
 

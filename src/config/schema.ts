@@ -212,6 +212,7 @@ export function configSchema(known: KnownNames) {
     state: stateSchema().nullish(),
     fleet: fleetSchema().nullish(),
     capture: captureSchema().nullish(),
+    fast_path: z.enum(['auto', 'off'], expecting('auto or off')).nullish(),
     limits: strictObject({
       max_connections: int(0, Number.MAX_SAFE_INTEGER, 'an integer ≥ 0 (0 = unlimited)').default(0),
     }, 'a mapping like { max_connections: 50000 }').nullish(),

@@ -110,6 +110,8 @@ export interface Config {
   mirrorBufferBytes: number
   /** Live sessions over all listeners (`limits.max_connections`, 0 = unlimited). */
   maxConnections: number
+  /** `fast_path`: hand untapped TCP sessions to the kernel (src/fastpath), or keep every byte in divert (absent = DEFAULTS.fastPath). */
+  fastPath?: 'auto' | 'off'
 }
 
 export const DEFAULTS = {
@@ -120,6 +122,7 @@ export const DEFAULTS = {
   connectTimeoutMs: 5_000,
   /** TCP keepalive idle time on both sides, as undici's default: a vanished peer frees its fds. */
   keepaliveMs: 60_000,
+  fastPath: 'off' as 'auto' | 'off',
   health: {check: 'tcp' as const, intervalMs: 2_000, timeoutMs: 1_000, rise: 2, fall: 3},
   captureMaxBytes: 100 * 1024 * 1024,
   mirrorBufferBytes: 1024 * 1024,

@@ -31,6 +31,11 @@ export const IPV6_TRANSPARENT = 75
 export const IPV6_RECVORIGDSTADDR = 74
 export const IPPROTO_TCP = 6
 export const TCP_INFO = 11
+export const SO_RCVLOWAT = 18
+export const SO_COOKIE = 57
+/** ioctl(2) requests of tcp(7): unread bytes in the receive queue, unsent+unacked in the send queue. */
+export const SIOCINQ = 0x541b
+export const SIOCOUTQ = 0x5411
 
 /** syscall numbers for x86_64 and aarch64 (the only architectures koffi's prebuilt set and divert target). */
 export const SYS_bpf = process.arch === 'arm64' ? 280 : 321
@@ -49,6 +54,9 @@ interface Libc {
   bind(fd: number, addr: Buffer, len: number): number
   close(fd: number): number
   syscall(nr: number, a: number, b: Buffer | null, c: number): number
+  ioctl(fd: number, request: number, arg: Buffer): number
+  recv(fd: number, buf: Buffer, len: number, flags: number): number
+  address(b: Buffer): bigint
   errno(): number
 }
 
@@ -68,6 +76,10 @@ export function libc(): Libc {
     close: lib.func('int close(int)'),
     // syscall(2) is variadic; bpf(2) takes (cmd, union bpf_attr *, size).
     syscall: lib.func('long syscall(long, long, void *, long)'),
+    ioctl: lib.func('int ioctl(int, unsigned long, _Out_ void *)'),
+    recv: lib.func('long recv(int, _Out_ void *, size_t, int)'),
+    // bpf(2) attributes carry user pointers as u64: Buffers' backing stores do not move.
+    address: (b: Buffer) => koffi.address(b) as bigint,
     errno: () => koffi.errno(),
   } as Libc
   return loaded
@@ -111,6 +123,32 @@ export function closeFd(fd: number): void {
 /** bpf(2): returns the syscall's result (an fd for the *_CREATE and PROG_LOAD commands). */
 export function bpf(cmd: number, attr: Buffer, what = `bpf(${cmd})`): number {
   return check(what, libc().syscall(SYS_bpf, cmd, attr, attr.length))
+}
+
+/** The address of a Buffer's bytes, for the pointer fields of bpf(2) attributes. */
+export function addressOf(b: Buffer): bigint {
+  return libc().address(b)
+}
+
+/** An ioctl(2) whose result is an int written through the pointer (SIOCINQ, SIOCOUTQ). */
+export function ioctlInt(fd: number, request: number, what = 'ioctl'): number {
+  const out = Buffer.alloc(4)
+  check(what, libc().ioctl(fd, request, out))
+  return out.readInt32LE()
+}
+
+const MSG_DONTWAIT = 0x40
+
+/**
+ * recv(2) without blocking into `buf`: the bytes read (0 at end of stream), or -1 when there is
+ * nothing to read now (EAGAIN).
+ */
+export function recvNow(fd: number, buf: Buffer): number {
+  const n = libc().recv(fd, buf, buf.length, MSG_DONTWAIT)
+  if (n >= 0) return n
+  const errno = libc().errno()
+  if (errno === os.constants.errno.EAGAIN) return -1
+  throw new SysError('recv', errno, errnoName(errno))
 }
 
 /** struct sockaddr_in / sockaddr_in6 (ip(7), ipv6(7)): family in host order, port and address in network order. */

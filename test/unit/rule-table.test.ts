@@ -7,6 +7,7 @@ import assert from 'node:assert/strict'
 import {RuleTable, hashWords, type Rule, type RuleOrigin} from '../../src/rules/table.js'
 import {DivertError} from '../../src/errors.js'
 import {FakeClock} from '../helpers/clock.js'
+import {prng} from '../helpers/random.js'
 
 const T0 = Date.UTC(2024, 0, 2, 3, 4, 5)
 
@@ -445,18 +446,6 @@ test('IPv6 rules whose keys collide in the hash map stay apart, and removal unli
 })
 
 // ---- 100,000 random rules against a brute-force reference ----
-
-/** mulberry32: a seeded PRNG so a failure can be replayed with the printed seed. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0
-    let t = a
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
-}
 
 interface RefRule {
   family: 4 | 6

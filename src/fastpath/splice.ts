@@ -1,0 +1,230 @@
+/**
+ * FastPath: hands a TCP session's two sockets to the kernel (sockhash.ts) once divert holds none
+ * of its bytes, and keeps half-close, taps and byte counts right while the kernel moves the bytes.
+ *
+ *   TcpConnection ─splice(a, b)─▶ Splice ─┬─ counters (bytes the kernel moved, for `divert sessions`)
+ *                                          ├─ whenFlushed (a FIN passes only after the bytes before it)
+ *                                          └─ takeBack (a tap attached: bytes go through divert again)
+ *
+ * Ordering: a splice is made in one synchronous step while Node holds no byte of the session (nothing
+ * buffered for writing or unread); bytes still in a socket's receive queue then go through the
+ * program in order, pushed by an SO_RCVLOWAT write (tcp_set_rcvlowat calls sk_data_ready, which the
+ * psock replaced with its verdict reader). The kernel sends redirected bytes from a work queue
+ * (sk_psock_backlog), so a FIN or a byte written by divert waits until the peer's send queue holds
+ * everything redirected before it (`whenFlushed`).
+ */
+import type net from 'node:net'
+import type {Logger} from 'pino'
+import {Sockhash} from './sockhash.js'
+import {getOption, ioctlInt, IPPROTO_TCP, recvNow, setIntOption, SIOCOUTQ, SOL_SOCKET, SO_RCVLOWAT, TCP_INFO} from '../sys/libc.js'
+
+/** Offset of tcpi_bytes_acked in struct tcp_info (include/uapi/linux/tcp.h). */
+const TCPI_BYTES_ACKED = 120
+/** How often a FIN or take-back polls the kernel's send queue while it waits: 2 ms, doubling to 100 ms. */
+const FLUSH_POLL_MS = 2
+const FLUSH_POLL_MAX_MS = 100
+
+type Handle = {fd?: number}
+
+/** The socket's descriptor, from Node's handle (libuv's uv_fileno). */
+function fdOf(s: net.Socket): number | undefined {
+  const fd = (s as unknown as {_handle?: Handle})._handle?.fd
+  return typeof fd === 'number' && fd >= 0 ? fd : undefined
+}
+
+export class FastPath {
+  /** Sessions handed to the kernel since start, and those handed over now. */
+  spliced = 0
+  active = 0
+
+  private warned = false
+
+  private constructor(private readonly sockhash: Sockhash, private readonly logger: Logger) {}
+
+  /** Loads the kernel side; without CAP_BPF/CAP_NET_ADMIN or kernel support it logs once and returns undefined. */
+  static open(logger: Logger, maxSockets?: number): FastPath | undefined {
+    try {
+      return new FastPath(Sockhash.open(maxSockets), logger)
+    } catch (error) {
+      logger.warn({err: error}, 'kernel fast path unavailable (needs CAP_BPF and CAP_NET_ADMIN and a kernel with BPF sockmap): every byte goes through divert')
+      return undefined
+    }
+  }
+
+  /**
+   * Splices a and b when divert holds none of their bytes; undefined when it still does (try later)
+   * or a socket is not open both ways.
+   */
+  splice(a: net.Socket, b: net.Socket): Splice | 'later' | undefined {
+    if (!idle(a) || !idle(b)) return 'later'
+    const fa = fdOf(a), fb = fdOf(b)
+    if (fa === undefined || fb === undefined) return undefined
+    let cookies: [bigint, bigint]
+    try {
+      if (!moveQueued(fa, a, b) || !moveQueued(fb, b, a)) return 'later'
+      cookies = this.sockhash.splice(fa, fb)
+      for (const fd of [fa, fb]) setIntOption(fd, SOL_SOCKET, SO_RCVLOWAT, 1, 'setsockopt(SO_RCVLOWAT)')
+    } catch (error) {
+      // E.g. the SOCKHASH is full. A socket already in it keeps its bytes for divert (no peer).
+      if (!this.warned) this.logger.warn({err: error}, 'a session could not be handed to the kernel fast path; it goes through divert')
+      this.warned = true
+      return undefined
+    }
+    this.spliced++
+    this.active++
+    return new Splice(this, a, b, ...cookies)
+  }
+
+  /** @internal */
+  get map(): Sockhash {
+    return this.sockhash
+  }
+
+  close(): void {
+    this.sockhash.close()
+  }
+}
+
+/** Bytes divert read from a socket itself (moveQueued), which Node's bytesRead does not count. */
+const taken = new WeakMap<net.Socket, number>()
+/** Reads per socket in one attempt (64 KiB each) before the attempt gives up for now. */
+const MAX_QUEUED_READS = 16
+
+/**
+ * Empties the kernel's receive queue of `from` (fd) into `to`, synchronously, so the splice starts
+ * with no skb half-read. The psock reader takes whole skbs off the queue (tcp_read_skb ignores
+ * copied_seq): an skb Node had read part of would be sent on whole, bytes twice. After a read that
+ * finds the queue empty, every later skb is new and whole (nothing left to coalesce into).
+ * False when the queue did not empty, the stream ended, or `to` could not take the bytes at once.
+ */
+function moveQueued(fd: number, from: net.Socket, to: net.Socket): boolean {
+  for (let i = 0; i < MAX_QUEUED_READS; i++) {
+    const buf = Buffer.allocUnsafe(64 * 1024)
+    let n: number
+    try {
+      n = recvNow(fd, buf)
+    } catch {
+      return false // a reset: Node's next read or write reports it
+    }
+    if (n < 0) return to.writableLength === 0
+    if (n === 0) return false
+    taken.set(from, (taken.get(from) ?? 0) + n)
+    to.write(buf.subarray(0, n))
+  }
+  return false
+}
+
+/**
+ * Every byte ever queued on a socket for sending: tcpi_bytes_acked (tcp(7) TCP_INFO; RFC 4898
+ * tcpEStatsAppHCThruOctetsAcked) plus what is still unacknowledged or unsent (SIOCOUTQ).
+ */
+function queuedTotal(fd: number): number {
+  const acked = Number(getOption(fd, IPPROTO_TCP, TCP_INFO, 232, 'getsockopt(TCP_INFO)').readBigUInt64LE(TCPI_BYTES_ACKED))
+  return acked + ioctlInt(fd, SIOCOUTQ, 'ioctl(SIOCOUTQ)')
+}
+
+/** Every byte read from `s`: by Node, by divert itself before a splice, and by the kernel after it. */
+export function bytesFrom(s: net.Socket, spliced?: Splice): number {
+  return s.bytesRead + (taken.get(s) ?? 0) + (spliced?.redirected(s) ?? 0)
+}
+
+/** Nothing buffered by Node either way, both halves open. */
+function idle(s: net.Socket): boolean {
+  return !s.destroyed && s.readable && s.writable && s.writableLength === 0 && s.readableLength === 0 && !s.connecting
+}
+
+export class Splice {
+  private released = false
+  /** Counters of a released splice, kept for the session's last report. */
+  private final?: [number, number]
+  private frozen?: Map<net.Socket, number>
+
+  constructor(private readonly fast: FastPath, private readonly a: net.Socket, private readonly b: net.Socket, private readonly ca: bigint, private readonly cb: bigint) {}
+
+  /** Bytes the kernel moved from `from` to its peer. */
+  redirected(from: net.Socket): number {
+    const i = from === this.a ? 0 : 1
+    if (this.final) return this.final[i]
+    return this.fast.map.counters(i === 0 ? this.ca : this.cb).redirected
+  }
+
+  /**
+   * Calls `then` once the peer of `from` has in its send queue every byte the kernel redirected
+   * from `from`: its kernel total (tcpi_bytes_acked + SIOCOUTQ) equals what divert wrote to it plus
+   * what was redirected. Polls while bytes are in the psock's backlog (a peer that does not read
+   * keeps them there); stops when a socket closes.
+   */
+  whenFlushed(from: net.Socket, then: () => void): void {
+    const to = from === this.a ? this.b : this.a
+    let delay = FLUSH_POLL_MS
+    const check = (): void => {
+      if (to.destroyed || (from.destroyed && !from.readableEnded)) return
+      if (this.released || this.flushed(from, to)) return then()
+      setTimeout(check, delay).unref()
+      delay = Math.min(delay * 2, FLUSH_POLL_MAX_MS)
+    }
+    check()
+  }
+
+  private flushed(from: net.Socket, to: net.Socket): boolean {
+    const fd = fdOf(to)
+    return fd === undefined || queuedTotal(fd) >= to.bytesWritten + this.redirected(from)
+  }
+
+  /**
+   * Bytes that reached `to`'s send queue (what Node's bytesWritten means for a socket divert writes
+   * itself): the kernel's total while the socket is open. Bytes the kernel redirected but still holds
+   * in its backlog (a peer that does not read) are not there yet. Once the socket is closed, the
+   * figure frozen before an abort, or the redirected count (a clean end flushed the backlog first).
+   */
+  sent(to: net.Socket): number {
+    const upper = to.bytesWritten + this.redirected(to === this.a ? this.b : this.a)
+    const fd = to.destroyed ? undefined : fdOf(to)
+    if (fd === undefined) return this.frozen?.get(to) ?? upper
+    try {
+      // min(): the kernel's total counts the FIN's sequence number once divert has ended `to`.
+      return Math.min(upper, queuedTotal(fd) + to.writableLength)
+    } catch {
+      return upper
+    }
+  }
+
+  /** Before an abort drops what the kernel holds: the send counts, while the descriptors are open. */
+  freeze(): void {
+    this.frozen = new Map([[this.a, this.sent(this.a)], [this.b, this.sent(this.b)]])
+  }
+
+  /**
+   * Bytes go through divert again (a tap was attached): both sockets pause, the kernel stops
+   * redirecting (the program keeps on the socket what it no longer has a peer for), and once the
+   * bytes already redirected are in the peers' send queues the sockets resume. The sockets stay in
+   * the SOCKHASH: taking them out would drop what the kernel kept for divert to read (sk_psock_drop).
+   */
+  takeBack(then = (): void => undefined): void {
+    this.a.pause()
+    this.b.pause()
+    this.fast.map.unpair(this.ca, this.cb)
+    let waiting = 2
+    const done = (): void => {
+      if (--waiting > 0) return
+      this.a.resume()
+      this.b.resume()
+      then()
+    }
+    // A verdict that read the peer before unpair() may still add to the counters: look after it ran.
+    setTimeout(() => {
+      this.whenFlushed(this.a, done)
+      this.whenFlushed(this.b, done)
+    }, FLUSH_POLL_MS)
+  }
+
+  /** The session is over: keep the counters, forget the map entries. */
+  release(): void {
+    if (this.released) return
+    this.final = [this.redirected(this.a), this.redirected(this.b)]
+    this.released = true
+    this.fast.active--
+    this.fast.map.forget(this.ca)
+    this.fast.map.forget(this.cb)
+  }
+}

@@ -1,0 +1,498 @@
+/**
+ * The kernel fast path (issue 15) with real loopback sockets and an in-process daemon with
+ * `fast_path: auto`: sessions spliced by the BPF sockhash keep every byte in order (many at once, with
+ * random chunks and pauses both ways), half-closes, resets, kill, drain, byte counts, and a tap
+ * attached mid-stream (the session is taken back from the kernel; the tap sees an exact part).
+ * Skipped where the kernel or the privileges do not allow the fast path.
+ */
+import {test, before, after, describe} from 'node:test'
+import assert from 'node:assert/strict'
+import net from 'node:net'
+import {once} from 'node:events'
+import {createHash, randomBytes} from 'node:crypto'
+import {join} from 'node:path'
+import {writeFileSync} from 'node:fs'
+import {startServer, connect, readBytes, closed, ending, until, freePort, type TestServer} from '../helpers/servers.js'
+import {LogCapture, startInProcess, spawnDaemon, tempDir, type InProcess, type Spawned} from '../helpers/daemon.js'
+import {flowsOf, hasCommand, sideBytes} from '../helpers/capture.js'
+import {adminOf, metric, metrics} from '../faults/kit.js'
+import {Sockhash} from '../../src/fastpath/sockhash.js'
+import {FastPath, type Splice} from '../../src/fastpath/splice.js'
+import pino from 'pino'
+import {prng} from '../helpers/random.js'
+
+const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex')
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms))
+
+/** Whether this process may load the program (root or CAP_BPF + CAP_NET_ADMIN, a kernel with sockmap). */
+function fastPathProblem(): string | undefined {
+  try {
+    Sockhash.open(16).close()
+    return undefined
+  } catch (error) {
+    return `kernel fast path unavailable here: ${(error as Error).message}`
+  }
+}
+const skip = fastPathProblem()
+
+/**
+ * Writes `data` in random chunks (1 B–64 KiB) with random short pauses, honouring back-pressure; then
+ * ends. One longer pause after the first 160 KiB lets divert catch up and splice (on loopback a whole
+ * session would otherwise be in its receive queue, FIN included, before the splice threshold).
+ */
+async function pump(s: net.Socket, data: Buffer, rnd: () => number): Promise<void> {
+  let at = 0
+  let paused = false
+  while (at < data.length) {
+    const n = Math.min(data.length - at, 1 + Math.floor(rnd() * rnd() * 65536))
+    const ok = s.write(data.subarray(at, at + n))
+    at += n
+    if (!ok) await once(s, 'drain')
+    if (rnd() < 0.05) await sleep(Math.floor(rnd() * 4))
+    if (!paused && at > 160 * 1024) await sleep(10 + Math.floor(rnd() * 20))
+    paused ||= at > 160 * 1024
+  }
+  s.end()
+}
+
+/** Reads to EOF with random pauses; resolves with every byte. */
+function slurp(s: net.Socket, rnd: () => number): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = []
+    s.on('data', (c: Buffer) => {
+      chunks.push(c)
+      if (rnd() < 0.03) {
+        s.pause()
+        setTimeout(() => s.resume(), Math.floor(rnd() * 4))
+      }
+    })
+    s.once('end', () => resolve(Buffer.concat(chunks)))
+    s.once('error', reject)
+  })
+}
+
+/**
+ * The far end of the integrity runs: reads everything (the first 4 bytes name the session) while it
+ * sends its own random bytes, and records both hashes under that id.
+ */
+interface Exchange {
+  received: string
+  receivedBytes: number
+  sent: string
+  sentBytes: number
+}
+async function exchangeServer(seed: number, results: Map<number, Exchange>): Promise<TestServer> {
+  let n = 0
+  return startServer('x', (socket) => {
+    const rnd = prng(seed + ++n)
+    const out = randomBytes(256 * 1024 + Math.floor(rnd() * 512 * 1024))
+    const reading = slurp(socket, rnd)
+    const writing = pump(socket, out, rnd)
+    void Promise.all([reading, writing]).then(([got]) => {
+      results.set(got.readUInt32BE(0), {received: sha(got), receivedBytes: got.length, sent: sha(out), sentBytes: out.length})
+    }, () => undefined)
+  })
+}
+
+function config(port: number, servers: Record<string, string>, extra = '', listenerExtra = ''): string {
+  return `
+fast_path: auto
+listeners:
+  - { name: main, bind: "127.0.0.1:${port}", backend: ${Object.keys(servers)[0]}${listenerExtra} }
+backends:
+${Object.entries(servers).map(([name, address]) => `  ${name}: { servers: [ { address: "${address}" } ] }`).join('\n')}
+${extra}`
+}
+
+async function spliced(d: InProcess): Promise<number> {
+  return metric(await metrics(d), 'divert_fastpath_sessions_total')
+}
+
+/** One client session against the exchange server: sends `size` bytes (id first) while reading. */
+async function clientSession(port: number, id: number, size: number, rnd: () => number): Promise<{sent: Buffer; got: Buffer}> {
+  const s = await connect({port, allowHalfOpen: true})
+  const sent = randomBytes(size)
+  sent.writeUInt32BE(id, 0)
+  const [got] = await Promise.all([slurp(s, rnd), pump(s, sent, rnd)])
+  s.destroy()
+  return {sent, got}
+}
+
+describe('issue 15: kernel fast path', {skip}, () => {
+  let echo: TestServer, mirror: TestServer
+  const mirrored: Buffer[] = []
+  let d: InProcess
+  let port: number
+
+  before(async () => {
+    echo = await startServer('echo')
+    mirror = await startServer('mirror', (s) => s.on('data', (c: Buffer) => mirrored.push(c)))
+    port = await freePort()
+    d = await startInProcess(config(port, {echo: echo.address, m: mirror.address}, `rules:
+  - { source: 127.0.0.21, to: echo }
+  - { source: 127.0.0.22, to: echo }
+  - { source: 127.0.0.23, to: echo }
+  - { source: 127.0.0.24, to: echo }`))
+  })
+
+  after(async () => {
+    await d?.stop()
+    await Promise.all([echo, mirror].map((s) => s?.close()))
+  })
+
+  test('issue 15: a client that sends before the upstream connected gets its bytes back in order', async () => {
+    const before = await spliced(d)
+    const data = randomBytes(512 * 1024)
+    const s = net.connect({port, host: '127.0.0.1', localAddress: '127.0.0.21'})
+    s.write(data)
+    const got = await readBytes(s, 'echo\n'.length + data.length)
+    assert.equal(sha(got.subarray(5)), sha(data))
+    assert.equal(await spliced(d), before + 1)
+    s.destroy()
+  })
+
+  test('issue 15: half-close both ways: what follows a FIN still arrives, each FIN passes after the bytes before it', async () => {
+    for (const first of ['client', 'server'] as const) {
+      const data = {client: randomBytes(300 * 1024), server: randomBytes(300 * 1024)}
+      const srv = await startServer('hc', (sock) => {
+        const rest: Buffer[] = []
+        sock.on('data', (c: Buffer) => rest.push(c))
+        if (first === 'client') sock.once('end', () => sock.end(Buffer.concat([Buffer.from(sha(Buffer.concat(rest))), data.server])))
+        else {
+          // The server's bytes, then its FIN once the client says the session is spliced.
+          sock.write(data.server)
+          sock.once('data', () => sock.end())
+          sock.once('end', () => sock.destroy())
+        }
+      })
+      const p = await freePort()
+      const dd = await startInProcess(config(p, {hc: srv.address}))
+      try {
+        const c = await connect({port: p, allowHalfOpen: true})
+        const reading = slurp(c, Math.random)
+        if (first === 'client') {
+          c.write(data.client)
+          await until(async () => (await spliced(dd)) === 1, 5000, 'the splice')
+          c.end()
+        } else {
+          await until(async () => (await spliced(dd)) === 1, 5000, 'the splice')
+          c.write('F')
+        }
+        const got = await reading
+        if (first === 'client') {
+          assert.equal(got.subarray(0, 64).toString(), sha(data.client), 'the server read every client byte before the FIN')
+          assert.equal(sha(got.subarray(64)), sha(data.server), 'the server’s bytes after the client’s FIN arrived')
+        } else {
+          assert.equal(sha(got), sha(data.server), 'the server’s bytes before its FIN arrived')
+          c.end(data.client)
+        }
+        await closed(c)
+        assert.equal(await spliced(dd), 1, `${first} first: spliced`)
+      } finally {
+        await dd.stop()
+        await srv.close()
+      }
+    }
+  })
+
+  test('issue 15: resets both ways reach the other side of a spliced session', async () => {
+    const before = await spliced(d)
+    // The client resets: the server's socket sees the reset.
+    const c1 = await connect({port, localAddress: '127.0.0.22'})
+    const bulk = randomBytes(200 * 1024)
+    c1.write(bulk)
+    await readBytes(c1, 5 + bulk.length)
+    await until(async () => (await spliced(d)) === before + 1, 5000, 'the splice')
+    const serverSide = [...echo.sockets].at(-1)!
+    const seen = closed(serverSide)
+    c1.resetAndDestroy()
+    assert.equal((await seen).error?.code, 'ECONNRESET', 'the server saw a reset')
+    // The server resets: the client sees the reset.
+    const c2 = await connect({port, localAddress: '127.0.0.22', allowHalfOpen: true})
+    c2.write(bulk)
+    await readBytes(c2, 5 + bulk.length)
+    await until(async () => (await spliced(d)) === before + 2, 5000, 'the splice')
+    const end = ending(c2)
+    ;[...echo.sockets].at(-1)!.resetAndDestroy()
+    assert.equal((await end).reset, true, 'the client saw a reset, not a FIN')
+  })
+
+  test('issue 15: kill closes a spliced session and `divert sessions` counts its bytes', async () => {
+    const before = await spliced(d)
+    const c = await connect({port, localAddress: '127.0.0.23'})
+    const bulk = randomBytes(300 * 1024)
+    c.write(bulk)
+    await readBytes(c, 5 + bulk.length)
+    await until(async () => (await spliced(d)) === before + 1, 5000, 'the splice')
+    const admin = adminOf(d)
+    try {
+      const [view] = await admin.sessions({source: '127.0.0.23'})
+      assert.equal(view.bytesIn, bulk.length)
+      assert.equal(view.bytesOut, 5 + bulk.length)
+      const shut = closed(c)
+      await admin.killSession(view.id)
+      await shut
+    } finally {
+      await admin.close()
+    }
+  })
+
+  test('issue 15: a mirror and a recording attached mid-stream take the session back; each saw an exact part of the stream', async (t) => {
+    const rec = tempDir()
+    t.after(rec.cleanup)
+    const file = join(rec.dir, 'mid.pcap')
+    const c = await connect({port, localAddress: '127.0.0.24', allowHalfOpen: true})
+    const sent: Buffer[] = []
+    const got: Buffer[] = []
+    c.on('data', (b: Buffer) => got.push(b))
+    const send = async (n: number): Promise<void> => {
+      const b = randomBytes(n)
+      sent.push(b)
+      if (!c.write(b)) await once(c, 'drain')
+    }
+    const before = await spliced(d)
+    for (let i = 0; i < 8; i++) await send(32 * 1024)
+    await until(async () => (await spliced(d)) === before + 1, 5000, 'the splice')
+    const admin = adminOf(d)
+    try {
+      const added = await admin.addRule({source: '127.0.0.24', to: 'echo', mirror: 'm', record: file})
+      for (let i = 0; i < 8; i++) await send(16 * 1024 + i)
+      await until(() => mirrored.reduce((n, b) => n + b.length, 0) >= 8 * 16 * 1024, 5000, 'the mirror to see the bytes sent after the tap')
+      await admin.removeRule(added.rule.id)
+    } finally {
+      await admin.close()
+    }
+    for (let i = 0; i < 4; i++) await send(8 * 1024)
+    c.end()
+    await closed(c)
+    const stream = Buffer.concat(sent)
+    assert.equal(sha(Buffer.concat(got)), sha(Buffer.concat([Buffer.from('echo\n'), stream])), 'the session itself stayed intact through splice and take-back')
+    const seen = Buffer.concat(mirrored)
+    assert.ok(seen.length >= 8 * 16 * 1024, 'the mirror saw what followed the attach')
+    assert.ok(stream.indexOf(seen) >= 0, 'the mirror saw one contiguous, exact part of the client’s stream')
+    const serverStream = Buffer.concat(got)
+    await d.stop()
+    const {flows} = await flowsOf(file)
+    assert.equal(flows.length, 1)
+    const recClient = sideBytes(flows[0], 'client')
+    assert.ok(recClient.length > 0 && stream.indexOf(recClient) >= 0, 'the recording’s client bytes are an exact part of the stream')
+    const recServer = sideBytes(flows[0], 'server')
+    assert.ok(serverStream.indexOf(recServer) >= 0, 'the recording’s server bytes are an exact part of what the client got')
+  })
+})
+
+describe('issue 15: drain, timeouts and IPv6 with spliced sessions', {skip}, () => {
+  test('issue 15: the client timeout sees the bytes the kernel moves: an active spliced session lives, an idle one ends', async () => {
+    const srv = await startServer('echo')
+    const p = await freePort()
+    const d = await startInProcess(config(p, {echo: srv.address}, '', ', timeouts: { client: 1s }'), {tickMs: 100})
+    try {
+      const c = await connect({port: p})
+      const bulk = randomBytes(200 * 1024)
+      c.write(bulk)
+      await readBytes(c, 5 + bulk.length)
+      await until(async () => (await spliced(d)) === 1, 5000, 'the splice')
+      const started = Date.now()
+      let lastByte = 0
+      for (let i = 0; i < 10; i++) {
+        await sleep(250)
+        const b = randomBytes(1024)
+        c.write(b)
+        assert.equal(sha(await readBytes(c, b.length)), sha(b))
+        lastByte = Date.now()
+      }
+      assert.ok(Date.now() - started > 2000 && !c.destroyed, 'alive past twice the timeout while bytes flowed')
+      await closed(c)
+      assert.ok(Date.now() - lastByte >= 900, 'closed only after a second without bytes')
+      await until(() => d.logs.find('session closed').some((l) => l.cause === 'client-timeout'), 2000, 'the client-timeout close')
+    } finally {
+      await d.stop()
+      await srv.close()
+    }
+  })
+
+  test('issue 15: a reload that changes fast_path says it takes effect at the next start', async () => {
+    const srv = await startServer('echo')
+    const p = await freePort()
+    const d = await startInProcess(config(p, {echo: srv.address}))
+    try {
+      writeFileSync(join(d.dir, 'divert.yaml'), config(p, {echo: srv.address}).replace('fast_path: auto', 'fast_path: off'))
+      await d.daemon.reload('test')
+      const [line] = d.logs.find(/^fast_path changed/)
+      assert.equal(line.fastPath, 'off')
+      assert.match(line.msg, /takes effect at the next start/)
+    } finally {
+      await d.stop()
+      await srv.close()
+    }
+  })
+
+  test('issue 15: an IPv6 session is spliced too, its bytes intact', async () => {
+    const srv = await startServer('echo', undefined, {host: '::1'})
+    const p = await freePort('::1')
+    const d = await startInProcess(config(p, {echo: srv.address}).replace('127.0.0.1:', '[::1]:'))
+    try {
+      const c = await connect({port: p, host: '::1'})
+      const data = randomBytes(1024 * 1024)
+      const reading = readBytes(c, 5 + data.length)
+      c.write(data)
+      assert.equal(sha((await reading).subarray(5)), sha(data))
+      assert.equal(await spliced(d), 1)
+      c.destroy()
+    } finally {
+      await d.stop()
+      await srv.close()
+    }
+  })
+
+  test('issue 15: stop with a drain period waits for a spliced session, whose bytes all arrive', async () => {
+    const srv = await startServer('echo')
+    const p = await freePort()
+    const d = await startInProcess(config(p, {echo: srv.address}))
+    try {
+      const c = await connect({port: p, allowHalfOpen: true})
+      const data = randomBytes(1024 * 1024)
+      const reading = slurp(c, Math.random)
+      c.write(data.subarray(0, 512 * 1024))
+      await until(async () => (await spliced(d)) === 1, 5000, 'the splice')
+      const stopping = d.stop(10_000)
+      await sleep(50)
+      c.end(data.subarray(512 * 1024))
+      const got = await reading
+      assert.equal(sha(got.subarray(5)), sha(data))
+      await stopping
+    } finally {
+      await d.stop()
+      await srv.close()
+    }
+  })
+})
+
+/**
+ * The integrity run against a daemon in its own process, as deployed: in this process the clients,
+ * servers and daemon share one event loop, and on loopback a whole session then sits in divert's
+ * receive queue, FIN included, before divert gets to it (nothing left to splice).
+ */
+describe('issue 15: integrity through a daemon process with the fast path', {skip}, () => {
+  const seed = Number(process.env.DIVERT_TEST_SEED ?? Date.now() % 1e9)
+  const results = new Map<number, Exchange>()
+  let x: TestServer
+  let daemon: Spawned
+  let d: InProcess
+  let port: number
+  let cleanup: () => void
+
+  before(async () => {
+    x = await exchangeServer(seed, results)
+    port = await freePort()
+    const t = tempDir()
+    cleanup = t.cleanup
+    const file = join(t.dir, 'divert.yaml')
+    writeFileSync(file, config(port, {x: x.address}))
+    daemon = await spawnDaemon(file, {admin: join(t.dir, 'admin.sock'), dir: t.dir})
+    // The helpers that read /metrics need only the admin socket.
+    d = {admin: daemon.admin} as InProcess
+  })
+
+  after(async () => {
+    await daemon?.stop()
+    await x?.close()
+    cleanup?.()
+  })
+
+  test(`issue 15: 300 concurrent sessions, random chunks and pauses both ways, arrive intact and spliced; counts equal the bytes moved (seed ${seed})`, async (t) => {
+    const before = await spliced(d)
+    const m0 = await metrics(d)
+    const bytesBefore = {in: metric(m0, 'divert_bytes_in_total'), out: metric(m0, 'divert_bytes_out_total')}
+    const rnd = prng(seed)
+    const sizes = Array.from({length: 300}, () => 256 * 1024 + Math.floor(rnd() * 512 * 1024))
+    const runs = await Promise.all(sizes.map((size, id) => clientSession(port, id, size, prng(seed * 7 + id))))
+    await until(async () => results.size === runs.length && metric(await metrics(d), 'divert_sessions_active') === 0, 20_000, 'every session to end')
+    let up = 0, down = 0
+    runs.forEach(({sent, got}, id) => {
+      const r = results.get(id)!
+      assert.equal(r.receivedBytes, sent.length, `session ${id}: bytes to the server`)
+      assert.equal(r.received, sha(sent), `session ${id}: the server got the client's bytes in order`)
+      assert.equal(got.length, r.sentBytes, `session ${id}: bytes to the client`)
+      assert.equal(sha(got), r.sent, `session ${id}: the client got the server's bytes in order`)
+      up += sent.length
+      down += got.length
+    })
+    const m = await metrics(d)
+    assert.equal(metric(m, 'divert_bytes_in_total') - bytesBefore.in, up, 'bytes in = bytes the clients sent')
+    assert.equal(metric(m, 'divert_bytes_out_total') - bytesBefore.out, down, 'bytes out = bytes the clients got')
+    const n = (await spliced(d)) - before
+    t.diagnostic(`${n} of ${runs.length} sessions spliced`)
+    assert.ok(n >= runs.length / 2, `most sessions went through the kernel (${n} of ${runs.length})`)
+    assert.equal(metric(await metrics(d), 'divert_fastpath_sessions'), 0, 'none left spliced')
+  })
+
+})
+
+describe('issue 15: without the privileges', {skip: skip ?? (hasCommand('capsh') ? undefined : 'capsh is not installed')}, () => {
+  test('issue 15: without CAP_BPF/CAP_NET_ADMIN divert logs once at start and proxies as before', async () => {
+    const srv = await startServer('echo')
+    const port = await freePort()
+    const t = tempDir()
+    const file = join(t.dir, 'divert.yaml')
+    writeFileSync(file, config(port, {echo: srv.address}))
+    // capsh drops the capabilities from the bounding set, so the exec'd daemon (uid 0) lacks them.
+    const wrapper = ['capsh', '--drop=cap_bpf,cap_sys_admin,cap_net_admin,cap_perfmon', '--', '-c', 'exec "$@"', 'sh']
+    const daemon = await spawnDaemon(file, {admin: join(t.dir, 'admin.sock'), dir: t.dir, wrapper})
+    try {
+      const warned = daemon.logs.filter((l) => /^kernel fast path unavailable/.test(String(l.msg)))
+      assert.equal(warned.length, 1)
+      assert.match(warned[0].err?.message ?? '', /EPERM/)
+      const c = await connect({port})
+      const data = randomBytes(1024 * 1024)
+      const reading = readBytes(c, 5 + data.length)
+      c.write(data)
+      assert.equal(sha((await reading).subarray(5)), sha(data))
+      c.destroy()
+      assert.equal(metric(await metrics({admin: daemon.admin} as InProcess), 'divert_fastpath_sessions_total'), 0)
+    } finally {
+      await daemon.stop()
+      await srv.close()
+      t.cleanup()
+    }
+  })
+})
+
+describe('issue 15: a full SOCKHASH', {skip}, () => {
+  test('issue 15: when the map is full a session stays with divert; one warning, nothing left in the maps', async () => {
+    const logs = new LogCapture()
+    const fast = FastPath.open(pino(logs.stream), 2)!
+    const server = net.createServer()
+    server.listen(0, '127.0.0.1')
+    await once(server, 'listening')
+    const accepted: net.Socket[] = []
+    server.on('connection', (s) => accepted.push(s))
+    const clients: net.Socket[] = []
+    try {
+      for (let i = 0; i < 4; i++) clients.push(await connect({port: (server.address() as net.AddressInfo).port}))
+      await until(() => accepted.length === 4, 5000, 'the accepts')
+      const first = fast.splice(accepted[0], accepted[1])
+      assert.equal(typeof first, 'object', 'the first pair fits')
+      assert.equal(fast.splice(accepted[2], accepted[3]), undefined, 'the second does not')
+      assert.equal(fast.splice(accepted[2], accepted[3]), undefined)
+      assert.equal(logs.find(/could not be handed to the kernel fast path/).length, 1, 'one warning')
+      assert.match(logs.lines.find((l) => /could not be handed/.test(l.msg))?.err?.message ?? '', /E2BIG|ENOSPC|ENOMEM/)
+      // The spliced pair moves bytes; the other pair's sockets still belong to Node alone.
+      const data = randomBytes(100_000)
+      const reading = readBytes(clients[1], data.length)
+      clients[0].write(data)
+      assert.equal(sha(await reading), sha(data))
+      accepted[2].write('still Node')
+      assert.equal((await readBytes(clients[2], 10)).toString(), 'still Node')
+      ;(first as Splice).release()
+      assert.equal(fast.active, 0)
+      const second = fast.splice(accepted[2], accepted[3])
+      assert.equal(typeof second, 'object', 'the failed attempt left no entries: the freed room takes the second pair')
+      ;(second as Splice).release()
+    } finally {
+      for (const s of [...clients, ...accepted]) s.destroy()
+      server.close()
+      fast.close()
+    }
+  })
+})

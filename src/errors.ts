@@ -33,6 +33,7 @@ export const ERROR_CATALOG = {
   PCAP_CORRUPT: {status: 400, exit: 2, summary: 'a capture file is truncated or corrupt'},
   RECORD_FAILED: {status: 400, exit: 4, summary: 'a recording could not be opened (missing directory, permissions, not a file) or written'},
   REPLAY_FAILED: {status: 500, exit: 4, summary: 'replay could not connect to or talk with the target'},
+  TRANSPARENT_UNAVAILABLE: {status: 500, exit: 4, summary: 'gateway mode cannot install its nftables table or policy route: no root/CAP_NET_ADMIN, no nft or ip, or a command failed'},
   INTERNAL: {status: 500, exit: 1, summary: 'an unexpected internal error (a bug: please report it)'},
 } as const
 

@@ -5,7 +5,7 @@
  *
  *   client address ─▶ Backend.pick ─▶ balancer over the servers that are up ─▶ Server | undefined
  */
-import type {BackendConfig, BalanceMethod, HealthConfig, ProxyProtocolVersion, ServerConfig} from '../config/types.js'
+import {DEFAULTS, ORIGINAL_BACKEND, type BackendConfig, type BalanceMethod, type HealthConfig, type ProxyProtocolVersion, type ServerConfig} from '../config/types.js'
 import {endpointString, type Endpoint} from '../net/endpoint.js'
 import {createBalancer, type Balancer} from './balancer.js'
 
@@ -138,4 +138,21 @@ export class Backend {
   private up(): Server[] {
     return (this.upServers ??= this.servers.filter((s) => s.up))
   }
+}
+
+/**
+ * The built-in backend `original` (transparent listeners): no servers of its own; each session's
+ * server is the destination its client dialled (originalServer), so it never falls back and its
+ * connect timeout and keepalive are the defaults.
+ */
+export function originalBackend(): Backend {
+  return new Backend({
+    name: ORIGINAL_BACKEND, balance: 'roundrobin', servers: [], fallback: 'reject',
+    connectTimeoutMs: DEFAULTS.connectTimeoutMs, serverTimeoutMs: 0, keepaliveMs: DEFAULTS.keepaliveMs,
+  })
+}
+
+/** The server of one session of backend `original`: where the client's packets were addressed. */
+export function originalServer(destination: Endpoint): Server {
+  return new Server({address: destination, weight: 1})
 }

@@ -13,7 +13,7 @@ import {isAlias, isMap, isScalar, isSeq, LineCounter, parseDocument, visit, type
 import {DivertError} from '../errors.js'
 import {configSchema, crossCheck, formatPath, issuesToProblems, knownNames, type ConfigPath, type RawConfig, type SchemaProblem} from './schema.js'
 import type {WorkerMessage} from './parse-worker.js'
-import {DEFAULTS, type BackendConfig, type Config, type ListenerConfig, type RuleSpec} from './types.js'
+import {DEFAULTS, type BackendConfig, type Config, type ListenerConfig, type RuleSpec, type TransparentConfig} from './types.js'
 
 const MAX_PROBLEMS = 20
 
@@ -273,6 +273,7 @@ function normalise(raw: RawConfig, file: string): Config {
     captureMaxBytes: raw.capture?.max_size ?? DEFAULTS.captureMaxBytes,
     mirrorBufferBytes: raw.capture?.mirror_buffer ?? DEFAULTS.mirrorBufferBytes,
     maxConnections: raw.limits?.max_connections ?? 0,
+    transparent: transparentOf(raw.transparent),
   })
 }
 
@@ -292,7 +293,15 @@ function listenerOf(l: RawConfig['listeners'][number]): ListenerConfig {
     clientTimeoutMs: l.timeouts?.client ?? 0,
     keepaliveMs: l.keepalive ?? DEFAULTS.keepaliveMs,
     perSource: {maxConnections: l.per_source?.max_connections ?? 0, ratePerSec: l.per_source?.rate ?? 0},
+    ...(l.transparent ? {transparent: true} : {}),
+    ...(l.intercept ? {intercept: {ports: l.intercept.ports ?? [l.bind.port]}} : {}),
   }
+}
+
+function transparentOf(t: RawConfig['transparent']): TransparentConfig | undefined {
+  const d = DEFAULTS.transparent
+  if (!t) return undefined
+  return {manage: t?.manage ?? d.manage, table: t?.table ?? d.table, mark: t?.mark ?? d.mark, routeTable: t?.route_table ?? d.routeTable}
 }
 
 function ruleOf(r: NonNullable<RawConfig['rules']>[number], fromDir: (p?: string | null) => string | undefined): RuleSpec {

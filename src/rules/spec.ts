@@ -10,7 +10,7 @@
  *   state file ─┘
  */
 import {DivertError} from '../errors.js'
-import type {RuleSpec} from '../config/types.js'
+import {ORIGINAL_BACKEND, type RuleSpec} from '../config/types.js'
 import {parseCidr} from './cidr.js'
 
 const TEXT_FIELDS = ['to', 'mirror', 'record', 'listener', 'note'] as const
@@ -47,7 +47,7 @@ export interface MissingName {
 
 /** What `rule` names that `config` lacks: its `to`/`mirror` backends, then its listener. */
 export function missingNames(rule: Pick<RuleSpec, 'to' | 'mirror' | 'listener'>, config: {backends: {has(name: string): boolean}; listeners: ReadonlyArray<{name: string}>}): MissingName[] {
-  const backends = [rule.to, rule.mirror].filter((b): b is string => b !== undefined && !config.backends.has(b)).map((name) => ({kind: 'backend' as const, name}))
+  const backends = [rule.to, rule.mirror].filter((b): b is string => b !== undefined && b !== ORIGINAL_BACKEND && !config.backends.has(b)).map((name) => ({kind: 'backend' as const, name}))
   const listener = rule.listener && !config.listeners.some((l) => l.name === rule.listener) ? [{kind: 'listener' as const, name: rule.listener}] : []
   return [...backends, ...listener]
 }

@@ -38,6 +38,8 @@ export interface SessionInit {
   rule?: string
   transport: SessionTransport
   taps?: Tap[]
+  /** Transparent listeners: where the client's packets were addressed (the original destination). */
+  destination?: Peer
 }
 
 export interface Session extends SessionInit {
@@ -61,6 +63,8 @@ export interface SessionView {
   backend: string
   server: string
   rule: string | null
+  /** `address:port` the client dialled, on a transparent listener; null elsewhere. */
+  destination?: string | null
   bytesIn: number
   bytesOut: number
   packetsIn?: number
@@ -128,7 +132,7 @@ export class SessionRegistry {
     const session: Session = {
       protocol: init.protocol, listener: init.listener, client: init.client, backend: init.backend, server: init.server,
       rule: init.rule, transport: init.transport, taps: init.taps ?? NO_TAPS, id, startedAt: now, lastIn: now, lastOut: now,
-      seenIn: 0, seenOut: 0, closed: false, totals: this.bucket(init),
+      seenIn: 0, seenOut: 0, closed: false, totals: this.bucket(init), destination: init.destination,
     }
     this.sessions.set(id, session)
     session.totals.sessions++
@@ -169,6 +173,7 @@ export class SessionRegistry {
       server: formatEndpoint(session.server.address, session.server.port), bytesIn, bytesOut,
       durationMs, cause,
     }
+    if (session.destination) line.destination = formatEndpoint(session.destination.address, session.destination.port)
     if (extra) Object.assign(line, extra)
     this.logger.info(line, 'session closed')
   }
@@ -207,7 +212,7 @@ export class SessionRegistry {
     const v: SessionView = {
       id: s.id, protocol: s.protocol, client: formatEndpoint(s.client.address, s.client.port), listener: s.listener,
       backend: s.backend, server: formatEndpoint(s.server.address, s.server.port), rule: s.rule ?? null,
-      bytesIn: s.transport.bytesIn(), bytesOut: s.transport.bytesOut(), ageMs: now - s.startedAt,
+      destination: s.destination ? formatEndpoint(s.destination.address, s.destination.port) : null, bytesIn: s.transport.bytesIn(), bytesOut: s.transport.bytesOut(), ageMs: now - s.startedAt,
       idleMs: now - Math.max(s.lastIn, s.lastOut), startedAt: new Date(s.startedAt).toISOString(),
     }
     if (s.transport.packetsIn) v.packetsIn = s.transport.packetsIn()

@@ -68,6 +68,7 @@ export class Interceptor {
       await this.applyTable(plan)
       for (const family of plan.families) await this.addRoute(plan, family)
       this.plan = plan
+      for (const w of kernelWarnings(readSysctl)) this.o.logger.warn(w.fields, w.message)
       this.o.logger.info({table: `inet ${plan.table}`, mark: plan.mark, routeTable: plan.routeTable, listeners: plan.listeners.map((l) => ({name: l.name, ports: l.ports, sources: l.sources.length}))}, 'gateway mode: nftables table and policy route installed')
     })
   }
@@ -231,6 +232,31 @@ const runCommand: CommandRunner = (file, args, input) => new Promise((resolve, r
   child.stdin?.on('error', () => undefined)
   child.stdin?.end(input ?? '')
 })
+
+/**
+ * Host settings that break gateway mode without an error of their own, each measured: with
+ * br_netfilter's bridge-nf-call-iptables on, packets of devices behind a Linux bridge pass the IP
+ * hooks at the bridge, TPROXY's socket assignment is lost and intercepted connections hang; without
+ * ip_forward, the devices that are not intercepted are not routed at all.
+ */
+export function kernelWarnings(read: (path: string) => string | undefined): Array<{fields: Record<string, unknown>; message: string}> {
+  const out: Array<{fields: Record<string, unknown>; message: string}> = []
+  if (read('/proc/sys/net/bridge/bridge-nf-call-iptables') === '1') {
+    out.push({fields: {sysctl: 'net.bridge.bridge-nf-call-iptables'}, message: 'gateway mode: net.bridge.bridge-nf-call-iptables is 1: devices behind a Linux bridge on this host will hang instead of being intercepted (TPROXY loses its socket in br_netfilter); set it to 0 (sysctl -w net.bridge.bridge-nf-call-iptables=0)'})
+  }
+  if (read('/proc/sys/net/ipv4/ip_forward') === '0') {
+    out.push({fields: {sysctl: 'net.ipv4.ip_forward'}, message: 'gateway mode: net.ipv4.ip_forward is 0: this host does not route, so devices that are not intercepted reach nothing through it (sysctl -w net.ipv4.ip_forward=1)'})
+  }
+  return out
+}
+
+function readSysctl(path: string): string | undefined {
+  try {
+    return readFileSync(path, 'utf8').trim()
+  } catch {
+    return undefined
+  }
+}
 
 /** Whether this process holds capability `bit` in its effective set (proc(5), /proc/self/status CapEff). */
 export function hasCapability(bit: number): boolean {

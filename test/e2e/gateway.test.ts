@@ -283,6 +283,17 @@ describe('issue 13: gateway mode in network namespaces', {skip: skipReason}, () 
     assert.ok(bytes.includes(Buffer.from(`prod sees ${NET.gwSrv}`)), 'the recording holds prod\'s answer')
   })
 
+  it('issue 13: without CAP_NET_ADMIN, start fails with one line naming what is missing', {skip: whichCommand('setpriv') ? undefined : 'needs setpriv (util-linux)'}, async () => {
+    const before = await kernelState(w)
+    const run = execFileP('ip', ['netns', 'exec', w.ns.gw, 'setpriv', '--bounding-set=-net_admin', '--inh-caps=-net_admin', process.execPath, BIN, 'start', '-c', w.config, '--admin', join(w.dir, 'other.sock')], {timeout: 20_000})
+    const e = await run.then(() => assert.fail('divert started without CAP_NET_ADMIN'), (err: {code: number; stderr: string}) => err)
+    assert.equal(e.code, 4)
+    const lines = e.stderr.split('\n').filter((l) => l.trim() !== '')
+    assert.equal(lines.length, 1, e.stderr)
+    assert.match(lines[0], /needs root or CAP_NET_ADMIN/)
+    assert.deepEqual(await kernelState(w), before, 'the failed start touched nothing')
+  })
+
   it('issue 13: SIGTERM removes every nftables rule and policy route divert added', async () => {
     await w.divert!.stop()
     assertRemoved(await kernelState(w), w.table)

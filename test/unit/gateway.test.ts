@@ -9,7 +9,7 @@ import {parseConfig} from '../../src/config/load.js'
 import {DivertError} from '../../src/errors.js'
 import {parseCidr} from '../../src/rules/cidr.js'
 import {planFor, renderTable, TABLE_COMMENT} from '../../src/net/intercept-plan.js'
-import {Interceptor, RTPROT_DIVERT} from '../../src/net/interceptor.js'
+import {Interceptor, kernelWarnings, RTPROT_DIVERT} from '../../src/net/interceptor.js'
 
 const silent = pino({level: 'silent'})
 
@@ -155,5 +155,14 @@ describe('issue 13: the Interceptor installs, follows and removes, and cleans up
     await i.stop()
     assert.ok(k.calls.includes('nft delete table inet divert'), k.calls.join('\n'))
     assert.deepEqual(i.view(), {installed: false, error: null})
+  })
+})
+
+describe('issue 13: host settings that break gateway mode are named at start', () => {
+  it('issue 13: bridge-nf-call-iptables on and ip_forward off each get a warning with the fix; good settings none', () => {
+    const bad = kernelWarnings((p) => (p.endsWith('bridge-nf-call-iptables') ? '1' : '0'))
+    assert.deepEqual(bad.map((w) => w.fields.sysctl), ['net.bridge.bridge-nf-call-iptables', 'net.ipv4.ip_forward'])
+    assert.match(bad[0].message, /sysctl -w net\.bridge\.bridge-nf-call-iptables=0/)
+    assert.deepEqual(kernelWarnings((p) => (p.endsWith('ip_forward') ? '1' : undefined)), [])
   })
 })

@@ -6,7 +6,7 @@ import {formatBytes} from '../src/cli/render.js'
 import {terminalWidth} from '../src/cli/terminal.js'
 import {escapeControl} from '../src/cli/escape.js'
 import {parseDuration} from '../src/config/duration.js'
-import {parseEndpoint} from '../src/net/endpoint.js'
+import {parseAddress} from '../src/addr/address.js'
 import {parseSpeed, replayOutcome, runReplay, type ReplayReport} from '../src/capture/replay.js'
 
 export default class Replay extends DivertCommand {
@@ -43,7 +43,7 @@ failed, or when the target took none of them (then one line says why, and no tab
     const onSigint = (): void => abort.abort()
     process.once('SIGINT', onSigint)
     const report = await runReplay({
-      file: args.file, to: parseEndpoint(flags.to, '--to'), source: flags.source, speed: parseSpeed(flags.speed), fast: flags.fast,
+      file: args.file, to: parseAddress(flags.to, '--to'), source: flags.source, speed: parseSpeed(flags.speed), fast: flags.fast,
       loop: flags.loop, compare: flags.compare, waitMs: parseDuration(flags.wait, '--wait'), signal: abort.signal,
       onProgress: (p) => bar.update(p.flowsDone, p.flowsTotal, {sent: formatBytes(p.bytesSent), received: formatBytes(p.bytesReceived)}),
     }).finally(() => {

@@ -8,25 +8,56 @@
 import {DivertError} from './errors.js'
 import {parseDuration} from './config/duration.js'
 import {parseSize} from './config/size.js'
-import {formatPrefix, normalizeAddress, parseCidr, prefixContains} from './rules/cidr.js'
+import {formatPrefix, normalizeAddress, parseCidr, prefixContains} from './addr/cidr.js'
 import {ORIGINAL_BACKEND, type ListenerConfig} from './config/types.js'
-import {needsKernel} from './net/intercept-plan.js'
+import {needsKernel, type KernelPlan} from './net/intercept-plan.js'
+import type {InterceptorView} from './net/interceptor.js'
 import {RuleTable, type Rule} from './rules/table.js'
 import {checkRuleSpec} from './rules/spec.js'
 import {checkBackend, checkListener, type KeptFields} from './rules/service.js'
 import {isRefusal} from './rules/router.js'
 import type {SessionFilter} from './session/registry.js'
-import {formatEndpoint} from './net/endpoint.js'
+import {formatAddress} from './addr/address.js'
 import type {Control} from './admin/routes.js'
 import type {
   AddRuleRequest, AddRuleResult, BackendView, KeptView, ExplainResult, KillResult, ReloadResult, RemoveRulesResult,
   RuleView, SessionView, StatusView,
 } from './admin/protocol.js'
-import type {Daemon} from './daemon.js'
+import type {Logger} from 'pino'
+import type {Config} from './config/types.js'
+import type {Backend} from './backends/backend.js'
+import type {Router} from './rules/router.js'
+import type {RuleService} from './rules/service.js'
+import type {SessionRegistry} from './session/registry.js'
+import type {TcpProxy} from './net/tcp-proxy.js'
+import type {UdpProxy} from './net/udp-proxy.js'
+import type {DaemonMetrics} from './admin/metrics.js'
 import {VERSION} from './version.js'
 
+/**
+ * The owners of a running daemon that the admin API works through (daemon.ts's Daemon is one). Named
+ * here rather than imported, so the composition root and its control surface are no import circle.
+ */
+export interface ControlledDaemon {
+  readonly config: Config
+  readonly startedAt: number
+  readonly logger: Logger
+  readonly rules: RuleTable
+  readonly ruleService: RuleService
+  readonly router: Router
+  readonly registry: SessionRegistry
+  readonly backends: Map<string, Backend>
+  readonly proxies: Map<string, TcpProxy | UdpProxy>
+  readonly refused: Map<string, number>
+  readonly metrics: DaemonMetrics
+  reload(who: string): Promise<ReloadResult>
+  /** Gateway mode: what is to be installed now, and the owner that installs it (absent with manage: false). */
+  kernelPlan(): KernelPlan
+  readonly interceptor?: {view(): InterceptorView}
+}
+
 export class DaemonControl implements Control {
-  constructor(private readonly d: Daemon) {}
+  constructor(private readonly d: ControlledDaemon) {}
 
   status(): StatusView {
     const counters = this.d.registry.counters()
@@ -37,8 +68,8 @@ export class DaemonControl implements Control {
       listeners: [...this.d.proxies.values()].map((p) => {
         const a = p.address()
         return {
-          name: p.config.name, protocol: p.config.protocol, bind: formatEndpoint(p.config.bind.host, p.config.bind.port),
-          address: a ? formatEndpoint(a.address, a.port) : '', backend: p.config.backend,
+          name: p.config.name, protocol: p.config.protocol, bind: formatAddress(p.config.bind),
+          address: a ? formatAddress(a) : '', backend: p.config.backend,
           sessions: [...this.d.registry.matching({listener: p.config.name})].length,
         }
       }),
@@ -60,7 +91,7 @@ export class DaemonControl implements Control {
       mode: 'gateway',
       transparent: {
         manage: plan.manage, table: plan.table, mark: plan.mark, routeTable: plan.routeTable, ...state,
-        listeners: plan.listeners.map((l) => ({name: l.name, protocol: l.protocol, bind: formatEndpoint(l.bind.host, l.bind.port), ports: l.ports, sources: l.sources})),
+        listeners: plan.listeners.map((l) => ({name: l.name, protocol: l.protocol, bind: formatAddress(l.bind), ports: l.ports, sources: l.sources})),
       },
     }
   }

@@ -25,7 +25,8 @@ import type {SessionMeta, Tap} from './session/types.js'
 import {TcpProxy} from './net/tcp-proxy.js'
 import {UdpProxy} from './net/udp-proxy.js'
 import type {Connector} from './net/connector.js'
-import {endpointString} from './net/endpoint.js'
+import {checkUpstreamPrivileges, createSocketFactory, type SocketFactory} from './net/sockets.js'
+import {formatAddress} from './addr/address.js'
 import {AdminServer} from './admin/server.js'
 import {prepareSocketDir, resolveAdminTarget} from './admin/paths.js'
 import {RecordingSet} from './capture/recorder.js'
@@ -44,6 +45,7 @@ export interface DaemonOptions {
   admin?: string
   logger: Logger
   env?: NodeJS.ProcessEnv
+  /** Test seam: how plain upstream TCP sockets are opened (through the socket factory). */
   connect?: Connector
   now?: () => number
   tickMs?: number
@@ -71,6 +73,8 @@ export class Daemon {
   capacity?: {openFiles: number; tcpSessions: number; udpFlows: number}
   /** This daemon's Prometheus registry (GET /metrics). */
   readonly metrics: DaemonMetrics
+  /** Every upstream socket (proxies, mirrors, health checks) comes from here. */
+  readonly sockets: SocketFactory
   /** Bytes mirrors dropped, per mirror backend (read at scrape time). */
   readonly mirrorDropped = new Map<string, number>()
   /** Gateway mode with `transparent.manage`: the nftables table and policy route (src/net/interceptor.ts). */
@@ -86,6 +90,7 @@ export class Daemon {
     this.startedAt = now()
     this.rules = new RuleTable({now, configFile: opts.configFile})
     this.metrics = new DaemonMetrics(this.metricsSource())
+    this.sockets = createSocketFactory({connect: opts.connect})
     this.registry = new SessionRegistry({
       logger: opts.logger, now, onConnect: (s, ms) => this.metrics.connected(s, ms), onClose: (s, ms) => this.metrics.closed(s, ms),
     })
@@ -127,6 +132,7 @@ export class Daemon {
 
   private async boot(): Promise<void> {
     this.config = await loadConfig(this.opts.configFile)
+    checkUpstreamPrivileges(this.config.backends.values())
     this.globalLimit.max = this.config.maxConnections
     this.checkFdLimit()
     this.backends = buildBackends(this.config)
@@ -143,7 +149,7 @@ export class Daemon {
     await this.startAdmin()
     this.ticker = setInterval(() => this.tick(), this.opts.tickMs ?? 1000)
     this.logger.info({
-      listeners: [...this.proxies.values()].map((p) => `${p.config.name} ${p.config.protocol} ${endpointString(p.config.bind)}`),
+      listeners: [...this.proxies.values()].map((p) => `${p.config.name} ${p.config.protocol} ${formatAddress(p.config.bind)}`),
       admin: this.adminSocket, rules: this.rules.size, capacity: this.capacity,
     }, 'divert ready')
     this.ready = true
@@ -163,7 +169,7 @@ export class Daemon {
 
   createProxy(l: ListenerConfig): ListenerProxy {
     const ctx = {
-      router: this.router, registry: this.registry, logger: this.logger.child({listener: l.name}), connect: this.opts.connect, global: this.globalLimit,
+      router: this.router, registry: this.registry, logger: this.logger.child({listener: l.name}), sockets: this.sockets, global: this.globalLimit,
       tapsFor: (d: Decision, meta: SessionMeta) => this.tapsFor(d, meta),
       onRefused: (listener: string) => this.refused.set(listener, (this.refused.get(listener) ?? 0) + 1),
     }
@@ -206,6 +212,8 @@ export class Daemon {
     server.acquire()
     const tap = createMirrorTap(meta, {backend: mirror.name, server: server.address, proxyProtocol: mirror.config.proxyProtocol}, {
       bufferBytes: this.config.mirrorBufferBytes, logger: this.logger, local: meta.local, onDrop,
+      connect: (to) => this.sockets.tcp(to, mirror.config, meta.client),
+      udpSocket: () => this.sockets.udp(server.address, mirror.config, meta.client),
     })
     let held = true
     return {
@@ -266,7 +274,7 @@ export class Daemon {
   private startHealth(): void {
     for (const b of this.backends.values()) {
       if (!b.config.health || b.config.health.check === 'none' || this.checkers.some((c) => c.backend === b)) continue
-      const checker = new HealthChecker(b, {check: tcpConnectCheck, logger: this.logger})
+      const checker = new HealthChecker(b, {check: tcpConnectCheck, dial: (to) => this.sockets.tcp(to, b.config), logger: this.logger})
       checker.start()
       this.checkers.push(checker)
     }
@@ -318,6 +326,7 @@ export class Daemon {
 
   private async applyReload(who: string): Promise<ReloadResult> {
     const next = await loadConfig(this.config.file)
+    checkUpstreamPrivileges(next.backends.values())
     const backends = new Map<string, Backend>()
     for (const b of next.backends.values()) {
       const old = this.backends.get(b.name)
@@ -502,7 +511,7 @@ function planListeners(proxies: Map<string, ListenerProxy>, next: Config): Liste
     }
     const clash = [...proxies.values()].find((p) => overlaps(p.config, l))
     if (clash) {
-      const what = clash.config.name === l.name ? `listener ${l.name} moves from ${endpointString(clash.config.bind)} to ${endpointString(l.bind)}` : `listener ${l.name} (${endpointString(l.bind)}) needs the address listener ${clash.config.name} holds (${endpointString(clash.config.bind)})`
+      const what = clash.config.name === l.name ? `listener ${l.name} moves from ${formatAddress(clash.config.bind)} to ${formatAddress(l.bind)}` : `listener ${l.name} (${formatAddress(l.bind)}) needs the address listener ${clash.config.name} holds (${formatAddress(clash.config.bind)})`
       throw new DivertError('CONFIG_INVALID', `${next.file}: ${what}; both cannot be bound at once and a reload binds the new address before it closes the old: use another port, or reload in two steps (first without ${clash.config.name}), or restart the daemon`)
     }
     plan.bind.push(l)
@@ -515,7 +524,7 @@ function planListeners(proxies: Map<string, ListenerProxy>, next: Config): Liste
 /** Whether two binds of the same protocol contend for one port ("[::]" is dual stack: it takes v4 too). */
 function overlaps(a: ListenerConfig, b: ListenerConfig): boolean {
   if (a.protocol !== b.protocol || a.bind.port === 0 || a.bind.port !== b.bind.port) return false
-  const [x, y] = [a.bind.host, b.bind.host]
+  const [x, y] = [a.bind.address, b.bind.address]
   if (x === y || x === '::' || y === '::') return true
   return (x === '0.0.0.0' || y === '0.0.0.0') && a.bind.family === b.bind.family
 }

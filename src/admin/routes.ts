@@ -4,7 +4,7 @@
  * fields 400 — all as DivertErrors.
  */
 import {DivertError} from '../errors.js'
-import {parseCidr} from '../rules/cidr.js'
+import {parseCidr} from '../addr/cidr.js'
 import type {SessionFilter} from '../session/registry.js'
 import type {
   AddRuleRequest, AddRuleResult, BackendView, ExplainResult, KillResult, ReloadResult, RemoveRulesResult,

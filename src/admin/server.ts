@@ -12,8 +12,8 @@ import {createHash, timingSafeEqual} from 'node:crypto'
 import {chmodSync, lstatSync, unlinkSync} from 'node:fs'
 import type {Logger} from 'pino'
 import {DivertError, isDivertError} from '../errors.js'
-import type {Endpoint} from '../net/endpoint.js'
-import {endpointString} from '../net/endpoint.js'
+import type {Address} from '../addr/address.js'
+import {formatAddress} from '../addr/address.js'
 import {routeRequest, type Control, type RequestContext} from './routes.js'
 
 export const BODY_LIMIT = 64 * 1024
@@ -35,7 +35,7 @@ export interface AdminServerOptions {
   control: Control
   logger: Logger
   socket?: string
-  tcp?: {listen: Endpoint; token: string}
+  tcp?: {listen: Address; token: string}
   bodyLimit?: number
 }
 
@@ -110,14 +110,14 @@ export class AdminServer {
     this.boundSocket = path
   }
 
-  private async listenTcp(at: Endpoint, token: string): Promise<void> {
+  private async listenTcp(at: Address, token: string): Promise<void> {
     const expected = digest(token)
     const auth = (req: http.IncomingMessage): boolean => {
       const m = /^Bearer\s+(.+)$/i.exec(req.headers.authorization ?? '')
       // Compare digests so timingSafeEqual sees equal lengths and the token's length does not leak.
       return m !== null && timingSafeEqual(digest(m[1].trim()), expected)
     }
-    await listen(this.create(auth), {host: at.host, port: at.port}, `admin listener ${endpointString(at)}`)
+    await listen(this.create(auth), {host: at.address, port: at.port}, `admin listener ${formatAddress(at)}`)
   }
 
   private async handle(req: http.IncomingMessage, res: http.ServerResponse, auth?: (req: http.IncomingMessage) => boolean): Promise<void> {

@@ -6,7 +6,7 @@
  *   client address ─▶ Backend.pick ─▶ balancer over the servers that are up ─▶ Server | undefined
  */
 import {DEFAULTS, ORIGINAL_BACKEND, type BackendConfig, type BalanceMethod, type HealthConfig, type ProxyProtocolVersion, type ServerConfig} from '../config/types.js'
-import {endpointString, type Endpoint} from '../net/endpoint.js'
+import {formatAddress, type Address} from '../addr/address.js'
 import {createBalancer, type Balancer} from './balancer.js'
 
 export interface CheckResult {
@@ -46,7 +46,7 @@ interface ServerOptions {
 
 export class Server {
   readonly key: string
-  readonly address: Endpoint
+  readonly address: Address
   readonly weight: number
   active = 0
   total = 0
@@ -59,7 +59,7 @@ export class Server {
   constructor(config: ServerConfig, opts: ServerOptions = {}) {
     this.address = config.address
     this.weight = config.weight
-    this.key = endpointString(config.address)
+    this.key = formatAddress(config.address)
     this.now = opts.now ?? Date.now
     this.onUpChange = opts.onUpChange
     this.lastChange = this.now()
@@ -105,7 +105,7 @@ export class Backend {
   readonly name: string
   readonly config: BackendConfig
   readonly servers: Server[]
-  private readonly balancer: Balancer
+  private readonly balancer: Balancer<Server>
   /** Servers that are up, rebuilt only when one changes state, so pick allocates nothing. */
   private upServers: Server[] | undefined
 
@@ -153,6 +153,6 @@ export function originalBackend(): Backend {
 }
 
 /** The server of one session of backend `original`: where the client's packets were addressed. */
-export function originalServer(destination: Endpoint): Server {
+export function originalServer(destination: Address): Server {
   return new Server({address: destination, weight: 1})
 }

@@ -7,21 +7,20 @@
  */
 import type {BalanceMethod} from '../config/types.js'
 import {DivertError} from '../errors.js'
-import type {Server} from './backend.js'
 
-/** What a balancer needs of a server (Server satisfies it; tests may pass plain objects). */
+/** What a balancer needs of a server (backend.ts's Server satisfies it; tests may pass plain objects). */
 export interface Pickable {
   readonly key: string
   readonly weight: number
   readonly active: number
 }
 
-export interface Balancer<S extends Pickable = Server> {
+export interface Balancer<S extends Pickable = Pickable> {
   /** One of `up`, or undefined when none can take a session. Does not acquire. */
   pick(up: readonly S[], clientAddress: string): S | undefined
 }
 
-export function createBalancer<S extends Pickable = Server>(method: BalanceMethod, servers: readonly S[], random: () => number = Math.random): Balancer<S> {
+export function createBalancer<S extends Pickable = Pickable>(method: BalanceMethod, servers: readonly S[], random: () => number = Math.random): Balancer<S> {
   switch (method) {
     case 'roundrobin': return new SmoothRoundRobin(servers)
     case 'leastconn': return new LeastConnections(servers)

@@ -8,6 +8,7 @@
 import {EventEmitter} from 'node:events'
 import net from 'node:net'
 import type {Logger} from 'pino'
+import type {Address} from '../addr/address.js'
 import type {HealthConfig, ProxyProtocolVersion} from '../config/types.js'
 import type {Backend, Server} from './backend.js'
 import {encodeProxyLocal} from './proxy-protocol.js'
@@ -15,6 +16,8 @@ import {encodeProxyLocal} from './proxy-protocol.js'
 export interface CheckOptions {
   /** The backend's PROXY protocol version: its servers expect a header on every connection, checks included. */
   proxyProtocol?: ProxyProtocolVersion
+  /** Opens the check's socket: the daemon's socket factory with the backend's options (default: Node's connect). */
+  dial?: (to: Address) => net.Socket
 }
 
 export type HealthCheck = (server: Server, timeoutMs: number, opts?: CheckOptions) => Promise<void>
@@ -26,6 +29,8 @@ export interface Timers {
 
 export interface HealthCheckerOptions {
   check: HealthCheck
+  /** Passed to every check (see CheckOptions.dial). */
+  dial?: (to: Address) => net.Socket
   timers?: Timers
   now?: () => number
   logger?: Logger
@@ -66,6 +71,7 @@ export class HealthChecker extends EventEmitter<{change: [HealthChange]}> {
   readonly backend: Backend
   private readonly config?: HealthConfig
   private readonly check: HealthCheck
+  private readonly checkOptions: CheckOptions
   private readonly timers: Timers
   private readonly now: () => number
   private readonly logger?: Logger
@@ -80,6 +86,7 @@ export class HealthChecker extends EventEmitter<{change: [HealthChange]}> {
     const health = backend.config.health
     this.config = health && health.check !== 'none' ? health : undefined
     this.check = opts.check
+    this.checkOptions = {proxyProtocol: backend.config.proxyProtocol, dial: opts.dial}
     this.timers = opts.timers ?? realTimers
     this.now = opts.now ?? Date.now
     this.logger = opts.logger
@@ -127,7 +134,7 @@ export class HealthChecker extends EventEmitter<{change: [HealthChange]}> {
     state.guard = this.timers.setTimeout(() => finish(new CheckTimeoutError(config.timeoutMs)), config.timeoutMs)
     let pending: Promise<void>
     try {
-      pending = this.check(state.server, config.timeoutMs, {proxyProtocol: this.backend.config.proxyProtocol})
+      pending = this.check(state.server, config.timeoutMs, this.checkOptions)
     } catch (error) {
       pending = Promise.reject(error)
     }
@@ -178,7 +185,7 @@ export function describeCheckError(error: unknown): string {
  */
 export function tcpConnectCheck(server: Server, timeoutMs: number, opts: CheckOptions = {}): Promise<void> {
   return new Promise((resolve, reject) => {
-    const socket = net.connect({host: server.address.host, port: server.address.port})
+    const socket = opts.dial ? opts.dial(server.address) : net.connect({host: server.address.address, port: server.address.port})
     let done = false
     const finish = (error?: Error): void => {
       if (done) return

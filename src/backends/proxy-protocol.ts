@@ -9,12 +9,11 @@
  */
 import {isIPv4, isIPv6} from 'node:net'
 import {DivertError} from '../errors.js'
-import {formatAddressBytes, normalizeAddress, parseIPv6} from '../rules/cidr.js'
+import type {Address} from '../addr/address.js'
+import {formatAddressBytes, normalizeAddress, parseIPv6} from '../addr/cidr.js'
 
-export interface AddressPort {
-  address: string
-  port: number
-}
+/** What a header names of each side: an Address whose family the encoder works out itself (any string is checked). */
+type AddressPort = Pick<Address, 'address' | 'port'>
 
 export type ProxyTransport = 'stream' | 'dgram'
 

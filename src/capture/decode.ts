@@ -8,8 +8,8 @@
  * loopback, nobody) fills in later, so they are routinely "wrong" in perfectly good captures.
  */
 import type {Protocol} from '../config/types.js'
-import type {Peer} from '../session/types.js'
-import {formatAddressBytes} from '../rules/cidr.js'
+import type {Address} from '../addr/address.js'
+import {formatAddressBytes} from '../addr/cidr.js'
 
 /** Link-layer header types we decode (https://www.tcpdump.org/linktypes.html). */
 export const LINKTYPE = {
@@ -46,8 +46,8 @@ export const TCP_FLAGS = {FIN: 0x01, SYN: 0x02, RST: 0x04, PSH: 0x08, ACK: 0x10,
 export interface DecodedPacket {
   /** Capture time in microseconds since the epoch. */
   ts: number
-  src: Peer
-  dst: Peer
+  src: Address
+  dst: Address
   protocol: Protocol
   /** TCP only: control bits, see TCP_FLAGS. */
   flags?: number

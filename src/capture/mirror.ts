@@ -8,23 +8,25 @@
 import dgram from 'node:dgram'
 import net from 'node:net'
 import pino, {type Logger} from 'pino'
-import {encodeProxyV1, encodeProxyV2, type AddressPort} from '../backends/proxy-protocol.js'
+import {encodeProxyV1, encodeProxyV2} from '../backends/proxy-protocol.js'
 import type {ProxyProtocolVersion} from '../config/types.js'
-import {endpointString, type Endpoint} from '../net/endpoint.js'
+import {formatAddress, type Address} from '../addr/address.js'
+import {defaultSockets} from '../net/sockets.js'
 import type {CloseCause, SessionMeta, Tap} from '../session/types.js'
 
 export type MirrorState = 'connecting' | 'active' | 'overflow' | 'failed' | 'closed'
 
 export interface MirrorTarget {
   backend: string
-  server: Endpoint
+  server: Address
   proxyProtocol?: ProxyProtocolVersion
 }
 
 export interface MirrorOptions {
   /** Bytes the mirror may hold that its kernel socket has not taken yet (while connecting, too). */
   bufferBytes: number
-  connect?: (ep: Endpoint) => net.Socket
+  /** Where the mirror's sockets come from: the daemon passes its socket factory with the mirror backend's options. */
+  connect?: (ep: Address) => net.Socket
   udpSocket?: (family: 4 | 6) => dgram.Socket
   logger?: Logger
   /** Told about every byte the mirror drops (for metrics). */
@@ -35,7 +37,7 @@ export interface MirrorOptions {
    * PROXY header destination: the address the client connected to. SessionMeta does not carry the
    * listener's local address, so the default is the session's server.
    */
-  local?: AddressPort
+  local?: Pick<Address, 'address' | 'port'>
 }
 
 const DEFAULT_CONNECT_TIMEOUT_MS = 5_000
@@ -88,7 +90,7 @@ abstract class Mirror {
 
   describe(): Record<string, unknown> {
     const error = this.error === undefined ? {} : {error: this.error}
-    return {mirror: {backend: this.target.backend, server: endpointString(this.target.server), state: this.state, bytes: this.bytes, dropped: this.dropped, ...error}}
+    return {mirror: {backend: this.target.backend, server: formatAddress(this.target.server), state: this.state, bytes: this.bytes, dropped: this.dropped, ...error}}
   }
 
   protected drop(bytes: number): void {
@@ -110,7 +112,7 @@ abstract class Mirror {
     if (!this.live) return
     this.state = 'failed'
     this.error = code
-    this.logger.warn({err, session: this.meta.id, backend: this.target.backend, server: endpointString(this.target.server)}, `mirror failed: ${code}; this session is no longer mirrored`)
+    this.logger.warn({err, session: this.meta.id, backend: this.target.backend, server: formatAddress(this.target.server)}, `mirror failed: ${code}; this session is no longer mirrored`)
   }
 
   /** Tap methods run on the proxy's data path: a bug here costs the copy, never the session. */
@@ -142,11 +144,13 @@ class TcpMirror extends Mirror {
   }
 
   private open(): void {
-    const socket = (this.opts.connect ?? ((ep: Endpoint) => net.connect({host: ep.host, port: ep.port})))(this.target.server)
+    const socket = this.opts.connect ? this.opts.connect(this.target.server) : defaultSockets.tcp(this.target.server)
     this.socket = socket
     socket.on('error', (err) => this.fail(errorCode(err), err))
     socket.once('connect', () => this.onConnect())
     socket.on('close', () => this.onClose())
+    // Factory sockets allow half-open (the proxy needs it); a mirror has nothing to say after the server's FIN.
+    socket.on('end', () => socket.end())
     socket.setNoDelay(true)
     // Replies are discarded: reading them keeps the mirror server from blocking on a full window.
     socket.resume()
@@ -181,7 +185,7 @@ class TcpMirror extends Mirror {
     this.state = 'overflow'
     this.socket?.destroy()
     this.drop(bytes)
-    this.logger.warn({session: this.meta.id, backend: this.target.backend, server: endpointString(this.target.server), bufferBytes: this.opts.bufferBytes}, 'mirror overflow: the mirror server reads too slowly; this session is no longer mirrored')
+    this.logger.warn({session: this.meta.id, backend: this.target.backend, server: formatAddress(this.target.server), bufferBytes: this.opts.bufferBytes}, 'mirror overflow: the mirror server reads too slowly; this session is no longer mirrored')
   }
 
   private end(): void {
@@ -251,11 +255,11 @@ class UdpMirror extends Mirror {
     // PROXY v1 has no UDP form (proxy-protocol.txt §2.1); v2 prefixes every datagram (§2.2).
     this.header = this.target.proxyProtocol === 'v2' ? this.proxyHeader('dgram') : undefined
     const family = this.target.server.family
-    const socket = (this.opts.udpSocket ?? ((f: 4 | 6) => dgram.createSocket(f === 6 ? 'udp6' : 'udp4')))(family)
+    const socket = this.opts.udpSocket ? this.opts.udpSocket(family) : defaultSockets.udp(this.target.server)
     this.socket = socket
     // ICMP port unreachable surfaces here on a connected socket: note it, keep mirroring.
     socket.on('error', (err) => this.onError(err))
-    socket.connect(this.target.server.port, this.target.server.host, () => this.onConnect())
+    socket.connect(this.target.server.port, this.target.server.address, () => this.onConnect())
   }
 
   private onConnect(): void {

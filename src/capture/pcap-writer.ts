@@ -9,8 +9,8 @@
  * locally administered MACs, so Wireshark and tcpdump decode it as they would a capture on `lo`.
  */
 import {DivertError} from '../errors.js'
-import {addressBytes} from '../rules/cidr.js'
-import type {Peer} from '../session/types.js'
+import {addressBytes} from '../addr/cidr.js'
+import type {Address} from '../addr/address.js'
 
 /** Microseconds since the epoch. */
 export type Micros = number | bigint
@@ -76,7 +76,7 @@ interface Wire {
   server: Station
 }
 
-function ipOf(peer: Peer): {family: 4 | 6; bytes: Uint8Array} {
+function ipOf(peer: Address): {family: 4 | 6; bytes: Uint8Array} {
   const parsed = addressBytes(peer.address)
   if (!parsed) throw new DivertError('RECORD_FAILED', `cannot record a packet for "${peer.address}": not an IP address`)
   return parsed
@@ -92,7 +92,7 @@ function mapped(bytes: Uint8Array): Uint8Array {
   return out
 }
 
-function wireFor(client: Peer, server: Peer): Wire {
+function wireFor(client: Address, server: Address): Wire {
   const c = ipOf(client)
   const s = ipOf(server)
   const family = c.family === 4 && s.family === 4 ? 4 : 6
@@ -191,7 +191,7 @@ function ipFrame(spec: FrameSpec): {buf: Buffer; l4: number; pseudo: number} {
  * One UDP datagram as a pcap record (RFC 768). `fromClient` only picks the MACs, so that both
  * directions of a flow show the same station addresses.
  */
-export function udpFrame(src: Peer, dst: Peer, payload: Buffer, ts: Micros, fromClient = true): Buffer {
+export function udpFrame(src: Address, dst: Address, payload: Buffer, ts: Micros, fromClient = true): Buffer {
   const wire = fromClient ? wireFor(src, dst) : wireFor(dst, src)
   const [from, to] = fromClient ? [wire.client, wire.server] : [wire.server, wire.client]
   const max = MAX_UDP_PAYLOAD[wire.family]
@@ -246,7 +246,7 @@ export class TcpStreamSynth {
   private readonly server: Side
   private done = false
 
-  constructor(client: Peer, server: Peer, opts: {isn?: () => number} = {}) {
+  constructor(client: Address, server: Address, opts: {isn?: () => number} = {}) {
     const wire = wireFor(client, server)
     const isn = opts.isn ?? randomIsn
     this.family = wire.family

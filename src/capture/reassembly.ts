@@ -25,7 +25,7 @@
  * - A RST's payload (RFC 9293 §3.5.3 diagnostic text) is not stream data and is dropped.
  */
 import type {Protocol} from '../config/types.js'
-import type {Peer} from '../session/types.js'
+import type {Address} from '../addr/address.js'
 import {TCP_FLAGS, type DecodedPacket} from './decode.js'
 
 export interface Chunk {
@@ -49,8 +49,8 @@ export interface Flow {
   /** `tcp/N` or `udp/N`, numbered per protocol from 0 in order of first packet (as tshark's tcp.stream). */
   id: string
   protocol: Protocol
-  client: Peer
-  server: Peer
+  client: Address
+  server: Address
   /** How the client was told apart from the server (see the module comment). */
   roleBasis: RoleBasis
   firstTs: number
@@ -82,10 +82,10 @@ class Half {
   finSeq?: number
   finTs?: number
   rst = false
-  constructor(readonly peer: Peer) {}
+  constructor(readonly peer: Address) {}
 }
 
-const endpointKey = (p: Peer): string => `${p.address}|${p.port}`
+const endpointKey = (p: Address): string => `${p.address}|${p.port}`
 
 class FlowBuilder {
   /** [sender of the first packet, its peer]. */
@@ -102,7 +102,7 @@ class FlowBuilder {
     this.firstTs = first.ts
   }
 
-  halfOf(src: Peer): 0 | 1 {
+  halfOf(src: Address): 0 | 1 {
     return endpointKey(src) === endpointKey(this.halves[0].peer) ? 0 : 1
   }
 

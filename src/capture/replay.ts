@@ -14,8 +14,9 @@ import dgram from 'node:dgram'
 import {performance} from 'node:perf_hooks'
 import {setTimeout as delay} from 'node:timers/promises'
 import {DivertError, ERROR_CATALOG} from '../errors.js'
-import {endpointString, formatEndpoint, type Endpoint} from '../net/endpoint.js'
-import {formatPrefix, parseCidr, prefixContains, type Prefix} from '../rules/cidr.js'
+import {formatAddress, type Address} from '../addr/address.js'
+import {defaultSockets} from '../net/sockets.js'
+import {formatPrefix, parseCidr, prefixContains, type Prefix} from '../addr/cidr.js'
 import type {Protocol} from '../config/types.js'
 import {readCapture, type SkipCount} from './pcap-reader.js'
 import {Reassembler, type Flow, type Gap} from './reassembly.js'
@@ -45,14 +46,17 @@ export const realClock: ReplayClock = {
  * to `to`. UDP: returns a socket (bound if the connector wants a given source); replay connects it.
  */
 export interface ReplayConnector {
-  tcp(to: Endpoint, flow: Flow): net.Socket
-  udp(to: Endpoint, flow: Flow): dgram.Socket
+  tcp(to: Address, flow: Flow): net.Socket
+  udp(to: Address, flow: Flow): dgram.Socket
 }
 
+/**
+ * Replay's sockets come from the socket factory, as every upstream socket does: its TCP sockets allow
+ * half-open (the target's FIN must not close our side before the recorded client is done).
+ */
 export const defaultConnector: ReplayConnector = {
-  // allowHalfOpen: the target's FIN must not close our side before the recorded client is done.
-  tcp: (to) => net.connect({host: to.host, port: to.port, allowHalfOpen: true}),
-  udp: (to) => dgram.createSocket(to.family === 6 ? 'udp6' : 'udp4'),
+  tcp: (to) => defaultSockets.tcp(to),
+  udp: (to) => defaultSockets.udp(to),
 }
 
 export interface ReplayProgress {
@@ -64,7 +68,7 @@ export interface ReplayProgress {
 
 export interface ReplayOptions {
   file: string
-  to: Endpoint
+  to: Address
   /** Only flows whose client is inside this CIDR (parseCidr syntax). */
   source?: string
   /** Pace multiplier: 2 = twice as fast as recorded. Default 1. */
@@ -169,7 +173,7 @@ export async function runReplay(opts: ReplayOptions): Promise<ReplayReport> {
   const {flows, aborted} = await replayFlows(selected, {...opts, ...s})
   return {
     file: opts.file,
-    to: endpointString(opts.to),
+    to: formatAddress(opts.to),
     ...(opts.source === undefined ? {} : {source: opts.source}),
     speed: s.speed,
     fast: s.fast,
@@ -380,8 +384,8 @@ async function replayFlow(plan: FlowPlan, ctx: ReplayContext, t0: number, loop: 
     id: f.id,
     loop,
     protocol: f.protocol,
-    client: formatEndpoint(f.client.address, f.client.port),
-    server: formatEndpoint(f.server.address, f.server.port),
+    client: formatAddress(f.client),
+    server: formatAddress(f.server),
     bytesSent: 0,
     bytesReceived: 0,
     recordedClientBytes: sum(f.clientChunks),
@@ -576,7 +580,7 @@ async function replayUdp(plan: FlowPlan, ctx: ReplayContext, t0: number, r: Repl
     t.wake()
   })
   try {
-    sock.connect(ctx.opts.to.port, ctx.opts.to.host, () => {
+    sock.connect(ctx.opts.to.port, ctx.opts.to.address, () => {
       connected = true
       t.wake()
     })
@@ -636,7 +640,7 @@ function closeQuietly(sock: dgram.Socket): void {
 
 function describeError(e: Error, ctx: ReplayContext, sent: number): {error: string; errorCode?: string} {
   const code = (e as NodeJS.ErrnoException).code
-  const to = endpointString(ctx.opts.to)
+  const to = formatAddress(ctx.opts.to)
   const codeField = code === undefined ? {} : {errorCode: code}
   if (e.name === 'AbortError') return {error: 'aborted', errorCode: 'ABORT_ERR'}
   switch (code) {

@@ -12,10 +12,16 @@ import {dirname, resolve} from 'node:path'
 import {isAlias, isMap, isScalar, isSeq, LineCounter, parseDocument, visit, type Alias, type Document, type Pair, type YAMLError, type YAMLMap} from 'yaml'
 import {DivertError} from '../errors.js'
 import {configSchema, crossCheck, formatPath, issuesToProblems, knownNames, type ConfigPath, type RawConfig, type SchemaProblem} from './schema.js'
-import type {WorkerMessage} from './parse-worker.js'
 import {DEFAULTS, type BackendConfig, type Config, type ListenerConfig, type RuleSpec, type TransparentConfig} from './types.js'
 
 const MAX_PROBLEMS = 20
+
+/** What parse-worker.ts posts back: the config without its rules, the rules in chunks, or the error. */
+export type WorkerMessage =
+  | {type: 'head'; config: Record<string, unknown>; rules: number}
+  | {type: 'rules'; rules: RuleSpec[]}
+  | {type: 'done'}
+  | {type: 'error'; error: ReturnType<DivertError['toJSON']>}
 
 /** One entry of `details.problems` on CONFIG_SYNTAX and CONFIG_INVALID errors. */
 export interface ConfigProblem {
@@ -321,6 +327,8 @@ function backendOf(name: string, b: RawConfig['backends'][string]): BackendConfi
     connectTimeoutMs: b.timeouts?.connect ?? DEFAULTS.connectTimeoutMs,
     serverTimeoutMs: b.timeouts?.server ?? 0,
     keepaliveMs: b.keepalive ?? DEFAULTS.keepaliveMs,
+    source: b.source,
+    mark: b.mark,
   })
 }
 

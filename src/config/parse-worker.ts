@@ -9,18 +9,13 @@
  *                                            └─ error ─▶ {error: DivertError JSON}
  */
 import {parentPort, workerData} from 'node:worker_threads'
-import {parseConfig} from './load.js'
+import {parseConfig, type WorkerMessage} from './load.js'
 import {DivertError, isDivertError} from '../errors.js'
 import type {RuleSpec} from './types.js'
 
 /** Rules per message: copying this many takes the daemon well under a millisecond or two. */
 export const RULES_PER_MESSAGE = 2000
 
-export type WorkerMessage =
-  | {type: 'head'; config: Record<string, unknown>; rules: number}
-  | {type: 'rules'; rules: RuleSpec[]}
-  | {type: 'done'}
-  | {type: 'error'; error: ReturnType<DivertError['toJSON']>}
 
 function run(port: NonNullable<typeof parentPort>, text: string, file: string): void {
   let rules: RuleSpec[]

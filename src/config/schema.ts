@@ -6,12 +6,13 @@
  *
  *   plain JS from YAML → configSchema(known).safeParse → crossCheck → RawConfig | SchemaProblem[]
  */
+import {isIP} from 'node:net'
 import {z} from 'zod'
 import {DEFAULTS, ORIGINAL_BACKEND} from './types.js'
 import {parseDuration} from './duration.js'
 import {parseSize} from './size.js'
-import {formatEndpoint, parseEndpoint, type Endpoint} from '../net/endpoint.js'
-import {formatAddressBytes, addressBytes, formatPrefix, parseCidr} from '../rules/cidr.js'
+import {formatAddress, parseAddress, type Address} from '../addr/address.js'
+import {formatAddressBytes, addressBytes, formatPrefix, normalizeAddress, parseCidr} from '../addr/cidr.js'
 import {DivertError, isDivertError} from '../errors.js'
 
 export type ConfigPath = (string | number)[]
@@ -133,12 +134,24 @@ function keepalive() {
 }
 
 const endpoint = (example: string) =>
-  scalar<Endpoint>(`IP:port, e.g. ${example}`, (v) => parseEndpoint(String(v), 'address'))
+  scalar<Address>(`IP:port, e.g. ${example}`, (v) => parseAddress(String(v), 'address'))
+
+/**
+ * `source:` of a backend's upstream sockets: `client` (the client's own address, IP_TRANSPARENT) or a
+ * local IP literal (bound as is); absent, the host picks by its routes.
+ */
+const upstreamSource = () =>
+  scalar<string>('client, or a local IP address such as 198.51.100.1', (v, where) => {
+    const text = String(v)
+    if (text === 'client') return text
+    if (isIP(text) === 0) throw new DivertError('INVALID_ADDRESS', `${where}: "${text}" is neither client nor an IP address; expected client, or a local IP such as 198.51.100.1`)
+    return normalizeAddress(text)
+  })
 
 /** A server to connect to: port 0 is only meaningful for binding, never as a destination. */
 const destination = (example: string) =>
-  scalar<Endpoint>(`IP:port, e.g. ${example}`, (v) => {
-    const e = parseEndpoint(String(v), 'address')
+  scalar<Address>(`IP:port, e.g. ${example}`, (v) => {
+    const e = parseAddress(String(v), 'address')
     if (e.port === 0) throw new DivertError('INVALID_ADDRESS', `address "${String(v)}": port 0 cannot be connected to; give the server's real port`)
     return e
   })
@@ -215,7 +228,7 @@ function listenerSchema(known: KnownNames) {
  * (its bind): Node's dgram cannot read a datagram's original destination (IP_RECVORIGDSTADDR, ip(7)),
  * so the only destination a UDP listener can know is the address its own socket is bound to.
  */
-function transparentProblems(l: {protocol: string; bind: Endpoint; backend: string; transparent: boolean; intercept?: {ports?: number[]}}): Array<{path: string[]; message: string}> {
+function transparentProblems(l: {protocol: string; bind: Address; backend: string; transparent: boolean; intercept?: {ports?: number[]}}): Array<{path: string[]; message: string}> {
   const out: Array<{path: string[]; message: string}> = []
   if (!l.transparent) {
     if (l.intercept !== undefined) out.push({path: ['intercept'], message: 'needs transparent: true (TPROXY steers intercepted traffic to a transparent listener)'})
@@ -225,7 +238,7 @@ function transparentProblems(l: {protocol: string; bind: Endpoint; backend: stri
   if (l.protocol === 'tcp' && l.intercept !== undefined && l.intercept.ports === undefined) out.push({path: ['intercept', 'ports'], message: 'is missing; expected the destination ports to intercept, e.g. [23]'})
   if (l.protocol !== 'udp') return out
   if (l.bind.port === 0) out.push({path: ['bind'], message: 'a transparent udp listener binds the address and port of the server it stands in for; port 0 is no server\'s port'})
-  if (/^(0\.0\.0\.0|::)$/.test(l.bind.host)) out.push({path: ['bind'], message: `a transparent udp listener stands in for one server and binds that server's address (Node's dgram cannot read a datagram's original destination); expected e.g. 198.51.100.10:${l.bind.port || 1194}`})
+  if (/^(0\.0\.0\.0|::)$/.test(l.bind.address)) out.push({path: ['bind'], message: `a transparent udp listener stands in for one server and binds that server's address (Node's dgram cannot read a datagram's original destination); expected e.g. 198.51.100.10:${l.bind.port || 1194}`})
   const ports = l.intercept?.ports
   if (ports && (ports.length !== 1 || ports[0] !== l.bind.port)) out.push({path: ['intercept', 'ports'], message: `a transparent udp listener intercepts only the port it stands in for; expected [${l.bind.port}] or no ports`})
   return out
@@ -270,7 +283,14 @@ function backendSchema() {
       server: duration().default(0),
     }, 'a mapping like { connect: 5s, server: 0 }').optional(),
     keepalive: keepalive().optional(),
-  }, 'a backend: a mapping with servers')
+    source: upstreamSource().optional(),
+    // SO_MARK takes an unsigned 32-bit value (socket(7)); YAML also reads 0x-prefixed hex.
+    mark: int(0, 2 ** 32 - 1, 'an integer from 0 to 4294967295 (SO_MARK), e.g. 1 or 0x10').optional(),
+  }, 'a backend: a mapping with servers').superRefine((b, ctx) => {
+    const family = b.source === undefined || b.source === 'client' ? undefined : isIP(b.source)
+    const other = b.servers.findIndex((s) => family !== undefined && s.address.family !== family)
+    if (other >= 0) ctx.addIssue({code: 'custom', path: ['source'], message: `is an IPv${family} address but servers[${other}] (${formatAddress(b.servers[other].address)}) is not; expected a source of the servers' family`})
+  })
 }
 
 function ruleSchema(known: KnownNames) {
@@ -384,11 +404,11 @@ function duplicateListeners(cfg: RawConfig): SchemaProblem[] {
     } else names.set(l.name, i)
     // Port 0 asks the kernel for a fresh port each time, so two such listeners never collide.
     if (l.bind.port === 0) return
-    const host = addressBytes(l.bind.host)
-    const key = `${l.protocol} ${host ? formatAddressBytes(host.family, host.bytes) : l.bind.host} ${l.bind.port}`
+    const host = addressBytes(l.bind.address)
+    const key = `${l.protocol} ${host ? formatAddressBytes(host.family, host.bytes) : l.bind.address} ${l.bind.port}`
     const other = binds.get(key)
     if (other !== undefined) {
-      out.push({path: ['listeners', i, 'bind'], message: `${l.protocol} ${formatEndpoint(l.bind.host, l.bind.port)} is already bound by listener "${cfg.listeners[other].name}" (listeners[${other}]); expected a different address or port`})
+      out.push({path: ['listeners', i, 'bind'], message: `${l.protocol} ${formatAddress(l.bind)} is already bound by listener "${cfg.listeners[other].name}" (listeners[${other}]); expected a different address or port`})
     } else binds.set(key, i)
   })
   return out

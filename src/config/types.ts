@@ -2,7 +2,7 @@
  * The validated, normalised configuration (DESIGN.md §4). YAML keys are snake_case; here they are
  * camelCase, durations are milliseconds, addresses are parsed endpoints, paths are absolute.
  */
-import type {Endpoint} from '../net/endpoint.js'
+import type {Address} from '../addr/address.js'
 
 export type Protocol = 'tcp' | 'udp'
 export type BalanceMethod = 'roundrobin' | 'leastconn' | 'source' | 'random'
@@ -13,7 +13,7 @@ export interface AdminConfig {
   /** Unix socket path, when the config names one. */
   socket?: string
   /** Optional TCP admin listener; requires tokenFile. */
-  listen?: Endpoint
+  listen?: Address
   tokenFile?: string
 }
 
@@ -28,7 +28,7 @@ export interface UdpListenerOptions {
 export interface ListenerConfig {
   name: string
   protocol: Protocol
-  bind: Endpoint
+  bind: Address
   backend: string
   udp: UdpListenerOptions
   /** New sessions beyond this many live ones are refused (0 = unlimited). */
@@ -66,7 +66,7 @@ export interface TransparentConfig {
 }
 
 export interface ServerConfig {
-  address: Endpoint
+  address: Address
   weight: number
 }
 
@@ -90,6 +90,10 @@ export interface BackendConfig {
   serverTimeoutMs: number
   /** TCP: keepalive idle time of upstream sockets (0 = off; absent = DEFAULTS.keepaliveMs). */
   keepaliveMs?: number
+  /** Upstream sockets' source: `client` (the client's own address, IP_TRANSPARENT) or a local IP; absent = the host picks. */
+  source?: string
+  /** SO_MARK of upstream sockets (absent or 0 = none). */
+  mark?: number
 }
 
 export interface RuleSpec {

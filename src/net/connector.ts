@@ -6,35 +6,12 @@
  *   TcpProxy ─connector(to)─▶ net.Socket      TcpProxy ─start/connectDone─▶ ConnectDeadlines ─▶ onConnectDeadline
  */
 import net from 'node:net'
-import {normalizeAddress} from '../rules/cidr.js'
-import type {Peer} from '../session/types.js'
-import type {Endpoint} from './endpoint.js'
+import type {Address} from '../addr/address.js'
 
-export type Connector = (to: Endpoint) => net.Socket
+export type Connector = (to: Address) => net.Socket
 
 /** TCP_NODELAY from the start: without it small writes meet the 40 ms delayed-ACK stall (FIELD-NOTES). */
-export const tcpConnector: Connector = (to) => net.connect({host: to.host, port: to.port, noDelay: true, allowHalfOpen: true})
-
-/** A Peer from an address as a socket reports it (IPv4-mapped IPv6 folded, zone stripped). */
-export function peerOf(raw: string, port: number): Peer {
-  const address = normalizeAddress(raw)
-  return {address, port, family: address.includes(':') ? 6 : 4}
-}
-
-/** The normalised remote side of an accepted socket, or undefined if it is already gone. */
-export function remotePeer(socket: net.Socket): Peer | undefined {
-  const {remoteAddress: raw, remotePort: port} = socket
-  return raw === undefined || port === undefined ? undefined : peerOf(raw, port)
-}
-
-export function localPeer(socket: net.Socket): Peer | undefined {
-  const {localAddress: raw, localPort: port} = socket
-  return raw === undefined || port === undefined ? undefined : peerOf(raw, port)
-}
-
-export function endpointPeer(e: Endpoint): Peer {
-  return peerOf(e.host, e.port)
-}
+export const tcpConnector: Connector = (to) => net.connect({host: to.address, port: to.port, noDelay: true, allowHalfOpen: true})
 
 /** A pending upstream connect, as ConnectDeadlines links it (fields owned by ConnectDeadlines). */
 export interface DeadlineWaiter {

@@ -17,8 +17,8 @@
  * itself as the mask (`fwmark M/M`), so divert shares the mark space with other users.
  */
 import {DEFAULTS, type Config, type ListenerConfig, type Protocol, type TransparentConfig} from '../config/types.js'
-import {formatPrefix, prefixContains, type Prefix} from '../rules/cidr.js'
-import {formatEndpoint, type Endpoint} from './endpoint.js'
+import {formatPrefix, prefixContains, type Prefix} from '../addr/cidr.js'
+import {formatAddress, type Address} from '../addr/address.js'
 
 /** How divert recognises its own table after a crash: this comment, under the configured name. */
 export const TABLE_COMMENT = 'managed by divert: gateway mode'
@@ -26,7 +26,7 @@ export const TABLE_COMMENT = 'managed by divert: gateway mode'
 export interface InterceptListener {
   name: string
   protocol: Protocol
-  bind: Endpoint
+  bind: Address
   ports: number[]
   /** Canonical prefixes (formatPrefix), none inside another, v4 first. */
   sources: string[]
@@ -111,13 +111,13 @@ function listenerRules(l: InterceptListener, set: string, setMark: string): {set
   if (l.protocol === 'tcp') {
     return {set: setText, standIn: [], steer: [`    ${ip} saddr @${set} tcp dport { ${l.ports.join(', ')} } tproxy ${ip} to ${tproxyTarget(l.bind)} ${setMark} accept ${comment}`]}
   }
-  const daddr = `${ip} daddr ${l.bind.host} udp dport ${l.bind.port}`
+  const daddr = `${ip} daddr ${l.bind.address} udp dport ${l.bind.port}`
   return {set: setText, steer: [], standIn: [
-    `    ${ip} saddr @${set} ${daddr} tproxy ${ip} to ${formatEndpoint(l.bind.host, l.bind.port)} ${setMark} accept ${comment}`,
+    `    ${ip} saddr @${set} ${daddr} tproxy ${ip} to ${formatAddress(l.bind)} ${setMark} accept ${comment}`,
     `    ${daddr} return ${comment}`,
   ]}
 }
 
-function tproxyTarget(bind: Endpoint): string {
-  return bind.host === '0.0.0.0' || bind.host === '::' ? `:${bind.port}` : formatEndpoint(bind.host, bind.port)
+function tproxyTarget(bind: Address): string {
+  return bind.address === '0.0.0.0' || bind.address === '::' ? `:${bind.port}` : formatAddress(bind)
 }

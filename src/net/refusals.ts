@@ -4,8 +4,8 @@
  * clients or datagrams must not become a flood of log lines. Shared by the TCP and UDP proxies.
  */
 import type {Logger} from 'pino'
-import {formatEndpoint} from './endpoint.js'
-import type {Peer} from '../session/types.js'
+import {formatAddress} from '../addr/address.js'
+import type {Address} from '../addr/address.js'
 
 export const REFUSAL_LOG_INTERVAL_MS = 10_000
 
@@ -22,13 +22,13 @@ export class RefusalLog {
   ) {}
 
   /** `peer` is unknown when accept(2) itself failed (EMFILE). */
-  refuse(peer: Peer | undefined, reason: string, rule?: string): void {
+  refuse(peer: Address | undefined, reason: string, rule?: string): void {
     this.total++
     this.since++
     this.onRefused?.(this.listener, reason)
     const now = this.now()
     if (now - this.last < REFUSAL_LOG_INTERVAL_MS) return
-    this.logger.warn({listener: this.listener, client: peer ? formatEndpoint(peer.address, peer.port) : null, rule: rule ?? null, reason, refusedSinceLastLog: this.since}, 'session refused')
+    this.logger.warn({listener: this.listener, client: peer ? formatAddress(peer) : null, rule: rule ?? null, reason, refusedSinceLastLog: this.since}, 'session refused')
     this.last = now
     this.since = 0
   }

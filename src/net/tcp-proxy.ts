@@ -14,18 +14,20 @@ import type {Server} from '../backends/backend.js'
 import {encodeProxyV1, encodeProxyV2} from '../backends/proxy-protocol.js'
 import {isRefusal, type Decision, type Router} from '../rules/router.js'
 import type {Session, SessionRegistry, SessionTransport} from '../session/registry.js'
-import type {CloseCause, Peer, SessionMeta, Tap} from '../session/types.js'
-import {ConnectDeadlines, endpointPeer, remotePeer, localPeer, tcpConnector, type Connector, type DeadlineList, type DeadlineWaiter} from './connector.js'
-import {endpointString, formatEndpoint} from './endpoint.js'
+import type {CloseCause, SessionMeta, Tap} from '../session/types.js'
+import {ConnectDeadlines, type DeadlineList, type DeadlineWaiter} from './connector.js'
+import {defaultSockets, type SocketFactory} from './sockets.js'
+import {formatAddress, localOf, remoteOf, type Address} from '../addr/address.js'
 import {RefusalLog} from './refusals.js'
 import {Admission, type GlobalLimit} from './limits.js'
-import {destinationOf, transparentFd} from './transparent.js'
+import {transparentFd} from './transparent.js'
 
 export interface ProxyContext {
   router: Router
   registry: SessionRegistry
   logger: Logger
-  connect?: Connector
+  /** Where upstream sockets come from (the daemon's one factory; default: Node's own connect). */
+  sockets?: SocketFactory
   /** Builds the mirror/record taps a decision asks for. */
   tapsFor?: (decision: Decision, meta: SessionMeta) => Tap | undefined
   /** The session cap over all listeners (`limits.max_connections`). */
@@ -39,7 +41,8 @@ export class TcpProxy {
   config: ListenerConfig
   private readonly ctx: ProxyContext
   private readonly server: net.Server
-  private readonly connect: Connector
+  /** @internal every upstream socket of this listener comes from here. */
+  readonly sockets: SocketFactory
   private readonly refusals: RefusalLog
   /** @internal global, per-listener and per-source limits; TcpConnection releases its slot. */
   readonly admission: Admission
@@ -49,7 +52,7 @@ export class TcpProxy {
   constructor(config: ListenerConfig, ctx: ProxyContext) {
     this.config = config
     this.ctx = ctx
-    this.connect = ctx.connect ?? tcpConnector
+    this.sockets = ctx.sockets ?? defaultSockets
     this.server = net.createServer({allowHalfOpen: true, noDelay: true}, (socket) => this.accept(socket))
     this.server.on('error', (error: NodeJS.ErrnoException) => this.onServerError(error))
     this.refusals = new RefusalLog(config.name, ctx.logger, Date.now, ctx.onRefused)
@@ -66,11 +69,11 @@ export class TcpProxy {
     const {bind, name} = this.config
     return new Promise((resolve, reject) => {
       const onError = (error: NodeJS.ErrnoException): void => {
-        reject(new DivertError('LISTEN_FAILED', `listener ${name} cannot bind ${endpointString(bind)}: ${describeListenError(error)}`, {cause: error}))
+        reject(new DivertError('LISTEN_FAILED', `listener ${name} cannot bind ${formatAddress(bind)}: ${describeListenError(error)}`, {cause: error}))
       }
       this.server.once('error', onError)
       // ipv6Only false: "[::]:port" is dual stack, as DESIGN.md §4 promises.
-      const where = this.config.transparent ? {fd: transparentFd(this.config)} : {host: bind.host, port: bind.port, ipv6Only: false}
+      const where = this.config.transparent ? {fd: transparentFd(this.config)} : {host: bind.address, port: bind.port, ipv6Only: false}
       this.server.listen({...where, backlog: 1024}, () => {
         this.server.off('error', onError)
         resolve()
@@ -92,19 +95,19 @@ export class TcpProxy {
 
   private accept(client: net.Socket): void {
     client.on('error', onClientError) // before any refusal: an error on an unowned socket is ignored
-    const peer = remotePeer(client)
+    const peer = remoteOf(client)
     if (!peer) return void client.destroy()
     const limited = this.admission.admit(peer.address)
     if (limited) return this.refuse(client, peer, limited)
     // On a transparent listener the local side of the connection is where the client's SYN was addressed.
-    const destination = this.config.transparent ? localPeer(client) : undefined
-    const decision = this.ctx.router.decide(this.config, peer.address, destination ? {destination: destinationOf(destination)} : undefined)
+    const destination = this.config.transparent ? localOf(client) : undefined
+    const decision = this.ctx.router.decide(this.config, peer.address, destination ? {destination} : undefined)
     if (isRefusal(decision)) {
       this.admission.release(peer.address)
       return this.refuse(client, peer, decision.refused, decision.rule?.id)
     }
     if (decision.fallbackFrom) {
-      this.ctx.logger.warn({listener: this.config.name, client: formatEndpoint(peer.address, peer.port), rule: decision.rule?.id ?? null, from: decision.fallbackFrom, to: decision.backend.name}, 'backend down: falling back to the default backend')
+      this.ctx.logger.warn({listener: this.config.name, client: formatAddress(peer), rule: decision.rule?.id ?? null, from: decision.fallbackFrom, to: decision.backend.name}, 'backend down: falling back to the default backend')
     }
     new TcpConnection(this, client, peer, decision, destination)
   }
@@ -120,7 +123,7 @@ export class TcpProxy {
     this.ctx.logger.error({err: error, listener: this.config.name}, 'listener error')
   }
 
-  private refuse(client: net.Socket, peer: Peer, reason: string, rule?: string): void {
+  private refuse(client: net.Socket, peer: Address, reason: string, rule?: string): void {
     this.refusals.refuse(peer, reason, rule)
     client.destroy()
   }
@@ -128,11 +131,6 @@ export class TcpProxy {
   /** @internal used by TcpConnection */
   get context(): ProxyContext {
     return this.ctx
-  }
-
-  /** @internal */
-  get connector(): Connector {
-    return this.connect
   }
 }
 
@@ -160,13 +158,13 @@ class TcpConnection implements SessionTransport, DeadlineWaiter {
   deadlinePrev?: DeadlineWaiter = undefined
   deadlineList?: DeadlineList = undefined
 
-  constructor(private readonly proxy: TcpProxy, readonly client: net.Socket, peer: Peer, decision: Decision, destination?: Peer) {
+  constructor(private readonly proxy: TcpProxy, readonly client: net.Socket, peer: Address, decision: Decision, destination?: Address) {
     const ctx = proxy.context
     const server = (this.server = decision.server)
     server.acquire()
     const backend = decision.backend
-    const upstream = (this.upstream = proxy.connector(server.address))
-    const serverPeer = peerOf(server)
+    const upstream = (this.upstream = proxy.sockets.tcp(server.address, backend.config, peer))
+    const serverPeer = server.address
     this.session = ctx.registry.add({
       protocol: 'tcp', listener: proxy.config.name, client: peer, backend: backend.name, server: serverPeer,
       rule: decision.rule?.id, transport: this, destination,
@@ -175,17 +173,16 @@ class TcpConnection implements SessionTransport, DeadlineWaiter {
     // The listener address is a getsockname() away: only a PROXY header or a tap needs it.
     const wantsTaps = ctx.tapsFor !== undefined && (decision.mirror !== undefined || decision.record !== undefined)
     if (pp || wantsTaps) {
-      const local = localPeer(client) ?? peer
+      const local = localOf(client) ?? peer
       if (wantsTaps) this.attachTaps(decision, peer, serverPeer, local)
       if (pp) upstream.write(proxyHeader(pp, peer, local))
     }
     if (backend.config.connectTimeoutMs > 0) proxy.deadlines.start(this, backend.config.connectTimeoutMs)
     keepAlive(client, proxy.config.keepaliveMs)
-    keepAlive(upstream, backend.config.keepaliveMs)
     wire(this, client, upstream)
   }
 
-  private attachTaps(decision: Decision, client: Peer, server: Peer, local: Peer): void {
+  private attachTaps(decision: Decision, client: Address, server: Address, local: Address): void {
     const s = this.session
     const meta: SessionMeta = {id: s.id, protocol: 'tcp', listener: s.listener, backend: s.backend, rule: s.rule, client, server, local, startedAt: s.startedAt}
     this.tap = this.proxy.context.tapsFor?.(decision, meta)
@@ -397,7 +394,7 @@ function onClose(this: net.Socket): void {
   owner(this).onSocketClose()
 }
 
-function proxyHeader(version: 'v1' | 'v2', client: Peer, local: Peer): Buffer {
+function proxyHeader(version: 'v1' | 'v2', client: Address, local: Address): Buffer {
   return version === 'v1' ? encodeProxyV1(client, local) : encodeProxyV2(client, local, 'stream')
 }
 
@@ -408,16 +405,4 @@ function describeListenError(error: NodeJS.ErrnoException): string {
     case 'EADDRNOTAVAIL': return 'no local interface has that address'
     default: return error.message
   }
-}
-
-/** Each Server's address as a Peer, normalised once rather than per connection. */
-const serverPeers = new WeakMap<Server, Peer>()
-
-function peerOf(server: Server): Peer {
-  let p = serverPeers.get(server)
-  if (!p) {
-    p = endpointPeer(server.address)
-    serverPeers.set(server, p)
-  }
-  return p
 }

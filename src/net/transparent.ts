@@ -10,15 +10,14 @@
 import {DivertError} from '../errors.js'
 import type {ListenerConfig} from '../config/types.js'
 import {openTransparent, SOCK_DGRAM, SOCK_STREAM} from '../sys/libc.js'
-import type {Peer} from '../session/types.js'
-import {endpointString, type Endpoint} from './endpoint.js'
+import {formatAddress} from '../addr/address.js'
 
 /** A bound transparent socket for `l`; a failure is LISTEN_FAILED naming the cause and the fix. */
 export function transparentFd(l: ListenerConfig): number {
   try {
-    return openTransparent(l.protocol === 'tcp' ? SOCK_STREAM : SOCK_DGRAM, l.bind.host, l.bind.port)
+    return openTransparent(l.protocol === 'tcp' ? SOCK_STREAM : SOCK_DGRAM, l.bind.address, l.bind.port)
   } catch (error) {
-    throw new DivertError('LISTEN_FAILED', `listener ${l.name} cannot bind ${l.protocol} ${endpointString(l.bind)} transparently: ${describe(error)}`, {cause: error})
+    throw new DivertError('LISTEN_FAILED', `listener ${l.name} cannot bind ${l.protocol} ${formatAddress(l.bind)} transparently: ${describe(error)}`, {cause: error})
   }
 }
 
@@ -29,9 +28,4 @@ function describe(error: unknown): string {
     case 'EADDRINUSE': return 'the address is already in use (another divert, or another program, listens there)'
     default: return (error as Error).message
   }
-}
-
-/** Where a client's packets were addressed, as the router takes it. */
-export function destinationOf(p: Peer): Endpoint {
-  return {host: p.address, port: p.port, family: p.family}
 }

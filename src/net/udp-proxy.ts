@@ -12,41 +12,23 @@
  * Idle flows are closed by the registry's coarse tick, not by a timer per flow.
  */
 import dgram from 'node:dgram'
-import {isIP, type AddressInfo} from 'node:net'
+import type {AddressInfo} from 'node:net'
 import type {ListenerConfig} from '../config/types.js'
 import {DivertError} from '../errors.js'
 import type {Server} from '../backends/backend.js'
 import {encodeProxyV2} from '../backends/proxy-protocol.js'
 import {isRefusal, type Decision} from '../rules/router.js'
 import type {Session, SessionTransport} from '../session/registry.js'
-import type {CloseCause, Peer, SessionMeta, Tap} from '../session/types.js'
-import {endpointPeer, peerOf} from './connector.js'
-import {endpointString} from './endpoint.js'
+import type {CloseCause, SessionMeta, Tap} from '../session/types.js'
+import {addressOf, formatAddress, type Address} from '../addr/address.js'
 import {RefusalLog} from './refusals.js'
 import {Admission} from './limits.js'
 import type {ProxyContext} from './tcp-proxy.js'
+import {defaultSockets, udpSocket} from './sockets.js'
 import {transparentFd} from './transparent.js'
 
 /** Datagrams held per flow while its upstream socket connects (a few ms); more are dropped. */
 const CONNECT_QUEUE_MAX = 64
-
-/**
- * The `lookup` of every socket here. Every address divert sends to or connects to is an IP literal
- * (config and rinfo), yet dgram runs each unconnected send, bind and connect through dns.lookup,
- * which answers a literal one tick later. This answers in the same call: a reply is sent without a
- * closure and a tick of its own, and an upstream socket is bound and connected when connect()
- * returns (lib/internal/dgram.js lookup4/lookup6 call it as lookup(address, family, callback)).
- */
-function literalLookup(address: string, _family: unknown, callback: (error: Error | null, address: string, family: number) => void): void {
-  const family = isIP(address)
-  if (family === 0) callback(new DivertError('INVALID_ADDRESS', `"${address}" is not an IP address`), address, 0)
-  else callback(null, address, family)
-}
-
-/** A UDP socket that resolves nothing (see literalLookup); a udp6 one is dual stack. */
-export function udpSocket(family: 4 | 6): dgram.Socket {
-  return dgram.createSocket({type: family === 6 ? 'udp6' : 'udp4', lookup: literalLookup as never})
-}
 
 export class UdpProxy {
   /** Replaced on reload when only options changed (same bind, same protocol). */
@@ -61,7 +43,7 @@ export class UdpProxy {
   private readonly flows = new Map<string, Map<number, UdpFlow>>()
   private flowTotal = 0
   private draining = false
-  private local?: Peer
+  private local?: Address
   private readonly refusals: RefusalLog
   readonly admission: Admission
 
@@ -84,11 +66,11 @@ export class UdpProxy {
     return new Promise((resolve, reject) => {
       const onError = (error: NodeJS.ErrnoException): void => {
         const why = error.code === 'EADDRINUSE' ? 'the address is already in use' : error.code === 'EACCES' ? 'permission denied (ports below 1024 need root or CAP_NET_BIND_SERVICE)' : error.message
-        reject(new DivertError('LISTEN_FAILED', `listener ${name} cannot bind udp ${endpointString(bind)}: ${why}`, {cause: error}))
+        reject(new DivertError('LISTEN_FAILED', `listener ${name} cannot bind udp ${formatAddress(bind)}: ${why}`, {cause: error}))
       }
       this.socket.once('error', onError)
       // A transparent listener binds the address of the server it stands in for (src/net/transparent.ts).
-      const where = this.config.transparent ? {fd: transparentFd(this.config)} : {address: bind.host, port: bind.port}
+      const where = this.config.transparent ? {fd: transparentFd(this.config)} : {address: bind.address, port: bind.port}
       this.socket.bind({...where, exclusive: true}, () => {
         this.socket.off('error', onError)
         this.tuneBuffer()
@@ -121,13 +103,13 @@ export class UdpProxy {
   }
 
   /**
-   * The bound address as a Peer (a wildcard bind names the wildcard: Node has no IP_PKTINFO). It
+   * The bound address as an Address (a wildcard bind names the wildcard: Node has no IP_PKTINFO). It
    * cannot change once bound, so the getsockname() is done once, not for every new flow.
    */
-  localPeer(): Peer | undefined {
+  localPeer(): Address | undefined {
     if (this.local) return this.local
     const a = this.address()
-    return (this.local = a ? peerOf(a.address, a.port) : undefined)
+    return (this.local = a ? addressOf(a.address, a.port) : undefined)
   }
 
   get flowCount(): number {
@@ -163,7 +145,7 @@ export class UdpProxy {
   }
 
   private open(keyPort: number, rinfo: dgram.RemoteInfo): UdpFlow | undefined {
-    const peer = peerOf(rinfo.address, rinfo.port)
+    const peer = addressOf(rinfo.address, rinfo.port)
     const address = peer.address
     if (this.draining) return undefined
     if (this.flowTotal >= this.config.udp.maxFlows) return this.refuse(peer, `udp.max_flows (${this.config.udp.maxFlows}) reached`)
@@ -184,7 +166,7 @@ export class UdpProxy {
     return flow.live ? flow : undefined
   }
 
-  private refuse(peer: Peer, reason: string, rule?: string): undefined {
+  private refuse(peer: Address, reason: string, rule?: string): undefined {
     this.refusals.refuse(peer, reason, rule)
     return undefined
   }
@@ -217,7 +199,7 @@ class UdpFlow implements SessionTransport {
   private tap?: Tap
   /** PROXY v2 header of every datagram; re-encoded when the client moves to another port. */
   private header?: Buffer
-  private readonly local: Peer
+  private readonly local: Address
   private inBytes = 0
   private outBytes = 0
   private inPackets = 0
@@ -225,11 +207,13 @@ class UdpFlow implements SessionTransport {
   private upstreamErrors = 0
   private replyErrors = 0
   private connectError?: string
+  /** Why the factory could not prepare the upstream socket (connect() then fails the flow). */
+  private openError?: Error
   private closed = false
   /** Datagrams that arrived before the upstream socket finished connecting. */
   private queue?: Buffer[] = []
 
-  constructor(private readonly proxy: UdpProxy, private readonly ctx: ProxyContext, keyPort: number, rinfo: dgram.RemoteInfo, peer: Peer, decision: Decision) {
+  constructor(private readonly proxy: UdpProxy, private readonly ctx: ProxyContext, keyPort: number, rinfo: dgram.RemoteInfo, peer: Address, decision: Decision) {
     this.keyPort = keyPort
     this.address = peer.address
     this.clientRaw = rinfo.address
@@ -237,14 +221,14 @@ class UdpFlow implements SessionTransport {
     this.server = decision.server
     this.server.acquire()
     const to = this.server.address
-    const serverPeer = endpointPeer(to)
-    this.upstream = udpSocket(to.family)
+    const serverPeer = to
+    this.upstream = this.openUpstream(decision, peer)
     this.upstream.on('message', (msg) => this.fromServer(msg))
     // ICMP port unreachable arrives as ECONNREFUSED on a connected socket: count it, keep the flow.
     this.upstream.on('error', () => this.upstreamErrors++)
     this.session = ctx.registry.add({
       protocol: 'udp', listener: proxy.config.name, client: peer, backend: decision.backend.name, server: serverPeer,
-      rule: decision.rule?.id, transport: this, destination: proxy.config.transparent ? endpointPeer(proxy.config.bind) : undefined,
+      rule: decision.rule?.id, transport: this, destination: proxy.config.transparent ? proxy.config.bind : undefined,
     })
     const local = (this.local = proxy.localPeer() ?? serverPeer)
     const meta: SessionMeta = {id: this.session.id, protocol: 'udp', listener: proxy.config.name, backend: decision.backend.name, rule: decision.rule?.id, client: peer, server: serverPeer, local, startedAt: this.session.startedAt}
@@ -257,9 +241,23 @@ class UdpFlow implements SessionTransport {
     return !this.closed
   }
 
+  /**
+   * The flow's socket from the factory, with its backend's options. One that cannot be prepared (its
+   * source address taken or not available) fails this flow in connect(), with the cause in its close line.
+   */
+  private openUpstream(decision: Decision, peer: Address): dgram.Socket {
+    try {
+      return (this.ctx.sockets ?? defaultSockets).udp(this.server.address, decision.backend.config, peer)
+    } catch (error) {
+      this.openError = error as Error
+      return udpSocket(this.server.address.family)
+    }
+  }
+
   /** Connects the upstream socket; a failure (no route, bad port) ends this flow, never the daemon. */
   connect(): void {
-    const {host, port} = this.server.address
+    if (this.openError) return this.connectFailed(this.openError)
+    const {address: host, port} = this.server.address
     try {
       // A failed connect calls the callback with the error instead of emitting 'connect' (lib/dgram.js
       // doConnect); sending on the still-unconnected socket would then throw out of the event loop.
@@ -295,7 +293,7 @@ class UdpFlow implements SessionTransport {
   /**
    * With `udp.key: address` a client that moved to another port (re-NAT) keeps its flow and is
    * answered at its new port; the session record (sessions view, close line) and the PROXY header
-   * name where it is now. A fresh Peer: the first one is shared with the taps' SessionMeta.
+   * name where it is now. A fresh Address: the first one is shared with the taps' SessionMeta.
    */
   private moved(port: number): void {
     this.clientPort = port

@@ -9,7 +9,7 @@
  */
 import {originalServer, type Backend, type Server} from '../backends/backend.js'
 import {ORIGINAL_BACKEND} from '../config/types.js'
-import type {Endpoint} from '../net/endpoint.js'
+import type {Address} from '../addr/address.js'
 import type {Rule, RuleTable} from './table.js'
 
 export interface Decision {
@@ -54,7 +54,7 @@ export class Router {
    * `destination`: where the client's packets were addressed, known on a transparent listener; the
    * built-in backend `original` sends the session there.
    */
-  decide(listener: RouteListener, address: string, opts: {countHit?: boolean; explain?: boolean; destination?: Endpoint} = {}): Decision | Refusal {
+  decide(listener: RouteListener, address: string, opts: {countHit?: boolean; explain?: boolean; destination?: Address} = {}): Decision | Refusal {
     const {rules, backends} = this.state
     const rule = rules.lookup(address, listener.name)
     if (rule && opts.countHit !== false) rule.hits++
@@ -91,7 +91,7 @@ export class Router {
     return {rule, backend: fallback, server: fbServer, ...taps, fallbackFrom: target, reasons}
   }
 
-  private original(backend: Backend, rule: Rule | undefined, taps: Pick<Decision, 'mirror' | 'record'>, reasons: string[] | undefined, destination?: Endpoint): Decision | Refusal {
+  private original(backend: Backend, rule: Rule | undefined, taps: Pick<Decision, 'mirror' | 'record'>, reasons: string[] | undefined, destination?: Address): Decision | Refusal {
     if (!destination) {
       reasons?.push('backend original passes each session to the destination its client dialled')
       return {rule, refused: 'backend original needs the destination the client dialled, which only a transparent listener knows', reasons, needsDestination: true}

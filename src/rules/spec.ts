@@ -11,7 +11,7 @@
  */
 import {DivertError} from '../errors.js'
 import {ORIGINAL_BACKEND, type RuleSpec} from '../config/types.js'
-import {parseCidr} from './cidr.js'
+import {parseCidr} from '../addr/cidr.js'
 
 const TEXT_FIELDS = ['to', 'mirror', 'record', 'listener', 'note'] as const
 

@@ -12,7 +12,7 @@
 import {createHash, randomInt} from 'node:crypto'
 import {DivertError} from '../errors.js'
 import type {RuleSpec} from '../config/types.js'
-import {formatPrefix, parseCidr, readAddress, type Prefix} from './cidr.js'
+import {formatPrefix, parseCidr, readAddress, type Prefix} from '../addr/cidr.js'
 import {eachInSlices} from '../slices.js'
 
 export type RuleOrigin = 'config' | 'runtime'

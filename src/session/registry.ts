@@ -13,9 +13,9 @@
  */
 import type {Logger} from 'pino'
 import type {Protocol} from '../config/types.js'
-import {prefixContains, type Prefix} from '../rules/cidr.js'
-import {formatEndpoint} from '../net/endpoint.js'
-import type {CloseCause, Peer, Tap} from './types.js'
+import {prefixContains, type Prefix} from '../addr/cidr.js'
+import {formatAddress, type Address} from '../addr/address.js'
+import type {CloseCause, Tap} from './types.js'
 
 /** What a proxy gives the registry so it can read counters and end the session. */
 export interface SessionTransport {
@@ -32,14 +32,14 @@ export interface SessionTransport {
 export interface SessionInit {
   protocol: Protocol
   listener: string
-  client: Peer
+  client: Address
   backend: string
-  server: Peer
+  server: Address
   rule?: string
   transport: SessionTransport
   taps?: Tap[]
   /** Transparent listeners: where the client's packets were addressed (the original destination). */
-  destination?: Peer
+  destination?: Address
 }
 
 export interface Session extends SessionInit {
@@ -168,12 +168,12 @@ export class SessionRegistry {
     // The line's strings cost even when pino would drop it (e.g. --log-level warn).
     if (!this.logger.isLevelEnabled('info')) return
     const line: Record<string, unknown> = {
-      session: session.id, protocol: session.protocol, client: formatEndpoint(session.client.address, session.client.port),
+      session: session.id, protocol: session.protocol, client: formatAddress(session.client),
       listener: session.listener, rule: session.rule ?? null, backend: session.backend,
-      server: formatEndpoint(session.server.address, session.server.port), bytesIn, bytesOut,
+      server: formatAddress(session.server), bytesIn, bytesOut,
       durationMs, cause,
     }
-    if (session.destination) line.destination = formatEndpoint(session.destination.address, session.destination.port)
+    if (session.destination) line.destination = formatAddress(session.destination)
     if (extra) Object.assign(line, extra)
     this.logger.info(line, 'session closed')
   }
@@ -210,9 +210,9 @@ export class SessionRegistry {
 
   view(s: Session, now = this.now()): SessionView {
     const v: SessionView = {
-      id: s.id, protocol: s.protocol, client: formatEndpoint(s.client.address, s.client.port), listener: s.listener,
-      backend: s.backend, server: formatEndpoint(s.server.address, s.server.port), rule: s.rule ?? null,
-      destination: s.destination ? formatEndpoint(s.destination.address, s.destination.port) : null, bytesIn: s.transport.bytesIn(), bytesOut: s.transport.bytesOut(), ageMs: now - s.startedAt,
+      id: s.id, protocol: s.protocol, client: formatAddress(s.client), listener: s.listener,
+      backend: s.backend, server: formatAddress(s.server), rule: s.rule ?? null,
+      destination: s.destination ? formatAddress(s.destination) : null, bytesIn: s.transport.bytesIn(), bytesOut: s.transport.bytesOut(), ageMs: now - s.startedAt,
       idleMs: now - Math.max(s.lastIn, s.lastOut), startedAt: new Date(s.startedAt).toISOString(),
     }
     if (s.transport.packetsIn) v.packetsIn = s.transport.packetsIn()

@@ -4,14 +4,8 @@
  *   client ⇄ proxy ⇄ server
  *               └─ taps observe (registry counters, mirror, recorder); a tap never slows the session
  */
+import type {Address} from '../addr/address.js'
 import type {Protocol} from '../config/types.js'
-
-export interface Peer {
-  /** Normalised IP (IPv4-mapped IPv6 folded to IPv4). */
-  address: string
-  port: number
-  family: 4 | 6
-}
 
 /** What a tap learns about the session it observes, once the upstream side is chosen. */
 export interface SessionMeta {
@@ -21,11 +15,11 @@ export interface SessionMeta {
   backend: string
   rule?: string
   /** The real client. */
-  client: Peer
+  client: Address
   /** The real backend server the session was sent to. */
-  server: Peer
+  server: Address
   /** The listener address the client reached (the destination a PROXY header names). */
-  local?: Peer
+  local?: Address
   startedAt: number
 }
 

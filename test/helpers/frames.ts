@@ -7,7 +7,7 @@
  */
 import {isIPv6} from 'node:net'
 import {LINKTYPE, TCP_FLAGS, type DecodedPacket} from '../../src/capture/decode.js'
-import {parseIPv4, parseIPv6} from '../../src/rules/cidr.js'
+import {parseIPv4, parseIPv6} from '../../src/addr/cidr.js'
 
 export interface Addr {
   address: string

@@ -22,7 +22,7 @@ import {setTimeout as delay} from 'node:timers/promises'
 import fc from 'fast-check'
 import {startInProcess, type InProcess} from '../helpers/daemon.js'
 import {startServer, connect, readBytes, readLine, type TestServer} from '../helpers/servers.js'
-import {parseCidr} from '../../src/rules/cidr.js'
+import {parseCidr} from '../../src/addr/cidr.js'
 import {parseDuration} from '../../src/config/duration.js'
 import type {RuleView} from '../../src/admin/protocol.js'
 

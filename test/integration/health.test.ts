@@ -11,7 +11,7 @@ import {Backend, type Server} from '../../src/backends/backend.js'
 import {HealthChecker, describeCheckError, tcpConnectCheck, type HealthChange} from '../../src/backends/health.js'
 import type {BackendConfig, ProxyProtocolVersion} from '../../src/config/types.js'
 import {decodeProxyHeader, type ProxyHeader} from '../../src/backends/proxy-protocol.js'
-import {parseEndpoint} from '../../src/net/endpoint.js'
+import {parseAddress} from '../../src/addr/address.js'
 
 /** A loopback TCP server that remembers its sockets and closes them with itself (idempotent). */
 class LoopbackServer {
@@ -69,7 +69,7 @@ class LoopbackServer {
 function backendFor(port: number, proxyProtocol?: ProxyProtocolVersion): Backend {
   const config: BackendConfig = {
     name: 'prod', balance: 'roundrobin', fallback: 'default', connectTimeoutMs: 1000, serverTimeoutMs: 0, ...(proxyProtocol ? {proxyProtocol} : {}),
-    servers: [{address: parseEndpoint(`127.0.0.1:${port}`), weight: 1}],
+    servers: [{address: parseAddress(`127.0.0.1:${port}`), weight: 1}],
     health: {check: 'tcp', intervalMs: 25, timeoutMs: 500, rise: 2, fall: 2},
   }
   return new Backend(config)

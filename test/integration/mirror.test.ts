@@ -11,7 +11,7 @@ import {Writable} from 'node:stream'
 import pino from 'pino'
 import {decodeProxyHeader} from '../../src/backends/proxy-protocol.js'
 import {createMirrorTap, type MirrorOptions, type MirrorTarget} from '../../src/capture/mirror.js'
-import type {Endpoint} from '../../src/net/endpoint.js'
+import type {Address} from '../../src/addr/address.js'
 import type {SessionMeta} from '../../src/session/types.js'
 
 // ─── helpers ──────────────────────────────────────────────────────────────────────────────────
@@ -28,7 +28,7 @@ interface Received {
 }
 
 /** A TCP server on 127.0.0.1:0 that records what each connection sends (or never reads, if `stall`). */
-async function tcpServer(opts: {stall?: boolean} = {}): Promise<{ep: Endpoint; next: () => Promise<Received>}> {
+async function tcpServer(opts: {stall?: boolean} = {}): Promise<{ep: Address; next: () => Promise<Received>}> {
   const sockets = new Set<net.Socket>()
   const accepted = new EventEmitter()
   const server = net.createServer((s) => {
@@ -48,7 +48,7 @@ async function tcpServer(opts: {stall?: boolean} = {}): Promise<{ep: Endpoint; n
     await once(server, 'close')
   })
   const {port} = server.address() as net.AddressInfo
-  return {ep: {host: '127.0.0.1', port, family: 4}, next: async () => (await once(accepted, 'conn'))[0] as Received}
+  return {ep: {address: '127.0.0.1', port, family: 4}, next: async () => (await once(accepted, 'conn'))[0] as Received}
 }
 
 /** A port that was just bound and released: connecting to it is refused. */
@@ -89,8 +89,8 @@ function logs(): {logger: pino.Logger; events: EventEmitter} {
 /** Connects like the default, but hands the socket to the test too. */
 function trackingConnect(): {connect: MirrorOptions['connect'] & {}; socket: () => net.Socket} {
   let last: net.Socket | undefined
-  const connect = (ep: Endpoint): net.Socket => {
-    last = net.connect({host: ep.host, port: ep.port})
+  const connect = (ep: Address): net.Socket => {
+    last = net.connect({host: ep.address, port: ep.port})
     cleanups.push(() => void last?.destroy())
     return last
   }
@@ -122,7 +122,7 @@ describe('mirror tap (TCP)', () => {
     assert.equal(r.data.toString(), 'hello mirror')
     assert.equal(r.ended, true)
     tap.close!('client-closed', false)
-    assert.deepEqual(tap.describe!(), {mirror: {backend: 'staging', server: srv.ep.host + ':' + srv.ep.port, state: 'closed', bytes: 12, dropped: 0}})
+    assert.deepEqual(tap.describe!(), {mirror: {backend: 'staging', server: srv.ep.address + ':' + srv.ep.port, state: 'closed', bytes: 12, dropped: 0}})
   })
 
   it('sends a PROXY v2 header first, naming the real client', async () => {
@@ -180,7 +180,7 @@ describe('mirror tap (TCP)', () => {
     const {logger, events} = logs()
     const {connect, socket} = trackingConnect()
     let reported = 0
-    const tap = createMirrorTap(meta(), {backend: 'staging', server: {host: '127.0.0.1', port, family: 4}}, {bufferBytes: 1 << 20, logger, connect, onDrop: (n) => (reported += n)})
+    const tap = createMirrorTap(meta(), {backend: 'staging', server: {address: '127.0.0.1', port, family: 4}}, {bufferBytes: 1 << 20, logger, connect, onDrop: (n) => (reported += n)})
     const closed = new Promise((resolve) => socket().on('close', resolve)) // once() would reject on 'error'
     const warned = once(events, 'line')
     tap.clientData!(Buffer.alloc(100))
@@ -197,7 +197,7 @@ describe('mirror tap (TCP)', () => {
   })
 
   it('a connector that throws: state failed, no throw', () => {
-    const tap = createMirrorTap(meta(), {backend: 'staging', server: {host: '127.0.0.1', port: 1, family: 4}}, {
+    const tap = createMirrorTap(meta(), {backend: 'staging', server: {address: '127.0.0.1', port: 1, family: 4}}, {
       bufferBytes: 1024,
       connect: () => {
         throw Object.assign(new Error('no sockets left'), {code: 'EMFILE'})
@@ -235,7 +235,7 @@ describe('mirror tap (TCP)', () => {
 
 // ─── UDP ──────────────────────────────────────────────────────────────────────────────────────
 
-async function udpServer(): Promise<{ep: Endpoint; messages: Buffer[]; next: () => Promise<Buffer>}> {
+async function udpServer(): Promise<{ep: Address; messages: Buffer[]; next: () => Promise<Buffer>}> {
   const sock = dgram.createSocket('udp4')
   sock.bind(0, '127.0.0.1')
   await once(sock, 'listening')
@@ -248,7 +248,7 @@ async function udpServer(): Promise<{ep: Endpoint; messages: Buffer[]; next: () 
     messages.push(m)
     sock.send(Buffer.from('reply, discarded'), rinfo.port, rinfo.address)
   })
-  return {ep: {host: '127.0.0.1', port: sock.address().port, family: 4}, messages, next: async () => (await once(sock, 'message'))[0] as Buffer}
+  return {ep: {address: '127.0.0.1', port: sock.address().port, family: 4}, messages, next: async () => (await once(sock, 'message'))[0] as Buffer}
 }
 
 function trackingUdp(): {udpSocket: (f: 4 | 6) => dgram.Socket; socket: () => dgram.Socket} {
@@ -288,7 +288,7 @@ describe('mirror tap (UDP)', () => {
 
   it('drops datagrams beyond the buffer while connecting', () => {
     const {udpSocket, socket} = trackingUdp()
-    const tap = createMirrorTap(udpMeta, {backend: 'vpn-staging', server: {host: '127.0.0.1', port: 9, family: 4}}, {bufferBytes: 100, udpSocket})
+    const tap = createMirrorTap(udpMeta, {backend: 'vpn-staging', server: {address: '127.0.0.1', port: 9, family: 4}}, {bufferBytes: 100, udpSocket})
     tap.clientData!(Buffer.alloc(60))
     tap.clientData!(Buffer.alloc(60))
     assert.equal(mirrorState(tap).dropped, 60)
@@ -300,7 +300,7 @@ describe('mirror tap (UDP)', () => {
   it('survives ICMP port unreachable from a mirror server that is down', async () => {
     const port = await closedPort()
     const {udpSocket, socket} = trackingUdp()
-    const tap = createMirrorTap(udpMeta, {backend: 'vpn-staging', server: {host: '127.0.0.1', port, family: 4}}, {bufferBytes: 1 << 20, udpSocket})
+    const tap = createMirrorTap(udpMeta, {backend: 'vpn-staging', server: {address: '127.0.0.1', port, family: 4}}, {bufferBytes: 1 << 20, udpSocket})
     cleanups.push(() => tap.close!('shutdown', false))
     tap.clientData!(Buffer.from('a'))
     await once(socket(), 'connect')

@@ -14,7 +14,7 @@ import {planReplay, runReplay, type ReplayClock, type ReplayProgress} from '../.
 import {reassemble} from '../../src/capture/reassembly.js'
 import {renderReplay} from '../../src/cli/render-replay.js'
 import {DivertError} from '../../src/errors.js'
-import {parseEndpoint} from '../../src/net/endpoint.js'
+import {parseAddress} from '../../src/addr/address.js'
 import {capture, decoded, TcpConversation, udpSegment, type Addr, type Segment} from '../helpers/frames.js'
 import {hasCommand, markerLine, printed, sendMarker, startTcpdump, stopTcpdump, type Tcpdump} from '../helpers/capture.js'
 import {until} from '../helpers/servers.js'
@@ -159,7 +159,7 @@ describe('runReplay against loopback servers', () => {
     t.after(() => srv.close())
     const file = writeCapture(exchange(DEVICE))
     const progress: ReplayProgress[] = []
-    const report = await runReplay({file, to: parseEndpoint(`127.0.0.1:${srv.port}`), compare: true, onProgress: (p) => progress.push(p)})
+    const report = await runReplay({file, to: parseAddress(`127.0.0.1:${srv.port}`), compare: true, onProgress: (p) => progress.push(p)})
     assert.equal(srv.conns.length, 1)
     assert.equal(srv.conns[0].text(), 'hello\nworld\n')
     assert.equal(srv.conns[0].ended, true, 'the recorded client FIN is replayed as end()')
@@ -186,7 +186,7 @@ describe('runReplay against loopback servers', () => {
     })
     t.after(() => srv.close())
     const file = writeCapture(exchange(DEVICE, {answers: ['HELLO WORLD\n', 'WORLD\n']}))
-    const report = await runReplay({file, to: parseEndpoint(`127.0.0.1:${srv.port}`), compare: true, fast: true})
+    const report = await runReplay({file, to: parseAddress(`127.0.0.1:${srv.port}`), compare: true, fast: true})
     const c = report.flows[0].compare
     assert.ok(c)
     assert.equal(c.identical, false)
@@ -201,7 +201,7 @@ describe('runReplay against loopback servers', () => {
     const srv = await tcpServer(echo)
     t.after(() => srv.close())
     const file = writeCapture([...exchange(DEVICE), ...exchange(OTHER, {t0: T0 + 1000})].sort((a, b) => a.ts - b.ts))
-    const to = parseEndpoint(`127.0.0.1:${srv.port}`)
+    const to = parseAddress(`127.0.0.1:${srv.port}`)
     const report = await runReplay({file, to, source: '192.0.2.0/24', fast: true})
     assert.equal(report.capture.flows, 2)
     assert.equal(report.capture.selected, 1)
@@ -220,7 +220,7 @@ describe('runReplay against loopback servers', () => {
     const srv = await tcpServer(echo)
     t.after(() => srv.close())
     const file = writeCapture([...exchange(DEVICE), ...exchange(OTHER, {t0: T0 + 1000})].sort((a, b) => a.ts - b.ts))
-    const report = await runReplay({file, to: parseEndpoint(`127.0.0.1:${srv.port}`), fast: true, loop: 2})
+    const report = await runReplay({file, to: parseAddress(`127.0.0.1:${srv.port}`), fast: true, loop: 2})
     assert.equal(srv.conns.length, 4)
     assert.equal(report.loops, 2)
     assert.equal(report.totals.flows, 4)
@@ -233,7 +233,7 @@ describe('runReplay against loopback servers', () => {
     const srv = await tcpServer(echo)
     t.after(() => srv.close())
     const file = writeCapture(exchange(DEVICE, {gapMs: 300}))
-    const to = parseEndpoint(`127.0.0.1:${srv.port}`)
+    const to = parseAddress(`127.0.0.1:${srv.port}`)
     for (const [speed, least] of [[1, 300], [2, 150]]) {
       const started = performance.now()
       const report = await runReplay({file, to, speed, waitMs: 100})
@@ -246,7 +246,7 @@ describe('runReplay against loopback servers', () => {
     const srv = await tcpServer(echo)
     t.after(() => srv.close())
     const file = writeCapture(exchange(DEVICE, {gapMs: 300}))
-    const to = parseEndpoint(`127.0.0.1:${srv.port}`)
+    const to = parseAddress(`127.0.0.1:${srv.port}`)
     const timed = recordingClock()
     await runReplay({file, to, clock: timed, speed: 2, waitMs: 0, connectTimeoutMs: 0})
     // First line 5 ms after the SYN, the second 300 ms later, the FIN 2 ms after that; all halved.
@@ -272,7 +272,7 @@ describe('runReplay against loopback servers', () => {
     const port = (probe.address() as net.AddressInfo).port
     await new Promise<void>((resolve) => probe.close(() => resolve()))
     const file = writeCapture(exchange(DEVICE))
-    const report = await runReplay({file, to: parseEndpoint(`127.0.0.1:${port}`), fast: true})
+    const report = await runReplay({file, to: parseAddress(`127.0.0.1:${port}`), fast: true})
     assert.equal(report.flows[0].errorCode, 'ECONNREFUSED')
     assert.equal(report.flows[0].error, `connection refused by 127.0.0.1:${port}`)
     assert.equal(report.totals.errors, 1)
@@ -283,7 +283,7 @@ describe('runReplay against loopback servers', () => {
     const srv = await tcpServer((sock) => sock.resetAndDestroy())
     t.after(() => srv.close())
     const file = writeCapture(exchange(DEVICE, {gapMs: 100}))
-    const report = await runReplay({file, to: parseEndpoint(`127.0.0.1:${srv.port}`)})
+    const report = await runReplay({file, to: parseAddress(`127.0.0.1:${srv.port}`)})
     const f = report.flows[0]
     assert.ok(['ECONNRESET', 'EPIPE'].includes(f.errorCode ?? ''), `errorCode ${f.errorCode}: ${f.error}`)
     assert.match(f.error ?? '', /after \d+ bytes were sent/)
@@ -303,7 +303,7 @@ describe('runReplay against loopback servers', () => {
     const conv = new TcpConversation(DEVICE, PROD, {t0: T0}).handshake()
     for (let i = 0; i < 256; i++) conv.send('client', Buffer.alloc(32 * 1024, i % 251))
     conv.fin('client')
-    const report = await runReplay({file: writeCapture(conv.segments, LINKTYPE.RAW), to: parseEndpoint(`127.0.0.1:${srv.port}`), fast: true, waitMs: 100})
+    const report = await runReplay({file: writeCapture(conv.segments, LINKTYPE.RAW), to: parseAddress(`127.0.0.1:${srv.port}`), fast: true, waitMs: 100})
     assert.equal(report.flows[0].bytesSent, 8 * 1024 * 1024)
     assert.equal(received, 8 * 1024 * 1024)
     assert.deepEqual(hash, Array.from({length: 2048}, (_, k) => Math.floor(k / 8) % 251))
@@ -321,7 +321,7 @@ describe('runReplay against loopback servers', () => {
     const conv = new TcpConversation(DEVICE, PROD, {t0: T0}).handshake()
     for (let i = 0; i < 512; i++) conv.send('client', Buffer.alloc(60 * 1024, i))
     const file = writeCapture(conv.segments, LINKTYPE.RAW)
-    const report = await runReplay({file, to: parseEndpoint(`127.0.0.1:${(server.address() as net.AddressInfo).port}`), fast: true, stallTimeoutMs: 200, waitMs: 0})
+    const report = await runReplay({file, to: parseAddress(`127.0.0.1:${(server.address() as net.AddressInfo).port}`), fast: true, stallTimeoutMs: 200, waitMs: 0})
     const f = report.flows[0]
     assert.equal(f.errorCode, 'STALLED')
     assert.match(f.error ?? '', /stalled after \d+ bytes were sent: \d+ bytes were still queued after 200 ms: the target stopped reading/)
@@ -345,7 +345,7 @@ describe('runReplay against loopback servers', () => {
       udpSegment(T0 + 200, DEVICE, dns, 'q2'),
       udpSegment(T0 + 300, dns, DEVICE, 're:q2'),
     ])
-    const report = await runReplay({file, to: parseEndpoint(`127.0.0.1:${srv.address().port}`), compare: true, waitMs: 300})
+    const report = await runReplay({file, to: parseAddress(`127.0.0.1:${srv.address().port}`), compare: true, waitMs: 300})
     assert.deepEqual(got, ['q1', 'q2'])
     const f = report.flows[0]
     assert.equal(f.protocol, 'udp')
@@ -370,7 +370,7 @@ describe('runReplay against loopback servers', () => {
       udpSegment(T0 + 100, v6, dns, Buffer.alloc(65_527, 0x61)),
       udpSegment(T0 + 200, v6, dns, 'q3'),
     ])
-    const report = await runReplay({file, to: parseEndpoint(`127.0.0.1:${srv.address().port}`), fast: true, waitMs: 100})
+    const report = await runReplay({file, to: parseAddress(`127.0.0.1:${srv.address().port}`), fast: true, waitMs: 100})
     const f = report.flows[0]
     assert.equal(f.bytesSent, 4, 'only the two datagrams that went out count as sent')
     assert.equal(f.datagramsFailed, 1)
@@ -392,7 +392,7 @@ describe('runReplay against loopback servers', () => {
     for (let off = 0; off < answer.length; off += 16 * 1024) conv.send('server', answer.subarray(off, off + 16 * 1024))
     conv.fin('client').fin('server')
     const file = writeCapture(conv.segments, LINKTYPE.RAW)
-    const report = await runReplay({file, to: parseEndpoint(`127.0.0.1:${srv.port}`), fast: true, compare: true})
+    const report = await runReplay({file, to: parseAddress(`127.0.0.1:${srv.port}`), fast: true, compare: true})
     const f = report.flows[0]
     assert.equal(f.error, undefined, f.error)
     assert.equal(f.bytesReceived, answer.length, `received ${f.bytesReceived} of ${answer.length} bytes`)
@@ -405,7 +405,7 @@ describe('runReplay against loopback servers', () => {
     t.after(() => srv.close())
     const conv = new TcpConversation(DEVICE, PROD, {t0: T0}).handshake().send('client', 'GET\n').send('server', Buffer.alloc(1000, 0x61))
     conv.fin('client').fin('server')
-    const report = await runReplay({file: writeCapture(conv.segments, LINKTYPE.RAW), to: parseEndpoint(`127.0.0.1:${srv.port}`), fast: true, waitMs: 200})
+    const report = await runReplay({file: writeCapture(conv.segments, LINKTYPE.RAW), to: parseAddress(`127.0.0.1:${srv.port}`), fast: true, waitMs: 200})
     assert.equal(report.flows[0].bytesReceived, 13)
     assert.equal(report.flows[0].error, undefined)
     assert.equal(srv.finsSeen(), 1)
@@ -415,7 +415,7 @@ describe('runReplay against loopback servers', () => {
     const srv = await tcpServer(echo, '::1').catch(() => undefined)
     if (!srv) return t.skip('no ::1 on this machine')
     t.after(() => srv.close())
-    const report = await runReplay({file: writeCapture(exchange(DEVICE)), to: parseEndpoint(`[::1]:${srv.port}`), fast: true, compare: true})
+    const report = await runReplay({file: writeCapture(exchange(DEVICE)), to: parseAddress(`[::1]:${srv.port}`), fast: true, compare: true})
     assert.equal(srv.conns[0].text(), 'hello\nworld\n')
     assert.equal(report.to, `[::1]:${srv.port}`)
     assert.equal(report.flows[0].compare?.identical, true)
@@ -426,7 +426,7 @@ describe('runReplay against loopback servers', () => {
     const srv = await tcpServer(() => ac.abort())
     t.after(() => srv.close())
     const file = writeCapture(exchange(DEVICE, {gapMs: 60_000}))
-    const report = await runReplay({file, to: parseEndpoint(`127.0.0.1:${srv.port}`), signal: ac.signal})
+    const report = await runReplay({file, to: parseAddress(`127.0.0.1:${srv.port}`), signal: ac.signal})
     assert.equal(report.aborted, true)
     assert.equal(report.flows[0].error, 'aborted')
     assert.equal(report.flows[0].bytesSent, 6)
@@ -434,7 +434,7 @@ describe('runReplay against loopback servers', () => {
 
   test('bad options are INVALID_ARGUMENT before anything is sent', async () => {
     const file = writeCapture(exchange(DEVICE))
-    const to = parseEndpoint('127.0.0.1:9')
+    const to = parseAddress('127.0.0.1:9')
     for (const bad of [{speed: 0}, {speed: -1}, {speed: Number.NaN}, {loop: 0}, {loop: 1.5}, {waitMs: -1}]) {
       await assert.rejects(runReplay({file, to, ...bad}), (e: unknown) => e instanceof DivertError && e.code === 'DIVERT_ERR_INVALID_ARGUMENT')
     }
@@ -494,7 +494,7 @@ describe('replay of a live tcpdump capture', () => {
         continue
       }
       const before = target.conns.length
-      const report = await runReplay({file, to: parseEndpoint(`127.0.0.1:${target.port}`), source: '127.0.0.1', compare: true, fast: true})
+      const report = await runReplay({file, to: parseAddress(`127.0.0.1:${target.port}`), source: '127.0.0.1', compare: true, fast: true})
       assert.equal(report.capture.flows, 2, `${name}: the TCP connection and the marker`)
       assert.equal(report.flows.length, 1)
       const f = report.flows[0]

@@ -10,7 +10,7 @@ import {startInProcess, type InProcess} from '../helpers/daemon.js'
 import {freeUdpPort, until} from '../helpers/servers.js'
 import {startUdpEcho, UdpClient, raw, silent, type UdpEcho, type Datagram} from '../helpers/udp.js'
 import {AdminClient} from '../../src/admin/client.js'
-import {parseCidr} from '../../src/rules/cidr.js'
+import {parseCidr} from '../../src/addr/cidr.js'
 import type {DaemonOptions} from '../../src/daemon.js'
 
 const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex')

@@ -3,7 +3,7 @@ import assert from 'node:assert/strict'
 import {createBalancer, fnv1a, murmur3Block, type Balancer} from '../../src/backends/balancer.js'
 import {Backend, Server} from '../../src/backends/backend.js'
 import type {BackendConfig, BalanceMethod} from '../../src/config/types.js'
-import {parseEndpoint} from '../../src/net/endpoint.js'
+import {parseAddress} from '../../src/addr/address.js'
 
 const METHODS: BalanceMethod[] = ['roundrobin', 'leastconn', 'source', 'random']
 
@@ -19,13 +19,13 @@ function seeded(seed: number): () => number {
 }
 
 function servers(...weights: number[]): Server[] {
-  return weights.map((weight, i) => new Server({address: parseEndpoint(`127.0.0.${i + 1}:8000`), weight}))
+  return weights.map((weight, i) => new Server({address: parseAddress(`127.0.0.${i + 1}:8000`), weight}))
 }
 
 function backendConfig(balance: BalanceMethod, weights: number[]): BackendConfig {
   return {
     name: 'b', balance, fallback: 'default', connectTimeoutMs: 1000, serverTimeoutMs: 0,
-    servers: weights.map((weight, i) => ({address: parseEndpoint(`127.0.0.${i + 1}:9000`), weight})),
+    servers: weights.map((weight, i) => ({address: parseAddress(`127.0.0.${i + 1}:9000`), weight})),
   }
 }
 
@@ -281,7 +281,7 @@ describe('Backend and Server', () => {
 
   it('snapshot is plain camelCase JSON', () => {
     const cfg = {...backendConfig('leastconn', [2, 1]), proxyProtocol: 'v2' as const, health: {check: 'tcp' as const, intervalMs: 2000, timeoutMs: 1000, rise: 2, fall: 3}}
-    const b = new Backend({...cfg, servers: [{address: parseEndpoint('[::1]:23'), weight: 2}, cfg.servers[1]]}, {now: () => 5})
+    const b = new Backend({...cfg, servers: [{address: parseAddress('[::1]:23'), weight: 2}, cfg.servers[1]]}, {now: () => 5})
     b.servers[0].acquire()
     b.servers[1].up = false
     b.servers[1].lastCheck = {ok: false, at: 6, error: 'connect ECONNREFUSED'}

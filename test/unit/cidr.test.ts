@@ -16,7 +16,7 @@ import {
   parseIPv6,
   prefixContains,
   readAddress,
-} from '../../src/rules/cidr.js'
+} from '../../src/addr/cidr.js'
 import {DivertError} from '../../src/errors.js'
 
 function canonical(text: string): string {

@@ -12,7 +12,7 @@ import {DivertError} from '../../src/errors.js'
 // Compiled to dist/test/unit/; the fixtures stay in the source tree.
 const FIXTURES = fileURLToPath(new URL('../../../test/fixtures/config/', import.meta.url))
 
-const lo = (port: number) => ({host: '127.0.0.1', port, family: 4 as const})
+const lo = (port: number) => ({address: '127.0.0.1', port, family: 4 as const})
 
 /** A valid base config; tests append or splice lines, so its line numbers matter. */
 const BASE = `listeners:
@@ -52,7 +52,7 @@ describe('parseConfig: valid input', () => {
     const at = (p: string) => join(FIXTURES, p)
     const expected: Config = {
       file,
-      admin: {socket: at('run/admin.sock'), listen: {host: '127.0.0.1', port: 7070, family: 4}, tokenFile: at('admin.token')},
+      admin: {socket: at('run/admin.sock'), listen: {address: '127.0.0.1', port: 7070, family: 4}, tokenFile: at('admin.token')},
       state: at('divert-state.json'),
       listeners: [
         {
@@ -60,7 +60,7 @@ describe('parseConfig: valid input', () => {
           udp: {idleTimeoutMs: 300_000, key: 'address-port', maxFlows: 10_000, recvBufferSize: 4 * 1024 * 1024},
         },
         {
-          name: 'vpn', protocol: 'udp', bind: {host: '::1', port: 1194, family: 6}, backend: 'vpn-prod', maxConnections: 0, clientTimeoutMs: 0, perSource: {maxConnections: 0, ratePerSec: 0}, keepaliveMs: 60_000,
+          name: 'vpn', protocol: 'udp', bind: {address: '::1', port: 1194, family: 6}, backend: 'vpn-prod', maxConnections: 0, clientTimeoutMs: 0, perSource: {maxConnections: 0, ratePerSec: 0}, keepaliveMs: 60_000,
           udp: {idleTimeoutMs: 120_000, key: 'address', maxFlows: 10_000, recvBufferSize: 4 * 1024 * 1024},
         },
       ],
@@ -76,7 +76,7 @@ describe('parseConfig: valid input', () => {
           proxyProtocol: 'v1', fallback: 'reject', connectTimeoutMs: 5000, serverTimeoutMs: 0, keepaliveMs: 60_000,
         }],
         ['vpn-prod', {
-          name: 'vpn-prod', balance: 'roundrobin', servers: [{address: {host: '::1', port: 11940, family: 6}, weight: 1}],
+          name: 'vpn-prod', balance: 'roundrobin', servers: [{address: {address: '::1', port: 11940, family: 6}, weight: 1}],
           health: {check: 'none', intervalMs: 2000, timeoutMs: 1000, rise: 2, fall: 3},
           proxyProtocol: 'v2', fallback: 'default', connectTimeoutMs: 5000, serverTimeoutMs: 0, keepaliveMs: 60_000,
         }],

@@ -25,8 +25,8 @@ test('the quickstart listens and connects on loopback only', () => {
   const f = join(examples, 'quickstart', 'divert.yaml')
   const c = parseConfig(readFileSync(f, 'utf8'), f)
   const loopback = (h: string): boolean => h.startsWith('127.') || h === '::1'
-  for (const l of c.listeners) assert.ok(loopback(l.bind.host), `${l.name} binds ${l.bind.host}`)
-  for (const b of c.backends.values()) for (const s of b.servers) assert.ok(loopback(s.address.host), `${b.name} → ${s.address.host}`)
+  for (const l of c.listeners) assert.ok(loopback(l.bind.address), `${l.name} binds ${l.bind.address}`)
+  for (const b of c.backends.values()) for (const s of b.servers) assert.ok(loopback(s.address.address), `${b.name} → ${s.address.address}`)
 })
 
 /** The first ```yaml block after `heading` in README.md. */

@@ -15,7 +15,7 @@ import {parseConfig, type ConfigProblem} from '../../src/config/load.js'
 import {formatPath} from '../../src/config/schema.js'
 import type {Config} from '../../src/config/types.js'
 import {DivertError} from '../../src/errors.js'
-import {parseCidr} from '../../src/rules/cidr.js'
+import {parseCidr} from '../../src/addr/cidr.js'
 
 const FILE = 'fuzz/divert.yaml'
 const FULL_TEXT = readFileSync(new URL('../../../test/fixtures/config/full.yaml', import.meta.url), 'utf8')

@@ -10,9 +10,10 @@ import {describe, it} from 'node:test'
 import assert from 'node:assert/strict'
 import {isIP} from 'node:net'
 import fc from 'fast-check'
-import {decodeProxyHeader, encodeProxyV1, encodeProxyV2, type AddressPort, type ProxyHeader} from '../../src/backends/proxy-protocol.js'
+import {decodeProxyHeader, encodeProxyV1, encodeProxyV2, type ProxyHeader} from '../../src/backends/proxy-protocol.js'
+import type {Address} from '../../src/addr/address.js'
 import {DivertError} from '../../src/errors.js'
-import {addressBytes, formatAddressBytes} from '../../src/rules/cidr.js'
+import {addressBytes, formatAddressBytes} from '../../src/addr/cidr.js'
 
 /** DIVERT_FUZZ_SCALE=10 runs ten times as many cases (a deeper run before a release). */
 const runs = (n: number): number => Math.max(1, Math.round(n * Number(process.env.DIVERT_FUZZ_SCALE ?? 1)))
@@ -64,7 +65,7 @@ const port = fc.integer({min: 0, max: 65535})
 const v4 = fc.ipV4()
 /** IPv6 as fast-check writes it, plus the dual-stack spellings a Node socket reports. */
 const v6 = fc.oneof(fc.ipV6(), v4.map((a) => `::ffff:${a}`), v4.map((a) => `::FFFF:${a}`), fc.ipV6().map((a) => `${a}%eth0`))
-const peer: fc.Arbitrary<AddressPort> = fc.record({address: fc.oneof(v4, v6), port})
+const peer: fc.Arbitrary<Pick<Address, 'address' | 'port'>> = fc.record({address: fc.oneof(v4, v6), port})
 
 const header = fc.tuple(peer, peer, fc.constantFrom('v1', 'v2-stream', 'v2-dgram')).map(([src, dst, kind]) =>
   kind === 'v1' ? encodeProxyV1(src, dst) : encodeProxyV2(src, dst, kind === 'v2-dgram' ? 'dgram' : 'stream'))

@@ -7,7 +7,7 @@ import assert from 'node:assert/strict'
 import pino from 'pino'
 import {parseConfig} from '../../src/config/load.js'
 import {DivertError} from '../../src/errors.js'
-import {parseCidr} from '../../src/rules/cidr.js'
+import {parseCidr} from '../../src/addr/cidr.js'
 import {planFor, renderTable, TABLE_COMMENT} from '../../src/net/intercept-plan.js'
 import {Interceptor, kernelWarnings, RTPROT_DIVERT} from '../../src/net/interceptor.js'
 

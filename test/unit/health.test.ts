@@ -5,7 +5,7 @@ import pino from 'pino'
 import {Backend, type Server} from '../../src/backends/backend.js'
 import {CheckTimeoutError, HealthChecker, describeCheckError, type HealthChange, type Timers} from '../../src/backends/health.js'
 import type {BackendConfig, HealthConfig} from '../../src/config/types.js'
-import {parseEndpoint} from '../../src/net/endpoint.js'
+import {parseAddress} from '../../src/addr/address.js'
 
 /** Timers driven by hand: `advance(ms)` runs what falls due, in order, moving the clock with it. */
 class FakeClock implements Timers {
@@ -74,7 +74,7 @@ const HEALTH: HealthConfig = {check: 'tcp', intervalMs: 2000, timeoutMs: 1000, r
 function backend(health: HealthConfig | null, n = 2): Backend {
   const config: BackendConfig = {
     name: 'prod', balance: 'roundrobin', fallback: 'default', connectTimeoutMs: 1000, serverTimeoutMs: 0, health: health ?? undefined,
-    servers: Array.from({length: n}, (_, i) => ({address: parseEndpoint(`127.0.0.${i + 1}:23`), weight: 1})),
+    servers: Array.from({length: n}, (_, i) => ({address: parseAddress(`127.0.0.${i + 1}:23`), weight: 1})),
   }
   return new Backend(config)
 }

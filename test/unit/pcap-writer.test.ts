@@ -16,7 +16,7 @@ import {
   pcapGlobalHeader,
   udpFrame,
 } from '../../src/capture/pcap-writer.js'
-import type {Peer} from '../../src/session/types.js'
+import type {Address} from '../../src/addr/address.js'
 
 // ─── an independent decoder ───────────────────────────────────────────────────────────────────
 
@@ -137,10 +137,10 @@ function decode(rec: Buffer): Decoded {
 
 // ─── fixtures ─────────────────────────────────────────────────────────────────────────────────
 
-const C4: Peer = {address: '192.0.2.10', port: 40000, family: 4}
-const S4: Peer = {address: '198.51.100.7', port: 23, family: 4}
-const C6: Peer = {address: '2001:db8::10', port: 40000, family: 6}
-const S6: Peer = {address: '2001:db8::7', port: 443, family: 6}
+const C4: Address = {address: '192.0.2.10', port: 40000, family: 4}
+const S4: Address = {address: '198.51.100.7', port: 23, family: 4}
+const C6: Address = {address: '2001:db8::10', port: 40000, family: 6}
+const S6: Address = {address: '2001:db8::7', port: 443, family: 6}
 const CLIENT_MAC = '02:00:00:00:00:01'
 const SERVER_MAC = '02:00:00:00:00:02'
 const TS = 1_700_000_000_123_456

@@ -3,7 +3,7 @@ import assert from 'node:assert/strict'
 import fc from 'fast-check'
 import {decodeProxyHeader, encodeProxyV1, encodeProxyV2} from '../../src/backends/proxy-protocol.js'
 import {DivertError} from '../../src/errors.js'
-import {addressBytes, formatAddressBytes} from '../../src/rules/cidr.js'
+import {addressBytes, formatAddressBytes} from '../../src/addr/cidr.js'
 
 const SIG = '0d0a0d0a000d0a515549540a'
 const hex = (b: Buffer): string => b.toString('hex')

@@ -7,6 +7,7 @@
  *
  * One parser serves both the hot path and config parsing, so what a rule accepts and what a lookup
  * accepts cannot drift apart; test/unit/cidr.test.ts checks it against node:net's isIP.
+ * The bottom layer (with address.ts): it imports nothing from the rest of divert but the error catalogue.
  */
 import {DivertError} from '../errors.js'
 

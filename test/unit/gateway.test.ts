@@ -4,6 +4,8 @@
  */
 import {describe, it} from 'node:test'
 import assert from 'node:assert/strict'
+import {readFileSync} from 'node:fs'
+import {fileURLToPath} from 'node:url'
 import pino from 'pino'
 import {parseConfig} from '../../src/config/load.js'
 import {DivertError} from '../../src/errors.js'
@@ -164,5 +166,18 @@ describe('issue 13: host settings that break gateway mode are named at start', (
     assert.deepEqual(bad.map((w) => w.fields.sysctl), ['net.bridge.bridge-nf-call-iptables', 'net.ipv4.ip_forward'])
     assert.match(bad[0].message, /sysctl -w net\.bridge\.bridge-nf-call-iptables=0/)
     assert.deepEqual(kernelWarnings((p) => (p.endsWith('ip_forward') ? '1' : undefined)), [])
+  })
+})
+
+describe('issue 13: the README\'s gateway story', () => {
+  it('issue 13: its config passes the loader and its table is what divert renders for it', () => {
+    const readme = readFileSync(fileURLToPath(new URL('../../../README.md', import.meta.url)), 'utf8')
+    const section = readme.slice(readme.indexOf('\n## Gateway mode, as a story\n'))
+    const yaml = /```yaml\n([\s\S]*?)```/.exec(section)![1]
+    const c = parseConfig(yaml, 'README.md')
+    const rendered = renderTable(planFor(c, [{prefix: parseCidr('192.0.2.10')}])).split('\n').map((l) => l.replace(/ comment "[^"]*"$/, '').trim())
+    const shown = /```text\n([\s\S]*?)```/.exec(section)![1].split('\n').map((l) => l.replace(/\s+#.*$/, '').trim()).filter((l) => l.includes('tproxy') || l.includes('return') || l.includes('socket transparent'))
+    assert.equal(shown.length, 4)
+    for (const line of shown) assert.ok(rendered.includes(line), `README shows a rule divert does not render: ${line}\n${rendered.join('\n')}`)
   })
 })

@@ -10,6 +10,9 @@ export type TestId = (typeof TEST_IDS)[number]
 /** The CLI start-up test's name for --only; it runs apart from the proxy tests (bench/cli.ts). */
 export const CLI_TEST = 'cli'
 
+/** The gateway-mode test's name for --only; it runs apart too, in namespaces of its own (bench/gateway.ts). */
+export const GATEWAY_TEST = 'gateway'
+
 /** Group names accepted by --only, for convenience. */
 const ALIASES: Record<string, TestId[]> = {
   tcp: ['tcp-bulk', 'tcp-connect', 'keepalive'],
@@ -26,6 +29,8 @@ export interface BenchOptions {
   install: boolean
   /** The CLI start-up test (bench/cli.ts): divert calls vs a bare node start; needs no proxy tools. */
   cli: boolean
+  /** The gateway-mode test (bench/gateway.ts): needs root, ip, nft and iperf3; skipped with the reason otherwise. */
+  gateway: boolean
   quick: boolean
   runs: number
   only: TestId[]
@@ -41,7 +46,7 @@ export const USAGE = `usage: npm run bench -- [options]      (or: node bench/run
   --install        install missing tools with apt-get (otherwise: list them and exit 1)
   --quick          1 run, short durations: a smoke test of the harness
   --runs N         runs per test and target (default 3; --quick: 1)
-  --only LIST      comma-separated tests: ${TEST_IDS.join(', ')}, ${CLI_TEST}
+  --only LIST      comma-separated tests: ${TEST_IDS.join(', ')}, ${CLI_TEST}, ${GATEWAY_TEST}
                    or groups: ${Object.keys(ALIASES).join(', ')}
   --idle N         idle TCP connections / UDP flows for the memory tests (default 10000)
   --out FILE       JSON results file (default bench/results/latest.json)
@@ -51,17 +56,19 @@ export const USAGE = `usage: npm run bench -- [options]      (or: node bench/run
                    warn matches the peers, which run without access logs)
   -h, --help       this text`
 
-function resolveOnly(list: string): {only: TestId[]; cli: boolean} {
+function resolveOnly(list: string): {only: TestId[]; cli: boolean; gateway: boolean} {
   const out = new Set<TestId>()
   let cli = false
+  let gateway = false
   for (const raw of list.split(',').map((s) => s.trim()).filter(Boolean)) {
     if (raw === CLI_TEST) cli = true
+    else if (raw === GATEWAY_TEST) gateway = true
     else if ((TEST_IDS as readonly string[]).includes(raw)) out.add(raw as TestId)
     else if (ALIASES[raw]) ALIASES[raw].forEach((t) => out.add(t))
     else throw new DivertError('INVALID_ARGUMENT', `--only: unknown test "${raw}"; known tests: ${TEST_IDS.join(', ')}, ${CLI_TEST}; groups: ${Object.keys(ALIASES).join(', ')}`)
   }
-  if (out.size === 0 && !cli) throw new DivertError('INVALID_ARGUMENT', '--only needs at least one test name, e.g. --only tcp-bulk,udp-rate')
-  return {only: TEST_IDS.filter((t) => out.has(t)), cli}
+  if (out.size === 0 && !cli && !gateway) throw new DivertError('INVALID_ARGUMENT', '--only needs at least one test name, e.g. --only tcp-bulk,udp-rate')
+  return {only: TEST_IDS.filter((t) => out.has(t)), cli, gateway}
 }
 
 function positiveInt(flag: string, value: string | undefined): number {
@@ -83,7 +90,7 @@ function needValue(flag: string, value: string | undefined): string {
 }
 
 export function parseOptions(argv: string[], defaultOut: string): BenchOptions {
-  const o: BenchOptions = {install: false, cli: true, quick: false, runs: 0, only: [...TEST_IDS], out: defaultOut, idleCount: 10_000, keepTemp: false, divertLogLevel: 'info', help: false}
+  const o: BenchOptions = {install: false, cli: true, gateway: true, quick: false, runs: 0, only: [...TEST_IDS], out: defaultOut, idleCount: 10_000, keepTemp: false, divertLogLevel: 'info', help: false}
   for (let i = 0; i < argv.length; i++) {
     const [flag, inline] = argv[i].includes('=') ? [argv[i].slice(0, argv[i].indexOf('=')), argv[i].slice(argv[i].indexOf('=') + 1)] : [argv[i], undefined]
     const value = (): string => needValue(flag, inline ?? argv[++i])

@@ -159,7 +159,8 @@ export class DaemonControl implements Control {
       const d = this.d.router.decide(l, ip, {countHit: false, explain: true})
       const intercepted = this.intercepted(l.name, ip)
       const reasons = [...interceptReasons(ip, l, intercepted), ...(limit ? [`a new session from ${ip} would be refused now: ${limit}`, ...(d.reasons ?? []).map((r) => `otherwise: ${r}`)] : d.reasons ?? [])]
-      const base = {ip, listener: l.name, rule: d.rule ? RuleTable.view(d.rule) : null, reasons, mirror: d.rule?.mirror ?? null, record: d.rule?.record ?? null, limit, intercepted}
+      // `intercepted` only where the listener intercepts: the shape for every other listener stays as it was.
+      const base = {ip, listener: l.name, rule: d.rule ? RuleTable.view(d.rule) : null, reasons, mirror: d.rule?.mirror ?? null, record: d.rule?.record ?? null, limit, ...(intercepted === null ? {} : {intercepted})}
       if (limit) return {...base, backend: null, server: null, fallbackFrom: null, refused: limit}
       if (isRefusal(d) && d.needsDestination && l.transparent) return {...base, backend: ORIGINAL_BACKEND, server: 'the destination the client dialled', fallbackFrom: null, refused: null}
       if (isRefusal(d)) return {...base, backend: null, server: null, fallbackFrom: null, refused: d.refused}

@@ -55,8 +55,8 @@ export interface ExplainResult {
   refused: string | null
   /** The admission limit (limits.max_connections, max_connections, per_source.*) that refuses a new session now, else null. */
   limit: string | null
-  /** Gateway mode: whether divert steers this source's traffic into the listener (null: the listener does not intercept). */
-  intercepted?: boolean | null
+  /** Gateway mode: whether divert steers this source's traffic into the listener (absent: the listener does not intercept). */
+  intercepted?: boolean
   reasons: string[]
 }
 

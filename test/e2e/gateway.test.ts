@@ -283,6 +283,16 @@ describe('issue 13: gateway mode in network namespaces', {skip: skipReason}, () 
     assert.ok(bytes.includes(Buffer.from(`prod sees ${NET.gwSrv}`)), 'the recording holds prod\'s answer')
   })
 
+  it('issue 13: a reload that adds a config rule intercepts its source; one that drops it, no longer', async () => {
+    const original = readFileSync(w.config, 'utf8')
+    await writeFile(w.config, `${original}rules:\n  - { source: ${NET.dev2}, to: staging, listener: gw }\n`)
+    await divert(w, 'reload')
+    assert.equal(await dial(w, 'dev2', 'tcp', NET.prod, w.ports['prod-tcp']), `staging sees ${seen.replace(NET.dev1, NET.dev2)}`)
+    await writeFile(w.config, original)
+    await divert(w, 'reload')
+    assert.equal(await dial(w, 'dev2', 'tcp', NET.prod, w.ports['prod-tcp']), `prod sees ${NET.dev2}`)
+  })
+
   it('issue 13: without CAP_NET_ADMIN, start fails with one line naming what is missing', {skip: whichCommand('setpriv') ? undefined : 'needs setpriv (util-linux)'}, async () => {
     const before = await kernelState(w)
     const run = execFileP('ip', ['netns', 'exec', w.ns.gw, 'setpriv', '--bounding-set=-net_admin', '--inh-caps=-net_admin', process.execPath, BIN, 'start', '-c', w.config, '--admin', join(w.dir, 'other.sock')], {timeout: 20_000})

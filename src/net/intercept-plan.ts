@@ -10,7 +10,9 @@
  *     address are handed to it; everyone else's datagrams to it are left alone (`return`) — else the
  *     socket match below would find the stand-in socket and pull every client's traffic in;
  *  2. packets of sockets divert holds transparently (accepted connections, and upstream sockets bound
- *     to a client's address) get the mark, so the policy route delivers them locally;
+ *     to a client's address) get the mark, so the policy route delivers them locally — but not packets
+ *     whose lookup finds the wildcard-bound TPROXY listener itself (`socket wildcard 0`): without it,
+ *     anyone's SYN to port P of any host would be pulled into a listener on 0.0.0.0:P (measured);
  *  3. new TCP connections from intercepted sources to the intercepted ports go to the listener.
  * A listener takes TPROXY'd traffic of its bind's family only (an IPv4 device needs a 0.0.0.0
  * listener; "[::]" takes IPv6). The mark is OR-ed in (other bits of the packet's mark stay) and the policy route matches it with
@@ -93,7 +95,7 @@ export function renderTable(plan: KernelPlan): string {
     '  chain prerouting {',
     '    type filter hook prerouting priority mangle; policy accept;',
     ...parts.flatMap((p) => p.standIn),
-    `    meta l4proto { tcp, udp } socket transparent 1 ${setMark} accept`,
+    `    meta l4proto { tcp, udp } socket transparent 1 socket wildcard 0 ${setMark} accept`,
     ...parts.flatMap((p) => p.steer),
     '  }',
     '}',

@@ -259,6 +259,15 @@ describe('issue 13: gateway mode in network namespaces', {skip: skipReason}, () 
     assert.equal(JSON.parse(await divert(w, 'explain', NET.dev2, '--listener', 'gw', '--json'))[0].intercepted, false)
   })
 
+  it('issue 13: a device without a rule that dials the TPROXY listener\'s port on another host is not pulled in', async () => {
+    const status = JSON.parse(await divert(w, 'status', '--json')) as {listeners: Array<{name: string; address: string}>}
+    const port = Number(status.listeners.find((l) => l.name === 'gw')!.address.split(':').pop())
+    const from = w.divert!.mark()
+    // Nothing listens on that port at prod: the device must get prod's refusal, and divert see nothing.
+    assert.match(await dial(w, 'dev2', 'tcp', NET.prod, port).catch((e: Error) => e.message), /ECONNREFUSED/)
+    assert.deepEqual(closedSessions(w.divert!, NET.dev2, from), [])
+  })
+
   it('issue 13: `divert rm` restores the direct path', async () => {
     await divert(w, 'rm', NET.dev1, '--listener', 'gw')
     await divert(w, 'rm', NET.dev1, '--listener', 'gwu')

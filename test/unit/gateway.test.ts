@@ -81,7 +81,7 @@ describe('issue 13: the intercept plan and its nftables table', () => {
     const i = (s: string): number => lines.findIndex((l) => l.startsWith(s))
     const standIn = i(`ip saddr @l1_v4 ip daddr 198.51.100.10 udp dport 1194 tproxy ip to 198.51.100.10:1194 ${mark} accept`)
     const others = i('ip daddr 198.51.100.10 udp dport 1194 return')
-    const socket = i(`meta l4proto { tcp, udp } socket transparent 1 ${mark} accept`)
+    const socket = i(`meta l4proto { tcp, udp } socket transparent 1 socket wildcard 0 ${mark} accept`)
     const steer = i(`ip saddr @l0_v4 tcp dport { 23, 2323 } tproxy ip to :15001 ${mark} accept`)
     assert.ok(standIn >= 0 && others > standIn && socket > others && steer > socket, text)
     assert.match(text, /set l0_v4 \{\n\s+type ipv4_addr; flags interval; elements = \{ 192\.0\.2\.0\/24 \}/)

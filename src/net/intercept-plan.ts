@@ -82,7 +82,7 @@ function sourcesOf(l: ListenerConfig, rules: RuleSource[]): string[] {
  * The whole table as one `nft -f` script: create (so the delete cannot fail), delete, create anew.
  * nft applies a file as one transaction, so packets see the old table or the new one, never neither.
  */
-export function renderTable(plan: KernelPlan): string {
+export function renderTable(plan: KernelPlan, pid = process.pid): string {
   const setMark = `meta mark set meta mark or 0x${plan.mark.toString(16)}`
   const parts = plan.listeners.map((l, i) => listenerRules(l, `l${i}_v${l.bind.family}`, setMark))
   const table = `inet ${plan.table}`
@@ -90,7 +90,7 @@ export function renderTable(plan: KernelPlan): string {
     `table ${table} {}`,
     `delete table ${table}`,
     `table ${table} {`,
-    `  comment ${JSON.stringify(TABLE_COMMENT)}`,
+    `  comment ${JSON.stringify(`${TABLE_COMMENT} (pid ${pid})`)}`,
     ...parts.map((p) => p.set),
     '  chain prerouting {',
     '    type filter hook prerouting priority mangle; policy accept;',

@@ -64,7 +64,7 @@ export class Interceptor {
   start(plan: KernelPlan): Promise<void> {
     return this.exclusive(async () => {
       if (!this.nft) this.preflight()
-      await this.removeStale(plan.table)
+      await this.removeStale(plan)
       await this.applyTable(plan)
       for (const family of plan.families) await this.addRoute(plan, family)
       this.plan = plan
@@ -158,36 +158,42 @@ export class Interceptor {
   private async uninstall(plan: KernelPlan): Promise<void> {
     await this.command(this.nft, ['delete', 'table', 'inet', plan.table]).catch(() => undefined)
     this.applied = undefined
-    await this.removeRoutes()
+    await this.removeRoutes(plan)
   }
 
   /**
    * A table of this name is divert's only if it carries divert's comment; any other is refused, not
-   * replaced. Rules and routes are divert's by their protocol number, whatever mark or table they use.
+   * replaced, and so is one whose divert (the pid in the comment) still runs: two instances on one
+   * host need their own table, mark and routing table. Rules and routes are divert's by their
+   * protocol number, and this instance's by its routing table or mark.
    */
-  private async removeStale(table: string): Promise<void> {
+  private async removeStale(plan: KernelPlan): Promise<void> {
+    const table = plan.table
     const listing = await this.command(this.nft, ['list', 'table', 'inet', table]).catch(() => undefined)
     if (listing !== undefined) {
-      if (!listing.includes(`comment ${JSON.stringify(TABLE_COMMENT)}`)) throw unavailable(`nftables table inet ${table} exists and is not divert's (no "${TABLE_COMMENT}" comment): choose another name with transparent: { table: … }`)
+      if (!listing.includes(TABLE_COMMENT)) throw unavailable(`nftables table inet ${table} exists and is not divert's (no "${TABLE_COMMENT}" comment): choose another name with transparent: { table: … }`)
+      const owner = Number(/\(pid (\d+)\)/.exec(listing)?.[1])
+      if (owner && owner !== process.pid && isAlive(owner)) throw unavailable(`nftables table inet ${table} belongs to divert pid ${owner}, which still runs: give this instance its own transparent: { table, mark, route_table }`)
       await this.command(this.nft, ['delete', 'table', 'inet', table])
       this.o.logger.warn({table: `inet ${table}`}, 'gateway mode: removed the nftables table a previous divert left (it did not stop cleanly)')
     }
-    const removed = await this.removeRoutes()
+    const removed = await this.removeRoutes(plan)
     if (removed > 0) this.o.logger.warn({removed}, 'gateway mode: removed policy rules and routes a previous divert left')
   }
 
-  /** Deletes every policy rule and route with divert's protocol number, in both families; returns how many. */
-  private async removeRoutes(): Promise<number> {
+  /** Deletes this instance's policy rules and routes (divert's protocol number; its routing table or mark), in both families. */
+  private async removeRoutes(plan: KernelPlan): Promise<number> {
+    const mine = (x: Record<string, string | number>): boolean => String(x.protocol) === String(RTPROT_DIVERT) && (String(x.table) === String(plan.routeTable) || Number(x.fwmark) === plan.mark)
     let n = 0
     for (const family of ['-4', '-6']) {
       // A host without IPv6 fails the -6 listing: nothing of divert's can be there.
       const rules = JSON.parse((await this.command(this.ip, ['-j', family, 'rule', 'show']).catch(() => '')) || '[]') as Array<Record<string, string | number>>
-      for (const r of rules.filter((x) => String(x.protocol) === String(RTPROT_DIVERT))) {
+      for (const r of rules.filter(mine)) {
         await this.command(this.ip, [family, 'rule', 'del', 'priority', String(r.priority), 'fwmark', `${r.fwmark}/${r.fwmask ?? '0xffffffff'}`, 'lookup', String(r.table), 'protocol', String(RTPROT_DIVERT)])
         n++
       }
       const routes = JSON.parse((await this.command(this.ip, ['-j', family, 'route', 'show', 'table', 'all', 'proto', String(RTPROT_DIVERT)]).catch(() => '')) || '[]') as Array<Record<string, string>>
-      for (const r of routes) {
+      for (const r of routes.filter((x) => String(x.table) === String(plan.routeTable))) {
         await this.command(this.ip, [family, 'route', 'del', r.type ?? 'unicast', r.dst === 'default' ? (family === '-4' ? '0.0.0.0/0' : '::/0') : r.dst, 'dev', r.dev, 'table', String(r.table), 'proto', String(RTPROT_DIVERT)])
         n++
       }
@@ -255,6 +261,15 @@ function readSysctl(path: string): string | undefined {
     return readFileSync(path, 'utf8').trim()
   } catch {
     return undefined
+  }
+}
+
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0)
+    return true
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === 'EPERM'
   }
 }
 

@@ -76,7 +76,7 @@ describe('issue 13: the intercept plan and its nftables table', () => {
   it('issue 13: the table: a UDP stand-in first (its other clients left alone), then the socket mark, then the TCP steer', () => {
     const text = renderTable(planFor(config, rules))
     const lines = text.split('\n').map((l) => l.trim())
-    assert.deepEqual(lines.slice(0, 4), ['table inet divert {}', 'delete table inet divert', 'table inet divert {', `comment ${JSON.stringify(TABLE_COMMENT)}`])
+    assert.deepEqual(lines.slice(0, 4), ['table inet divert {}', 'delete table inet divert', 'table inet divert {', `comment ${JSON.stringify(`${TABLE_COMMENT} (pid ${process.pid})`)}`])
     const mark = 'meta mark set meta mark or 0x1d1'
     const i = (s: string): number => lines.findIndex((l) => l.startsWith(s))
     const standIn = i(`ip saddr @l1_v4 ip daddr 198.51.100.10 udp dport 1194 tproxy ip to 198.51.100.10:1194 ${mark} accept`)
@@ -118,8 +118,12 @@ describe('issue 13: the Interceptor installs, follows and removes, and cleans up
 
   it('issue 13: start removes what a crashed divert left (its table by comment, its rules and routes by protocol), then installs', async () => {
     const k = fakeKernel({
-      table: `table inet divert {\n\tcomment "${TABLE_COMMENT}"\n}`,
-      rules: [{priority: 32765, fwmark: '0x1d1', fwmask: '0x1d1', table: '465', protocol: String(RTPROT_DIVERT)}, {priority: 0, table: 'local'}],
+      table: `table inet divert {\n\tcomment "${TABLE_COMMENT} (pid 2147483646)"\n}`,
+      rules: [
+        {priority: 32765, fwmark: '0x1d1', fwmask: '0x1d1', table: '465', protocol: String(RTPROT_DIVERT)}, {priority: 0, table: 'local'},
+        // Another divert's (its own mark and routing table): left alone.
+        {priority: 32764, fwmark: '0x2', fwmask: '0x2', table: '99', protocol: String(RTPROT_DIVERT)},
+      ],
       routes: [{type: 'local', dst: 'default', dev: 'lo', table: '465', protocol: String(RTPROT_DIVERT)}],
     })
     const i = new Interceptor({logger: silent, run: k.run})
@@ -131,7 +135,7 @@ describe('issue 13: the Interceptor installs, follows and removes, and cleans up
     assert.ok(k.calls.includes('nft -f - <<table inet divert {}'), k.calls.join('\n'))
     assert.ok(k.calls.includes(`ip -4 rule add fwmark 0x1d1/0x1d1 lookup 465 protocol ${RTPROT_DIVERT}`))
     assert.ok(k.calls.includes(`ip -4 route replace local 0.0.0.0/0 dev lo table 465 proto ${RTPROT_DIVERT}`))
-    assert.equal(k.calls.filter((c) => c.includes('rule del')).length, 1, 'only the rule with divert\'s protocol is deleted')
+    assert.equal(k.calls.filter((c) => c.includes('rule del')).length, 1, 'only this instance\'s rule is deleted')
     assert.deepEqual(i.view(), {installed: true, error: null})
   })
 
@@ -139,6 +143,13 @@ describe('issue 13: the Interceptor installs, follows and removes, and cleans up
     const k = fakeKernel({table: 'table inet divert {\n}'})
     const i = new Interceptor({logger: silent, run: k.run})
     await assert.rejects(i.start(plan), (e: DivertError) => e.code === 'DIVERT_ERR_TRANSPARENT_UNAVAILABLE' && /exists and is not divert's/.test(e.message))
+    assert.ok(!k.calls.some((c) => c.includes('delete')), k.calls.join('\n'))
+  })
+
+  it('issue 13: a table of that name whose divert still runs is another instance\'s: start refuses to touch it', async () => {
+    const k = fakeKernel({table: `table inet divert {\n\tcomment "${TABLE_COMMENT} (pid ${process.ppid})"\n}`})
+    const i = new Interceptor({logger: silent, run: k.run})
+    await assert.rejects(i.start(plan), (e: DivertError) => new RegExp(`belongs to divert pid ${process.ppid}, which still runs`).test(e.message))
     assert.ok(!k.calls.some((c) => c.includes('delete')), k.calls.join('\n'))
   })
 

@@ -16,6 +16,7 @@ import type {Logger} from 'pino'
 import {DivertError} from '../errors.js'
 import {findCommand} from '../sys/which.js'
 import {renderTable, TABLE_COMMENT, type KernelPlan} from './intercept-plan.js'
+import {isAlive} from '../sys/pid.js'
 
 /** ip-rule(8)/ip-route(8) protocol number that marks divert's policy rules and routes as its own. */
 export const RTPROT_DIVERT = 247
@@ -264,14 +265,6 @@ function readSysctl(path: string): string | undefined {
   }
 }
 
-function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0)
-    return true
-  } catch (error) {
-    return (error as NodeJS.ErrnoException).code === 'EPERM'
-  }
-}
 
 /** Whether this process holds capability `bit` in its effective set (proc(5), /proc/self/status CapEff). */
 export function hasCapability(bit: number): boolean {

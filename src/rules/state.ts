@@ -18,6 +18,7 @@ import {basename, dirname, join} from 'node:path'
 import {DivertError} from '../errors.js'
 import type {RuleSpec} from '../config/types.js'
 import {checkRuleSpec} from './spec.js'
+import {isAlive} from '../sys/pid.js'
 
 export interface StoredRule extends RuleSpec {
   id: string
@@ -155,15 +156,6 @@ export class StateStore implements RuleStore {
   }
 }
 
-function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0)
-    return true
-  } catch (error) {
-    // EPERM: it exists but belongs to someone else — alive.
-    return (error as NodeJS.ErrnoException).code === 'EPERM'
-  }
-}
 
 function validate(text: string): string | undefined {
   let data: unknown

@@ -12,6 +12,8 @@ import {DivertError} from '../../src/errors.js'
 import {parseCidr} from '../../src/addr/cidr.js'
 import {planFor, renderTable, TABLE_COMMENT} from '../../src/net/intercept-plan.js'
 import {Interceptor, kernelWarnings, RTPROT_DIVERT} from '../../src/net/interceptor.js'
+import {sessionsTable, statusText} from '../../src/cli/render.js'
+import type {StatusView} from '../../src/admin/protocol.js'
 
 const silent = pino({level: 'silent'})
 
@@ -190,5 +192,29 @@ describe('issue 13: the README\'s gateway story', () => {
     const shown = /```text\n([\s\S]*?)```/.exec(section)![1].split('\n').map((l) => l.replace(/\s+#.*$/, '').trim()).filter((l) => l.includes('tproxy') || l.includes('return') || l.includes('socket transparent'))
     assert.equal(shown.length, 4)
     for (const line of shown) assert.ok(rendered.includes(line), `README shows a rule divert does not render: ${line}\n${rendered.join('\n')}`)
+  })
+})
+
+describe('issue 13: what the CLI prints in gateway mode', () => {
+  const base: StatusView = {
+    version: '0', pid: 1, configFile: '/etc/divert.yaml', startedAt: '2026-01-01T00:00:00Z', uptimeMs: 1000, listeners: [], backends: [],
+    totals: {activeSessions: 0, sessions: 0, bytesIn: 0, bytesOut: 0, rules: 1, refused: 0},
+  }
+
+  it('issue 13: divert status names the mode, what is installed and each intercepting listener\'s ports and sources', () => {
+    const text = statusText({...base, mode: 'gateway', transparent: {
+      manage: true, table: 'divert', mark: 0x1d1, routeTable: 465, installed: true, error: null,
+      listeners: [{name: 'gw', protocol: 'tcp', bind: '0.0.0.0:15001', ports: [23], sources: ['192.0.2.10']}, {name: 'vpn', protocol: 'udp', bind: '198.51.100.10:1194', ports: [1194], sources: []}],
+    }})
+    assert.match(text, /mode: gateway; installed: nftables table inet divert, mark 0x1d1, route table 465/)
+    assert.match(text, /gw\s.*23\s.*192\.0\.2\.10/)
+    assert.match(text, /vpn\s.*198\.51\.100\.10:1194\s.*none \(nobody is intercepted\)/)
+    assert.doesNotMatch(statusText({...base, mode: 'proxy', transparent: null}), /mode: gateway/)
+  })
+
+  it('issue 13: divert sessions shows the destination column only when a session has one', () => {
+    const s = {id: 't1', protocol: 'tcp' as const, client: '192.0.2.10:40000', listener: 'gw', backend: 'staging', server: '198.51.100.20:23', rule: 'r1', bytesIn: 1, bytesOut: 2, ageMs: 1000, idleMs: 0, startedAt: '2026-01-01T00:00:00Z'}
+    assert.match(sessionsTable([{...s, destination: '198.51.100.10:23'}]), /destination[\s\S]*198\.51\.100\.10:23/)
+    assert.doesNotMatch(sessionsTable([{...s, destination: null}]), /destination/)
   })
 })

@@ -10,7 +10,7 @@
 import {lstatSync, readFileSync} from 'node:fs'
 import type {Logger} from 'pino'
 import {loadConfig} from './config/load.js'
-import type {Config, ListenerConfig} from './config/types.js'
+import type {BackendConfig, Config, ListenerConfig} from './config/types.js'
 import {DivertError} from './errors.js'
 import {Backend, originalBackend} from './backends/backend.js'
 import {HealthChecker, tcpConnectCheck} from './backends/health.js'
@@ -25,7 +25,7 @@ import type {SessionMeta, Tap} from './session/types.js'
 import {TcpProxy} from './net/tcp-proxy.js'
 import {UdpProxy} from './net/udp-proxy.js'
 import type {Connector} from './net/connector.js'
-import {checkUpstreamPrivileges, createSocketFactory, type SocketFactory} from './net/sockets.js'
+import {checkUpstreamPrivileges, createSocketFactory, type SocketFactory, type UpstreamOptions} from './net/sockets.js'
 import {formatAddress} from './addr/address.js'
 import {AdminServer} from './admin/server.js'
 import {prepareSocketDir, resolveAdminTarget} from './admin/paths.js'
@@ -212,8 +212,8 @@ export class Daemon {
     server.acquire()
     const tap = createMirrorTap(meta, {backend: mirror.name, server: server.address, proxyProtocol: mirror.config.proxyProtocol}, {
       bufferBytes: this.config.mirrorBufferBytes, logger: this.logger, local: meta.local, onDrop,
-      connect: (to) => this.sockets.tcp(to, mirror.config, meta.client),
-      udpSocket: () => this.sockets.udp(server.address, mirror.config, meta.client),
+      connect: (to) => this.sockets.tcp(to, withoutKeepalive(mirror.config), meta.client),
+      udpSocket: () => this.sockets.udp(server.address, withoutKeepalive(mirror.config), meta.client),
     })
     let held = true
     return {
@@ -274,7 +274,8 @@ export class Daemon {
   private startHealth(): void {
     for (const b of this.backends.values()) {
       if (!b.config.health || b.config.health.check === 'none' || this.checkers.some((c) => c.backend === b)) continue
-      const checker = new HealthChecker(b, {check: tcpConnectCheck, dial: (to) => this.sockets.tcp(to, b.config), logger: this.logger})
+      const options = withoutKeepalive(b.config)
+      const checker = new HealthChecker(b, {check: tcpConnectCheck, dial: (to) => this.sockets.tcp(to, options), logger: this.logger})
       checker.start()
       this.checkers.push(checker)
     }
@@ -454,6 +455,11 @@ export class Daemon {
 /** What a tap needs of a session it joins mid-stream; the listener address is not kept, so a PROXY header names the server. */
 function metaOf(s: Session): SessionMeta {
   return {id: s.id, protocol: s.protocol, listener: s.listener, backend: s.backend, rule: s.rule, client: s.client, server: s.server, startedAt: s.startedAt}
+}
+
+/** A backend's source and mark without its keepalive: mirror copies and health checks end with what started them. */
+function withoutKeepalive(b: BackendConfig): UpstreamOptions {
+  return {source: b.source, mark: b.mark}
 }
 
 /** The config's backends and the built-in `original` (the destination a transparent listener's client dialled). */

@@ -29,8 +29,8 @@ export function echoBackends(configFile) {
   const byAddress = new Map()
   for (const b of config.backends.values()) {
     b.servers.forEach((s, i) => {
-      const key = `${s.address.host}:${s.address.port}`
-      const echo = byAddress.get(key) ?? {name: b.servers.length > 1 ? `${b.name}-${i + 1}` : b.name, host: s.address.host, port: s.address.port, udp: false, proxyProtocol: false}
+      const key = `${s.address.address}:${s.address.port}`
+      const echo = byAddress.get(key) ?? {name: b.servers.length > 1 ? `${b.name}-${i + 1}` : b.name, host: s.address.address, port: s.address.port, udp: false, proxyProtocol: false}
       echo.udp ||= udpBackends.has(b.name)
       echo.proxyProtocol ||= b.proxyProtocol === 'v2'
       byAddress.set(key, echo)
@@ -93,7 +93,7 @@ function bound(what, b, configFile, bind) {
 export async function checkListenerPorts(configFile = defaultConfig) {
   const config = parseConfig(readFileSync(configFile, 'utf8'), configFile)
   for (const l of config.listeners) {
-    const {host, port} = l.bind
+    const {address: host, port} = l.bind
     await new Promise((resolve, reject) => {
       const taken = () => reject(new PortTakenError(`quickstart: ${l.protocol.toUpperCase()} port ${port} on ${host} (divert listener ${l.name}) is taken by another program; ` +
         `free it, or change listeners[].bind of ${l.name} in ${configFile} and pass --port to client.mjs`))

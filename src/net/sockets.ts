@@ -201,7 +201,7 @@ function probeOption(need: Need): string | undefined {
   } catch (error) {
     const code = (error as sys.SysError).code
     if (code !== 'EPERM' && code !== 'EACCES') return `setsockopt ${need.option} fails: ${(error as Error).message}`
-    return `needs CAP_NET_ADMIN to set ${need.option} (${code}): run divert as root, or grant it (systemd AmbientCapabilities=CAP_NET_ADMIN)`
+    return `needs CAP_NET_ADMIN (or CAP_NET_RAW) to set ${need.option} (${code}): run divert as root, or grant it (systemd AmbientCapabilities=CAP_NET_ADMIN)`
   } finally {
     sys.closeFd(fd)
   }

@@ -215,7 +215,9 @@ class TcpConnection implements SessionTransport, DeadlineWaiter {
     // reset through SO_ERROR as the connect's result), so it is the server's reset, not a failed connect.
     if (side === 'server' && !this.connected && e.code !== 'ECONNRESET') {
       const cause: CloseCause = e.code === 'ECONNREFUSED' ? 'connect-refused' : 'connect-failed'
-      return this.end(cause, true, `${e.code ?? 'error'} connecting to ${this.server.key}`)
+      // A socket the factory could not prepare names the call that failed (bind …, setsockopt …).
+      const step = e.syscall && e.syscall !== 'connect' ? ` (${e.syscall})` : ''
+      return this.end(cause, true, `${e.code ?? 'error'} connecting to ${this.server.key}${step}`)
     }
     const resetCause = side === 'client' ? 'client-reset' : 'server-reset'
     const errorCause = side === 'client' ? 'client-error' : 'server-error'

@@ -268,7 +268,8 @@ class UdpFlow implements SessionTransport {
   }
 
   private connectFailed(error: NodeJS.ErrnoException): void {
-    this.connectError = error.code ?? error.message
+    const step = error.syscall && error.syscall !== 'connect' ? ` (${error.syscall})` : ''
+    this.connectError = `${error.code ?? error.message}${step}`
     this.kill('connect-failed')
   }
 

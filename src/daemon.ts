@@ -333,7 +333,8 @@ export class Daemon {
       const old = this.backends.get(b.name)
       backends.set(b.name, old && sameJson(old.config, b) ? old : new Backend(b))
     }
-    if (needsKernel(next)) backends.set('original', this.backends.get('original') ?? originalBackend())
+    // Stateless (no servers of its own): built anew, so a changed transparent.source applies.
+    if (needsKernel(next)) backends.set('original', originalBackend(transparentOf(next).source))
     this.checkRuntimeRules(next, backends)
     // The new config rules are validated and built beside the live ones, in slices (sessions keep flowing).
     const configRules = await this.rules.buildConfigRules(next.rules)
@@ -465,7 +466,7 @@ function withoutKeepalive(b: BackendConfig): UpstreamOptions {
 /** The config's backends and the built-in `original` (the destination a transparent listener's client dialled). */
 export function buildBackends(config: Config): Map<string, Backend> {
   const backends = new Map([...config.backends.values()].map((b) => [b.name, new Backend(b)]))
-  if (needsKernel(config)) backends.set('original', originalBackend())
+  if (needsKernel(config)) backends.set('original', originalBackend(transparentOf(config).source))
   return backends
 }
 

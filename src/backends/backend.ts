@@ -143,12 +143,13 @@ export class Backend {
 /**
  * The built-in backend `original` (transparent listeners): no servers of its own; each session's
  * server is the destination its client dialled (originalServer), so it never falls back and its
- * connect timeout and keepalive are the defaults.
+ * connect timeout and keepalive are the defaults; `transparent.source: client` gives its upstream
+ * sockets the device's own address.
  */
-export function originalBackend(): Backend {
+export function originalBackend(source?: 'client'): Backend {
   return new Backend({
     name: ORIGINAL_BACKEND, balance: 'roundrobin', servers: [], fallback: 'reject',
-    connectTimeoutMs: DEFAULTS.connectTimeoutMs, serverTimeoutMs: 0, keepaliveMs: DEFAULTS.keepaliveMs,
+    connectTimeoutMs: DEFAULTS.connectTimeoutMs, serverTimeoutMs: 0, keepaliveMs: DEFAULTS.keepaliveMs, ...(source ? {source} : {}),
   })
 }
 

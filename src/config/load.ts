@@ -307,7 +307,7 @@ function listenerOf(l: RawConfig['listeners'][number]): ListenerConfig {
 function transparentOf(t: RawConfig['transparent']): TransparentConfig | undefined {
   const d = DEFAULTS.transparent
   if (!t) return undefined
-  return {manage: t?.manage ?? d.manage, table: t?.table ?? d.table, mark: t?.mark ?? d.mark, routeTable: t?.route_table ?? d.routeTable}
+  return {manage: t.manage ?? d.manage, table: t.table ?? d.table, mark: t.mark ?? d.mark, routeTable: t.route_table ?? d.routeTable, ...(t.source ? {source: t.source} : {})}
 }
 
 function ruleOf(r: NonNullable<RawConfig['rules']>[number], fromDir: (p?: string | null) => string | undefined): RuleSpec {

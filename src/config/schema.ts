@@ -253,6 +253,7 @@ function transparentSchema() {
     route_table: int(1, 2 ** 32 - 1, 'a routing table number, e.g. 465 (not 253-255: default, main, local)')
       .refine((n) => n < 253 || n > 255, {message: 'is a table the kernel uses (253 default, 254 main, 255 local); expected another number, e.g. 465'})
       .default(d.routeTable),
+    source: z.enum(['client'], expecting('client (backend original connects from the device\'s own address)')).optional(),
   }, 'a mapping like { manage: true }')
 }
 

@@ -63,6 +63,8 @@ export interface TransparentConfig {
   mark: number
   /** The routing table holding `local 0.0.0.0/0 dev lo` (and `::/0`). */
   routeTable: number
+  /** The built-in backend `original`'s upstream source: `client` (the device's own address, as a backend's `source`). */
+  source?: 'client'
 }
 
 export interface ServerConfig {

@@ -56,6 +56,8 @@ describe('issue 13: gateway mode config', () => {
     assert.match(problems(base('{ name: a, bind: "0.0.0.0:1", backend: original }')), /listeners\[0\]\.backend: no backend is named "original"/)
     assert.match(problems(`${GATEWAY}  original: { servers: [ { address: "198.51.100.20:23" } ] }\n`), /backends\.original: "original" is built in/)
     assert.match(problems(`${GATEWAY}transparent: { route_table: 254 }\n`), /transparent\.route_table: is a table the kernel uses/)
+    assert.match(problems(`${GATEWAY}transparent: { source: 10.0.0.1 }\n`), /transparent\.source: .*expected client/)
+    assert.equal(parseConfig(`${GATEWAY}transparent: { source: client }\n`, 'divert.yaml').transparent?.source, 'client')
     assert.match(problems(`${GATEWAY}transparent: { table: "my-table" }\n`), /transparent\.table/)
   })
 })

@@ -12,6 +12,7 @@ import {spawnSync} from 'node:child_process'
 import {catalog, type TestDef} from './catalog.js'
 import {benchCli, renderCli, type CliResults} from './cli.js'
 import {benchFleet, renderFleet, type FleetResults} from './fleet.js'
+import {benchGateway, renderGateway, type GatewayResults} from './gateway.js'
 import {divertMissing} from './contenders.js'
 import {LOAD_CPU, startBackends, type Lab} from './lab.js'
 import {finishMachineInfo, machineInfo, type MachineInfo} from './machine.js'
@@ -110,6 +111,7 @@ interface Results {
   samples: Sample[]
   cli?: CliResults
   fleet?: FleetResults
+  gateway?: GatewayResults
 }
 
 function writeResults(path: string, results: Results): void {
@@ -151,7 +153,14 @@ async function fleetBench(o: BenchOptions, repo: string): Promise<FleetResults |
   }
 }
 
-async function bench(o: BenchOptions, repo: string, tools: ToolReport, cli?: CliResults, fleet?: FleetResults): Promise<void> {
+/** The gateway-mode test (bench/gateway.ts), in namespaces of its own. */
+async function gatewayBench(o: BenchOptions, repo: string): Promise<GatewayResults> {
+  const r = await benchGateway(repo, o.runs, profileFor(o).iperfSec, log)
+  console.log(`${renderGateway(r)}\n`)
+  return r
+}
+
+async function bench(o: BenchOptions, repo: string, tools: ToolReport, cli?: CliResults, fleet?: FleetResults, gateway?: GatewayResults): Promise<void> {
   const notes: string[] = []
   pinSelf(notes)
   const p = profileFor(o)
@@ -178,7 +187,7 @@ async function bench(o: BenchOptions, repo: string, tools: ToolReport, cli?: Cli
     if (notes.length) console.log(`\nNotes:\n${notes.map((n) => `  - ${n}`).join('\n')}`)
     const out = resolve(o.out)
     writeResults(out, {generatedAt: new Date().toISOString(), machine: finishMachineInfo(machine), options: o, profile: p, notes,
-      divert: {available: !base.divertMissing, reason: base.divertMissing}, tests, samples, ...(cli ? {cli} : {}), ...(fleet ? {fleet} : {})})
+      divert: {available: !base.divertMissing, reason: base.divertMissing}, tests, samples, ...(cli ? {cli} : {}), ...(fleet ? {fleet} : {}), ...(gateway ? {gateway} : {})})
     console.log(`\nJSON results: ${out}`)
   } finally {
     process.removeListener('SIGINT', stop).removeListener('SIGTERM', stop)
@@ -202,13 +211,14 @@ export async function main(argv: string[], repo: string): Promise<number> {
     }
     const cli = o.cli ? await cliBench(o, repo) : undefined
     const fleet = o.fleet ? await fleetBench(o, repo) : undefined
+    const gateway = o.gateway ? await gatewayBench(o, repo) : undefined
     if (o.only.length === 0) {
-      writeResults(resolve(o.out), {generatedAt: new Date().toISOString(), cli, fleet} as Results)
+      writeResults(resolve(o.out), {generatedAt: new Date().toISOString(), cli, fleet, gateway} as Results)
       return 0
     }
     const tools = ensureTools(o)
     if (!tools) return 1
-    await bench(o, repo, tools, cli, fleet)
+    await bench(o, repo, tools, cli, fleet, gateway)
     return 0
   } catch (e) {
     log(`bench: ${e instanceof Error ? e.message : String(e)}`)

@@ -12,6 +12,8 @@ export const CLI_TEST = 'cli'
 
 /** The fleet test's name for --only (bench/fleet.ts): two instances and a redis-server, no proxy tools. */
 export const FLEET_TEST = 'fleet'
+/** The gateway-mode test's name for --only; it runs apart too, in namespaces of its own (bench/gateway.ts). */
+export const GATEWAY_TEST = 'gateway'
 
 /** Group names accepted by --only, for convenience. */
 const ALIASES: Record<string, TestId[]> = {
@@ -31,6 +33,8 @@ export interface BenchOptions {
   cli: boolean
   /** The fleet test (bench/fleet.ts): rule changes between two instances through redis-server. */
   fleet: boolean
+  /** The gateway-mode test (bench/gateway.ts): needs root, ip, nft and iperf3; skipped with the reason otherwise. */
+  gateway: boolean
   quick: boolean
   runs: number
   only: TestId[]
@@ -46,7 +50,7 @@ export const USAGE = `usage: npm run bench -- [options]      (or: node bench/run
   --install        install missing tools with apt-get (otherwise: list them and exit 1)
   --quick          1 run, short durations: a smoke test of the harness
   --runs N         runs per test and target (default 3; --quick: 1)
-  --only LIST      comma-separated tests: ${TEST_IDS.join(', ')}, ${CLI_TEST}, ${FLEET_TEST}
+  --only LIST      comma-separated tests: ${TEST_IDS.join(', ')}, ${CLI_TEST}, ${FLEET_TEST}, ${GATEWAY_TEST}
                    or groups: ${Object.keys(ALIASES).join(', ')}
   --idle N         idle TCP connections / UDP flows for the memory tests (default 10000)
   --out FILE       JSON results file (default bench/results/latest.json)
@@ -56,19 +60,21 @@ export const USAGE = `usage: npm run bench -- [options]      (or: node bench/run
                    warn matches the peers, which run without access logs)
   -h, --help       this text`
 
-function resolveOnly(list: string): {only: TestId[]; cli: boolean; fleet: boolean} {
+function resolveOnly(list: string): {only: TestId[]; cli: boolean; fleet: boolean; gateway: boolean} {
   const out = new Set<TestId>()
   let cli = false
   let fleet = false
+  let gateway = false
   for (const raw of list.split(',').map((s) => s.trim()).filter(Boolean)) {
     if (raw === CLI_TEST) cli = true
     else if (raw === FLEET_TEST) fleet = true
+    else if (raw === GATEWAY_TEST) gateway = true
     else if ((TEST_IDS as readonly string[]).includes(raw)) out.add(raw as TestId)
     else if (ALIASES[raw]) ALIASES[raw].forEach((t) => out.add(t))
-    else throw new DivertError('CLI_USAGE', `--only: unknown test "${raw}"; known tests: ${TEST_IDS.join(', ')}, ${CLI_TEST}, ${FLEET_TEST}; groups: ${Object.keys(ALIASES).join(', ')}`)
+    else throw new DivertError('CLI_USAGE', `--only: unknown test "${raw}"; known tests: ${TEST_IDS.join(', ')}, ${CLI_TEST}, ${FLEET_TEST}, ${GATEWAY_TEST}; groups: ${Object.keys(ALIASES).join(', ')}`)
   }
-  if (out.size === 0 && !cli && !fleet) throw new DivertError('CLI_USAGE', '--only needs at least one test name, e.g. --only tcp-bulk,udp-rate')
-  return {only: TEST_IDS.filter((t) => out.has(t)), cli, fleet}
+  if (out.size === 0 && !cli && !fleet && !gateway) throw new DivertError('CLI_USAGE', '--only needs at least one test name, e.g. --only tcp-bulk,udp-rate')
+  return {only: TEST_IDS.filter((t) => out.has(t)), cli, fleet, gateway}
 }
 
 function positiveInt(flag: string, value: string | undefined): number {
@@ -90,7 +96,7 @@ function needValue(flag: string, value: string | undefined): string {
 }
 
 export function parseOptions(argv: string[], defaultOut: string): BenchOptions {
-  const o: BenchOptions = {install: false, cli: true, fleet: true, quick: false, runs: 0, only: [...TEST_IDS], out: defaultOut, idleCount: 10_000, keepTemp: false, divertLogLevel: 'info', help: false}
+  const o: BenchOptions = {install: false, cli: true, fleet: true, gateway: true, quick: false, runs: 0, only: [...TEST_IDS], out: defaultOut, idleCount: 10_000, keepTemp: false, divertLogLevel: 'info', help: false}
   for (let i = 0; i < argv.length; i++) {
     const [flag, inline] = argv[i].includes('=') ? [argv[i].slice(0, argv[i].indexOf('=')), argv[i].slice(argv[i].indexOf('=') + 1)] : [argv[i], undefined]
     const value = (): string => needValue(flag, inline ?? argv[++i])

@@ -6,7 +6,7 @@ import {watch} from '../src/cli/watch.js'
 import type {FleetSessionsResult, SessionView} from '../src/admin/protocol.js'
 
 export default class Sessions extends DivertCommand {
-  static summary = 'List live TCP connections and UDP flows: client, listener, backend, server, rule, bytes, age, idle.'
+  static summary = 'List live TCP connections and UDP flows: client, listener, backend, server, rule, bytes, age, idle; in gateway mode also the destination the client dialled.'
   static examples = [
     '<%= config.bin %> sessions',
     '<%= config.bin %> sessions --source 192.168.100.0/24 --backend staging',

@@ -5,10 +5,11 @@ import {terminalWidth} from '../src/cli/terminal.js'
 import type {FleetStatusResult, StatusView} from '../src/admin/protocol.js'
 
 export default class Status extends DivertCommand {
-  static summary = 'Show listeners, backends with per-server health, session and byte totals, the rule store, and uptime.'
+  static summary = 'Show listeners, backends with per-server health, session and byte totals, the rule store, and uptime; in gateway mode what divert installed and the intercepted ports and sources.'
   static examples = [
     '<%= config.bin %> status',
     '<%= config.bin %> status --json',
+    '<%= config.bin %> status --json | jq .transparent.listeners',
     '<%= config.bin %> status --fleet   # one line per instance sharing the rule store; unreachable ones too',
   ]
 

@@ -6,7 +6,10 @@
  *   AdminServer routes ─▶ DaemonControl ─▶ RuleService / SessionRegistry / Backends
  */
 import {DivertError} from './errors.js'
-import {formatPrefix, normalizeAddress, parseCidr} from './addr/cidr.js'
+import {formatPrefix, normalizeAddress, parseCidr, prefixContains} from './addr/cidr.js'
+import {ORIGINAL_BACKEND, type ListenerConfig} from './config/types.js'
+import {needsKernel, type KernelPlan} from './net/intercept-plan.js'
+import type {InterceptorView} from './net/interceptor.js'
 import {RuleTable, type Rule} from './rules/table.js'
 import {parseAddRule} from './rules/spec.js'
 import {checkBackend, checkListener, type KeptFields} from './rules/service.js'
@@ -54,6 +57,9 @@ export interface ControlledDaemon {
   readonly fleet?: {readonly view: FleetView}
   storeView(): StoreView
   reload(who: string): Promise<ReloadResult>
+  /** Gateway mode: what is to be installed now, and the owner that installs it (absent with manage: false). */
+  kernelPlan(): KernelPlan
+  readonly interceptor?: {view(): InterceptorView}
 }
 
 export class DaemonControl implements Control {
@@ -77,6 +83,21 @@ export class DaemonControl implements Control {
       totals: {
         activeSessions: this.d.registry.size, sessions: sum((c) => c.sessions), bytesIn: sum((c) => c.bytesIn + c.liveBytesIn),
         bytesOut: sum((c) => c.bytesOut + c.liveBytesOut), rules: this.d.rules.size, refused: [...this.d.refused.values()].reduce((a, b) => a + b, 0),
+      },
+      ...this.gateway(),
+    }
+  }
+
+  /** Gateway mode's part of the status: what is installed, and which sources each intercepting listener takes. */
+  private gateway(): Pick<StatusView, 'mode' | 'transparent'> {
+    if (!needsKernel(this.d.config)) return {mode: 'proxy', transparent: null}
+    const plan = this.d.kernelPlan()
+    const state = this.d.interceptor?.view() ?? {installed: false, error: null}
+    return {
+      mode: 'gateway',
+      transparent: {
+        manage: plan.manage, table: plan.table, mark: plan.mark, routeTable: plan.routeTable, ...state,
+        listeners: plan.listeners.map((l) => ({name: l.name, protocol: l.protocol, bind: formatAddress(l.bind), ports: l.ports, sources: l.sources})),
       },
     }
   }
@@ -125,17 +146,26 @@ export class DaemonControl implements Control {
   explain(ip: string, listener?: string): ExplainResult[] {
     parseCidr(ip)
     if (ip.includes('/')) throw new DivertError('INVALID_ADDRESS', `explain takes one IP address, not a prefix: "${ip}"`)
-    const listeners = listener ? [this.listenerNamed(listener)] : this.d.config.listeners
+    const listeners = listener ? [this.d.config.listeners.find((l) => l.name === this.listenerNamed(listener).name)!] : this.d.config.listeners
     return listeners.map((l) => {
       // The proxies check the limits before routing (Admission.admit): a limit that refuses now wins.
       const limit = this.d.proxies.get(l.name)?.admission.refusal(normalizeAddress(ip)) ?? null
       const d = this.d.router.decide(l, ip, {countHit: false, explain: true})
-      const reasons = limit ? [`a new session from ${ip} would be refused now: ${limit}`, ...(d.reasons ?? []).map((r) => `otherwise: ${r}`)] : d.reasons ?? []
-      const base = {ip, listener: l.name, rule: d.rule ? RuleTable.view(d.rule) : null, reasons, mirror: d.rule?.mirror ?? null, record: d.rule?.record ?? null, limit}
+      const intercepted = this.intercepted(l.name, ip)
+      const reasons = [...interceptReasons(ip, l, intercepted), ...(limit ? [`a new session from ${ip} would be refused now: ${limit}`, ...(d.reasons ?? []).map((r) => `otherwise: ${r}`)] : d.reasons ?? [])]
+      // `intercepted` only where the listener intercepts: the shape for every other listener stays as it was.
+      const base = {ip, listener: l.name, rule: d.rule ? RuleTable.view(d.rule) : null, reasons, mirror: d.rule?.mirror ?? null, record: d.rule?.record ?? null, limit, ...(intercepted === null ? {} : {intercepted})}
       if (limit) return {...base, backend: null, server: null, fallbackFrom: null, refused: limit}
+      if (isRefusal(d) && d.needsDestination && l.transparent) return {...base, backend: ORIGINAL_BACKEND, server: 'the destination the client dialled', fallbackFrom: null, refused: null}
       if (isRefusal(d)) return {...base, backend: null, server: null, fallbackFrom: null, refused: d.refused}
       return {...base, backend: d.backend.name, server: d.server.key, fallbackFrom: d.fallbackFrom ?? null, refused: null}
     })
+  }
+
+  /** Whether gateway mode steers `ip` into listener `name` (null: that listener does not intercept). */
+  private intercepted(name: string, ip: string): boolean | null {
+    const l = this.d.kernelPlan().listeners.find((x) => x.name === name)
+    return l ? l.sources.some((s) => prefixContains(parseCidr(s), ip)) : null
   }
 
   sessions(filter: SessionFilter): SessionView[] {
@@ -225,6 +255,14 @@ function keptView(k: KeptFields): KeptView {
     ...(k.note === undefined ? {} : {note: k.note}),
     ...(k.recordMaxBytes === undefined ? {} : {recordMaxBytes: k.recordMaxBytes}),
   }
+}
+
+function interceptReasons(ip: string, l: ListenerConfig, intercepted: boolean | null): string[] {
+  if (intercepted === null) return []
+  const ports = `${l.protocol} port${l.intercept!.ports.length === 1 ? '' : 's'} ${l.intercept!.ports.join(', ')}`
+  return [intercepted
+    ? `${ip} is intercepted: the kernel steers its ${ports} traffic into listener ${l.name}`
+    : `${ip} is not intercepted: no rule names it, so the kernel routes its ${ports} traffic past divert (what follows applies only once a rule names it)`]
 }
 
 function noSession(id: string): DivertError {

@@ -16,7 +16,7 @@ import {DEFAULTS, type BackendConfig, type Config, type ListenerConfig} from './
 import {FastPath} from './fastpath/splice.js'
 import {DivertError} from './errors.js'
 import {realClock, type Clock, type Timer} from './clock.js'
-import {Backend} from './backends/backend.js'
+import {Backend, originalBackend} from './backends/backend.js'
 import {HealthChecker, tcpConnectCheck} from './backends/health.js'
 import {RuleTable} from './rules/table.js'
 import {Router, type Decision} from './rules/router.js'
@@ -42,6 +42,8 @@ import {DaemonMetrics, type MetricsSource} from './admin/metrics.js'
 import type {GlobalLimit} from './net/limits.js'
 import {capacity, openFds, openFilesLimit, FD_RESERVE, type FdLimits} from './fdlimit.js'
 import type {ReloadResult} from './admin/protocol.js'
+import {Interceptor} from './net/interceptor.js'
+import {needsKernel, planFor, transparentOf, type KernelPlan} from './net/intercept-plan.js'
 
 export interface DaemonOptions {
   configFile: string
@@ -88,6 +90,8 @@ export class Daemon {
   fleet?: Fleet
   /** Bytes mirrors dropped, per mirror backend (read at scrape time). */
   readonly mirrorDropped = new Map<string, number>()
+  /** Gateway mode with `transparent.manage`: the nftables table and policy route (src/net/interceptor.ts). */
+  interceptor?: Interceptor
   private admin?: AdminServer
   private adminToken?: string
   /** `state:` as the store in use was opened from (a reload does not switch stores). */
@@ -114,7 +118,7 @@ export class Daemon {
     this.recordings = new RecordingSet()
     this.ruleService = new RuleService({
       table: this.rules, recordings: this.recordings, logger: opts.logger, clock,
-      config: () => this.config, backends: () => this.backends, onChange: () => this.retap(), instance: () => this.instance,
+      config: () => this.config, backends: () => this.backends, onChange: () => this.rulesChanged(), instance: () => this.instance,
     })
   }
 
@@ -166,8 +170,11 @@ export class Daemon {
     await this.ruleService.restore(await this.openStore())
     await this.ruleService.openRecordings(this.rules.snapshot())
     this.startHealth()
+    this.interceptor = this.kernelOwner(this.config)
+    this.interceptor?.preflight()
     for (const l of this.config.listeners) this.proxies.set(l.name, this.createProxy(l))
     for (const p of this.proxies.values()) await p.listen()
+    await this.interceptor?.start(this.kernelPlan())
     await this.startAdmin()
     this.fleet?.start({url: this.adminUrl(), token: this.adminToken})
     this.ticker = this.clock.setInterval(() => this.tick(), this.opts.tickMs ?? 1000)
@@ -295,6 +302,33 @@ export class Daemon {
     }
   }
 
+  /** Taps and gateway mode's intercepted sources follow every rule change (and reload). */
+  private async rulesChanged(): Promise<void> {
+    this.retap()
+    if (this.stopping) return
+    const wanted = this.kernelOwner(this.config)
+    if (wanted === this.interceptor) return this.interceptor?.sync(this.kernelPlan())
+    // A reload added the first transparent listener, or removed the last one.
+    const gone = this.interceptor
+    this.interceptor = wanted
+    await gone?.stop()
+    await wanted?.start(this.kernelPlan()).catch((error) => {
+      this.logger.error({err: error}, `gateway mode could not be set up: ${(error as Error).message}`)
+      this.interceptor = undefined
+    })
+  }
+
+  /** The Interceptor when the config has transparent listeners and divert manages the kernel side. */
+  private kernelOwner(config: Config): Interceptor | undefined {
+    if (!needsKernel(config) || !transparentOf(config).manage) return undefined
+    return this.interceptor ?? new Interceptor({logger: this.logger})
+  }
+
+  /** What gateway mode needs installed now: the config's transparent listeners and the rules' sources. */
+  kernelPlan(): KernelPlan {
+    return planFor(this.config, this.rules.snapshot(), (name) => this.proxies.get(name)?.address()?.port)
+  }
+
   /** Starts a checker for every backend that has a health check and no checker yet. */
   private startHealth(): void {
     for (const b of this.backends.values()) {
@@ -359,6 +393,8 @@ export class Daemon {
       const old = this.backends.get(b.name)
       backends.set(b.name, old && sameJson(old.config, b) ? old : new Backend(b, {clock: this.clock}))
     }
+    // Stateless (no servers of its own): built anew, so a changed transparent.source applies.
+    if (needsKernel(next)) backends.set('original', originalBackend(transparentOf(next).source))
     this.checkRuntimeRules(next)
     // The new config rules are validated and built beside the live ones, in slices (sessions keep flowing).
     const configRules = await this.rules.buildConfigRules(next.rules)
@@ -457,11 +493,14 @@ export class Daemon {
   /** The process exits now, without a drain (a second SIGTERM): remove what only this daemon may remove. */
   abandon(): void {
     this.admin?.removeSocketSync()
+    this.interceptor?.stopSync()
   }
 
   private async shutdown(drainMs: number): Promise<void> {
     this.clock.clearTimeout(this.ticker)
     this.ruleService.stop()
+    // New connections of intercepted devices go straight to their servers from now on; live ones drain.
+    await this.interceptor?.quiesce()
     await Promise.all([...this.proxies.values()].map((p) => p.close()))
     if (this.registry.size > 0) {
       this.logger.info({sessions: this.registry.size, drainMs}, 'draining live sessions')
@@ -474,6 +513,7 @@ export class Daemon {
     }
     for (const p of this.proxies.values()) if (p instanceof UdpProxy) p.destroy()
     for (const c of this.checkers) c.stop()
+    await this.interceptor?.stop()
     await this.admin?.close()
     await this.fleet?.close()
     await this.recordings.closeAll()
@@ -505,8 +545,11 @@ function withoutKeepalive(b: BackendConfig): UpstreamOptions {
   return {source: b.source, mark: b.mark}
 }
 
+/** The config's backends and the built-in `original` (the destination a transparent listener's client dialled). */
 export function buildBackends(config: Config, clock?: Clock): Map<string, Backend> {
-  return new Map([...config.backends.values()].map((b) => [b.name, new Backend(b, {clock})]))
+  const backends = new Map([...config.backends.values()].map((b) => [b.name, new Backend(b, {clock})]))
+  if (needsKernel(config)) backends.set('original', originalBackend(transparentOf(config).source))
+  return backends
 }
 
 function readToken(file: string): string {

@@ -41,6 +41,7 @@ export const ERROR_CATALOG = {
   REPLAY_BAD_OPTION: {status: 400, exit: 2, summary: 'a replay option is out of range (--speed, --loop, the wait or a timeout)'},
   REPLAY_NO_FLOWS: {status: 400, exit: 2, summary: 'the capture holds no TCP or UDP flow to replay, or none from --source'},
   REPLAY_FAILED: {status: 500, exit: 4, summary: 'replay could not connect to or talk with the target'},
+  TRANSPARENT_UNAVAILABLE: {status: 500, exit: 4, summary: 'gateway mode cannot install its nftables table or policy route: no root/CAP_NET_ADMIN, no nft or ip, or a command failed'},
   CAPABILITY_MISSING: {status: 500, exit: 4, summary: 'the config asks for what this process may not do (source: client or mark without CAP_NET_ADMIN)'},
   INTERNAL: {status: 500, exit: 1, summary: 'an unexpected internal error (a bug: please report it)'},
 } as const

@@ -56,7 +56,10 @@ export async function runForeground(opts: ForegroundOptions): Promise<void> {
       logger.info({signal, drainMs: opts.drainMs}, 'stopping: no new sessions, draining live ones')
       let stopped = false
       exitAfter(opts.drainMs + STOP_GRACE_MS, () => {
-        if (!stopped) logger.error({signal}, `stop did not finish within --drain + ${STOP_GRACE_MS} ms: exiting anyway`)
+        if (!stopped) {
+          logger.error({signal}, `stop did not finish within --drain + ${STOP_GRACE_MS} ms: exiting anyway`)
+          running.abandon()
+        }
         flush()
         process.exit(stopped ? 0 : 1)
       })

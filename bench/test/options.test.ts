@@ -31,7 +31,7 @@ test('--only takes tests and groups, in catalogue order, and rejects unknown nam
 
 test('issue 11.25: the cli test runs by default and alone with --only cli (no proxy test then)', () => {
   assert.equal(parse().cli, true)
-  assert.deepEqual(parse('--only', 'cli'), {...parse(), only: [], cli: true, fleet: false})
+  assert.deepEqual(parse('--only', 'cli'), {...parse(), only: [], cli: true, fleet: false, gateway: false})
   assert.deepEqual(parse('--only', 'udp-rate,cli').only, ['udp-rate'])
   assert.equal(parse('--only', 'udp-rate').cli, false)
 })
@@ -55,4 +55,10 @@ test('--divert-log-level: info by default (divert as a user runs it); warn or er
   assert.equal(parse('--divert-log-level', 'warn').divertLogLevel, 'warn')
   assert.equal(parse('--divert-log-level=error').divertLogLevel, 'error')
   assert.throws(() => parse('--divert-log-level', 'quiet'), /--divert-log-level needs one of debug, info, warn, error, got "quiet"/)
+})
+
+test('issue 13: the gateway-mode test runs by default and alone with --only gateway', () => {
+  assert.equal(parse().gateway, true)
+  assert.deepEqual(parse('--only', 'gateway'), {...parse(), only: [], cli: false, gateway: true})
+  assert.equal(parse('--only', 'udp-rate').gateway, false)
 })

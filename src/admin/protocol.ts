@@ -55,6 +55,8 @@ export interface ExplainResult {
   refused: string | null
   /** The admission limit (limits.max_connections, max_connections, per_source.*) that refuses a new session now, else null. */
   limit: string | null
+  /** Gateway mode: whether divert steers this source's traffic into the listener (absent: the listener does not intercept). */
+  intercepted?: boolean
   reasons: string[]
 }
 
@@ -85,6 +87,23 @@ export interface StatusView {
   listeners: ListenerView[]
   backends: BackendView[]
   totals: {activeSessions: number; sessions: number; bytesIn: number; bytesOut: number; rules: number; refused: number}
+  /** `gateway` when a listener is transparent (README "Gateway mode"), else `proxy`. */
+  mode?: 'proxy' | 'gateway'
+  /** Gateway mode only: what divert installs and which sources it intercepts where. */
+  transparent?: TransparentView | null
+}
+
+export interface TransparentView {
+  /** divert installs and removes the nftables table and policy route itself. */
+  manage: boolean
+  table: string
+  mark: number
+  routeTable: number
+  /** The table and route are in place now (false with manage: false: the operator's rules apply). */
+  installed: boolean
+  /** The last failure to update the intercepted sources, until one succeeds. */
+  error: string | null
+  listeners: Array<{name: string; protocol: 'tcp' | 'udp'; bind: string; ports: number[]; sources: string[]}>
 }
 
 export interface KillResult {

@@ -5,7 +5,7 @@
  *
  *   client address ─▶ Backend.pick ─▶ balancer over the servers that are up ─▶ Server | undefined
  */
-import type {BackendConfig, BalanceMethod, HealthConfig, ProxyProtocolVersion, ServerConfig} from '../config/types.js'
+import {DEFAULTS, ORIGINAL_BACKEND, type BackendConfig, type BalanceMethod, type HealthConfig, type ProxyProtocolVersion, type ServerConfig} from '../config/types.js'
 import {formatAddress, type Address} from '../addr/address.js'
 import {createBalancer, type Balancer} from './balancer.js'
 import {realClock, type Clock} from '../clock.js'
@@ -140,4 +140,22 @@ export class Backend {
   private up(): Server[] {
     return (this.upServers ??= this.servers.filter((s) => s.up))
   }
+}
+
+/**
+ * The built-in backend `original` (transparent listeners): no servers of its own; each session's
+ * server is the destination its client dialled (originalServer), so it never falls back and its
+ * connect timeout and keepalive are the defaults; `transparent.source: client` gives its upstream
+ * sockets the device's own address.
+ */
+export function originalBackend(source?: 'client'): Backend {
+  return new Backend({
+    name: ORIGINAL_BACKEND, balance: 'roundrobin', servers: [], fallback: 'reject',
+    connectTimeoutMs: DEFAULTS.connectTimeoutMs, serverTimeoutMs: 0, keepaliveMs: DEFAULTS.keepaliveMs, ...(source ? {source} : {}),
+  })
+}
+
+/** The server of one session of backend `original`: where the client's packets were addressed. */
+export function originalServer(destination: Address): Server {
+  return new Server({address: destination, weight: 1})
 }

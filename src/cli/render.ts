@@ -56,9 +56,11 @@ export function rulesTable(rules: RuleView[], now = Date.now(), width = UNLIMITE
 
 export function sessionsTable(sessions: Array<SessionView & {instance?: string}>, width = UNLIMITED, withInstance = false): string {
   if (sessions.length === 0) return 'no live sessions'
-  const head = ['id', 'proto', 'client', 'listener', 'backend', 'server', 'rule', 'in', 'out', 'age', 'idle', 'taps']
+  // Gateway mode: the destination each client dialled, shown only when some session has one.
+  const dest = sessions.some((s) => s.destination) ? ['destination'] : []
+  const head = ['id', 'proto', 'client', ...dest, 'listener', 'backend', 'server', 'rule', 'in', 'out', 'age', 'idle', 'taps']
   return table(withInstance ? ['instance', ...head] : head, sessions.map((s) => [
-    ...(withInstance ? [s.instance ?? '?'] : []), s.id, s.protocol, s.client, s.listener, s.backend, s.server, s.rule ?? '-',
+    ...(withInstance ? [s.instance ?? '?'] : []), s.id, s.protocol, s.client, ...(dest.length ? [s.destination ?? '-'] : []), s.listener, s.backend, s.server, s.rule ?? '-',
     traffic(s.bytesIn, s.packetsIn), traffic(s.bytesOut, s.packetsOut), formatDuration(s.ageMs), formatDuration(s.idleMs), tapsText(s.taps),
   ]), {width, drop: ['idle', 'proto', 'rule', 'age', 'taps', 'out', 'in', 'server', 'listener']})
 }
@@ -125,7 +127,19 @@ export function statusText(s: StatusView, width = UNLIMITED): string {
   const servers = table(['backend', 'balance', 'server', 'weight', 'health', 'active', 'total', 'last check'], s.backends.flatMap((b) => b.servers.map((srv) => [
     b.name, b.balance, srv.address, srv.weight, srv.up ? 'up' : 'DOWN', srv.active, srv.total, lastCheck(srv.lastCheck),
   ])), {width, drop: ['balance', 'weight', 'total', 'active']})
-  return [head, '', listeners, '', servers].join('\n')
+  return [head, '', listeners, '', servers, ...gatewayText(s, width)].join('\n')
+}
+
+/** Gateway mode: what divert installed and which sources each intercepting listener takes. */
+function gatewayText(s: StatusView, width: number): string[] {
+  const t = s.transparent
+  if (!t) return []
+  const installed = !t.manage ? 'manage: false, the operator installs the rules (README "Gateway mode")'
+    : t.installed ? `installed: nftables table inet ${t.table}, mark 0x${t.mark.toString(16)}, route table ${t.routeTable}` : 'NOT installed'
+  const head = escapeLines([`mode: gateway; ${installed}${t.error ? `; last update FAILED: ${t.error}` : ''}`])
+  if (t.listeners.length === 0) return ['', head]
+  const rows = t.listeners.map((l) => [l.name, l.protocol, l.protocol === 'udp' ? l.bind : l.ports.join(', '), l.sources.length ? l.sources.join(', ') : 'none (nobody is intercepted)'])
+  return ['', head, table(['intercepting listener', 'proto', 'ports', 'intercepted sources'], rows, {width, drop: ['proto']})]
 }
 
 function lastCheck(c?: {ok: boolean; at: number | string; error?: string} | null): string {

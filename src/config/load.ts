@@ -12,7 +12,7 @@ import {dirname, resolve} from 'node:path'
 import {isAlias, isMap, isScalar, isSeq, LineCounter, parseDocument, visit, type Alias, type Document, type Pair, type YAMLError, type YAMLMap} from 'yaml'
 import {DivertError} from '../errors.js'
 import {configSchema, crossCheck, formatPath, issuesToProblems, knownNames, type ConfigPath, type RawConfig, type SchemaProblem} from './schema.js'
-import {DEFAULTS, type BackendConfig, type Config, type ListenerConfig, type RuleSpec} from './types.js'
+import {DEFAULTS, type BackendConfig, type Config, type ListenerConfig, type RuleSpec, type TransparentConfig} from './types.js'
 
 const MAX_PROBLEMS = 20
 
@@ -282,6 +282,7 @@ function normalise(raw: RawConfig, file: string): Config {
     mirrorBufferBytes: raw.capture?.mirror_buffer ?? DEFAULTS.mirrorBufferBytes,
     maxConnections: raw.limits?.max_connections ?? 0,
     fastPath: raw.fast_path ?? undefined,
+    transparent: transparentOf(raw.transparent),
   })
 }
 
@@ -305,7 +306,15 @@ function listenerOf(l: RawConfig['listeners'][number]): ListenerConfig {
     clientTimeoutMs: l.timeouts?.client ?? 0,
     keepaliveMs: l.keepalive ?? DEFAULTS.keepaliveMs,
     perSource: {maxConnections: l.per_source?.max_connections ?? 0, ratePerSec: l.per_source?.rate ?? 0},
+    ...(l.transparent ? {transparent: true} : {}),
+    ...(l.intercept ? {intercept: {ports: l.intercept.ports ?? [l.bind.port]}} : {}),
   }
+}
+
+function transparentOf(t: RawConfig['transparent']): TransparentConfig | undefined {
+  const d = DEFAULTS.transparent
+  if (!t) return undefined
+  return {manage: t.manage ?? d.manage, table: t.table ?? d.table, mark: t.mark ?? d.mark, routeTable: t.route_table ?? d.routeTable, ...(t.source ? {source: t.source} : {})}
 }
 
 function ruleOf(r: NonNullable<RawConfig['rules']>[number], fromDir: (p?: string | null) => string | undefined): RuleSpec {

@@ -8,7 +8,7 @@
  */
 import {isIP} from 'node:net'
 import {z} from 'zod'
-import {DEFAULTS} from './types.js'
+import {DEFAULTS, ORIGINAL_BACKEND} from './types.js'
 import {parseDuration} from './duration.js'
 import {formatAddress, parseAddress, type Address} from '../addr/address.js'
 import {formatAddressBytes, addressBytes, normalizeAddress} from '../addr/cidr.js'
@@ -158,7 +158,12 @@ function listenerSchema(known: KnownNames) {
       recv_buffer: size().default(DEFAULTS.udpRecvBufferSize),
     }, 'a mapping like { idle_timeout: 300s, key: address-port, max_flows: 10000 }').optional(),
     keepalive: keepalive().optional(),
+    transparent: z.boolean(expecting('true or false')).default(false),
+    intercept: strictObject({
+      ports: z.array(int(1, 65535, 'a port from 1 to 65535'), expecting('a list of 1 to 64 ports, e.g. [23]')).min(1).max(64).optional(),
+    }, 'a mapping like { ports: [23] }').optional(),
   }, 'a listener: a mapping with name, protocol, bind, backend').superRefine((l, ctx) => {
+    for (const p of transparentProblems(l)) ctx.addIssue({code: 'custom', ...p})
     if (l.protocol === 'tcp' && l.udp !== undefined) {
       ctx.addIssue({code: 'custom', path: ['udp'], message: 'is only allowed on a udp listener; expected protocol: udp, or no udp block'})
     }
@@ -166,6 +171,40 @@ function listenerSchema(known: KnownNames) {
       ctx.addIssue({code: 'custom', path: ['keepalive'], message: 'is TCP keepalive, only allowed on a tcp listener; expected protocol: tcp, or no keepalive'})
     }
   })
+}
+
+/**
+ * Gateway mode's constraints on one listener. A transparent UDP listener stands in for one server
+ * (its bind): Node's dgram cannot read a datagram's original destination (IP_RECVORIGDSTADDR, ip(7)),
+ * so the only destination a UDP listener can know is the address its own socket is bound to.
+ */
+function transparentProblems(l: {protocol: string; bind: Address; backend: string; transparent: boolean; intercept?: {ports?: number[]}}): Array<{path: string[]; message: string}> {
+  const out: Array<{path: string[]; message: string}> = []
+  if (!l.transparent) {
+    if (l.intercept !== undefined) out.push({path: ['intercept'], message: 'needs transparent: true (TPROXY steers intercepted traffic to a transparent listener)'})
+    if (l.backend === ORIGINAL_BACKEND) out.push({path: ['backend'], message: `"${ORIGINAL_BACKEND}" (the destination the client dialled) needs transparent: true; expected another backend, or transparent: true`})
+    return out
+  }
+  if (l.protocol === 'tcp' && l.intercept !== undefined && l.intercept.ports === undefined) out.push({path: ['intercept', 'ports'], message: 'is missing; expected the destination ports to intercept, e.g. [23]'})
+  if (l.protocol !== 'udp') return out
+  if (l.bind.port === 0) out.push({path: ['bind'], message: 'a transparent udp listener binds the address and port of the server it stands in for; port 0 is no server\'s port'})
+  if (/^(0\.0\.0\.0|::)$/.test(l.bind.address)) out.push({path: ['bind'], message: `a transparent udp listener stands in for one server and binds that server's address (Node's dgram cannot read a datagram's original destination); expected e.g. 198.51.100.10:${l.bind.port || 1194}`})
+  const ports = l.intercept?.ports
+  if (ports && (ports.length !== 1 || ports[0] !== l.bind.port)) out.push({path: ['intercept', 'ports'], message: `a transparent udp listener intercepts only the port it stands in for; expected [${l.bind.port}] or no ports`})
+  return out
+}
+
+function transparentSchema() {
+  const d = DEFAULTS.transparent
+  return strictObject({
+    manage: z.boolean(expecting('true or false')).default(d.manage),
+    table: z.string(expecting('an nftables table name of letters, digits and "_"')).regex(/^[A-Za-z][A-Za-z0-9_]{0,31}$/).default(d.table),
+    mark: int(1, 2 ** 32 - 1, 'a firewall mark from 1 to 0xffffffff').default(d.mark),
+    route_table: int(1, 2 ** 32 - 1, 'a routing table number, e.g. 465 (not 253-255: default, main, local)')
+      .refine((n) => n < 253 || n > 255, {message: 'is a table the kernel uses (253 default, 254 main, 255 local); expected another number, e.g. 465'})
+      .default(d.routeTable),
+    source: z.enum(['client'], expecting('client (backend original connects from the device\'s own address)')).optional(),
+  }, 'a mapping like { manage: true }')
 }
 
 function healthSchema() {
@@ -218,8 +257,12 @@ export function configSchema(known: KnownNames) {
     }, 'a mapping like { max_connections: 50000 }').nullish(),
     listeners: z.array(listenerSchema(known), expecting('a list of at least one listener')).min(1),
     backends: z.record(name(), backendSchema(), expecting('a mapping of backend name to backend'))
-      .refine((b) => Object.keys(b).length > 0, {message: 'is empty; expected at least one backend'}),
+      .refine((b) => Object.keys(b).length > 0, {message: 'is empty; expected at least one backend'})
+    .superRefine((b, ctx) => {
+      if (ORIGINAL_BACKEND in b) ctx.addIssue({code: 'custom', path: [ORIGINAL_BACKEND], message: `"${ORIGINAL_BACKEND}" is built in (the destination the client dialled); expected another backend name`})
+    }),
     rules: z.array(configRuleSchema(known), expecting('a list of rules')).nullish(),
+    transparent: transparentSchema().nullish(),
   }, 'a mapping with listeners and backends')
 }
 
@@ -228,10 +271,12 @@ export type RawConfig = z.output<ReturnType<typeof configSchema>>
 /** Reads backend and listener names from the unvalidated document, tolerating any shape. */
 export function knownNames(doc: unknown): KnownNames {
   const root = isRecord(doc) ? doc : {}
-  const backends = isRecord(root.backends) ? Object.keys(root.backends) : []
   const listeners = Array.isArray(root.listeners)
     ? root.listeners.flatMap((l: unknown) => (isRecord(l) && typeof l.name === 'string' ? [l.name] : []))
     : []
+  // `original` is built in where a listener is transparent: the destination the client dialled.
+  const gateway = Array.isArray(root.listeners) && root.listeners.some((l: unknown) => isRecord(l) && l.transparent === true)
+  const backends = [...(isRecord(root.backends) ? Object.keys(root.backends) : []), ...(gateway ? [ORIGINAL_BACKEND] : [])]
   return {backends, listeners}
 }
 

@@ -45,6 +45,32 @@ export interface ListenerConfig {
   perSource: {maxConnections: number; ratePerSec: number}
   /** TCP: keepalive idle time of accepted sockets (0 = off; absent = DEFAULTS.keepaliveMs). */
   keepaliveMs?: number
+  /** The listening socket has IP_TRANSPARENT: it takes TPROXY-steered traffic for any destination. */
+  transparent?: boolean
+  /** Gateway mode: divert steers the sources that have rules, to these ports, into this listener. */
+  intercept?: InterceptConfig
+}
+
+export interface InterceptConfig {
+  /** Destination ports steered here (TCP: any destination; UDP: the listener's own bind, the server it stands in for). */
+  ports: number[]
+}
+
+/** The built-in backend of transparent listeners: the destination the client dialled. */
+export const ORIGINAL_BACKEND = 'original'
+
+/** Top-level `transparent:`: what divert installs in the kernel for transparent listeners. */
+export interface TransparentConfig {
+  /** Install and remove the nftables table and policy route (false: the operator does, README). */
+  manage: boolean
+  /** Name of divert's own nftables table (family inet). */
+  table: string
+  /** The firewall mark (bits) that routes steered and transparent traffic to the local host. */
+  mark: number
+  /** The routing table holding `local 0.0.0.0/0 dev lo` (and `::/0`). */
+  routeTable: number
+  /** The built-in backend `original`'s upstream source: `client` (the device's own address, as a backend's `source`). */
+  source?: 'client'
 }
 
 export interface ServerConfig {
@@ -112,6 +138,8 @@ export interface Config {
   maxConnections: number
   /** `fast_path`: hand untapped TCP sessions to the kernel (src/fastpath), or keep every byte in divert (absent = DEFAULTS.fastPath). */
   fastPath?: 'auto' | 'off'
+  /** Top-level `transparent:`, when the file has it (defaults: DEFAULTS.transparent). */
+  transparent?: TransparentConfig
 }
 
 export const DEFAULTS = {
@@ -125,5 +153,6 @@ export const DEFAULTS = {
   fastPath: 'off' as 'auto' | 'off',
   health: {check: 'tcp' as const, intervalMs: 2_000, timeoutMs: 1_000, rise: 2, fall: 3},
   captureMaxBytes: 100 * 1024 * 1024,
+  transparent: {manage: true, table: 'divert', mark: 0x1d1, routeTable: 465} as TransparentConfig,
   mirrorBufferBytes: 1024 * 1024,
 }

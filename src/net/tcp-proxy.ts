@@ -22,6 +22,7 @@ import {formatAddress, localOf, remoteOf, type Address} from '../addr/address.js
 import {RefusalLog} from './refusals.js'
 import {Admission, type GlobalLimit} from './limits.js'
 import {bytesFrom, type FastPath, type Splice} from '../fastpath/splice.js'
+import {transparentFd} from './transparent.js'
 
 export interface ProxyContext {
   router: Router
@@ -91,7 +92,8 @@ export class TcpProxy {
       }
       this.server.once('error', onError)
       // ipv6Only false: "[::]:port" is dual stack, as DESIGN.md §4 promises.
-      this.server.listen({host: bind.address, port: bind.port, ipv6Only: false, backlog: 1024}, () => {
+      const where = this.config.transparent ? {fd: transparentFd(this.config)} : {host: bind.address, port: bind.port, ipv6Only: false}
+      this.server.listen({...where, backlog: 1024}, () => {
         this.server.off('error', onError)
         resolve()
       })
@@ -116,7 +118,9 @@ export class TcpProxy {
     if (!peer) return void client.destroy()
     const limited = this.admission.admit(peer.address)
     if (limited) return this.refuse(client, peer, limited)
-    const decision = this.ctx.router.decide(this.config, peer.address)
+    // On a transparent listener the local side of the connection is where the client's SYN was addressed.
+    const destination = this.config.transparent ? localOf(client) : undefined
+    const decision = this.ctx.router.decide(this.config, peer.address, destination ? {destination} : undefined)
     if (isRefusal(decision)) {
       this.admission.release(peer.address)
       return this.refuse(client, peer, decision.refused, decision.rule?.id)
@@ -124,7 +128,7 @@ export class TcpProxy {
     if (decision.fallbackFrom) {
       this.ctx.logger.warn({listener: this.config.name, client: formatAddress(peer), rule: decision.rule?.id ?? null, from: decision.fallbackFrom, to: decision.backend.name}, 'backend down: falling back to the default backend')
     }
-    new TcpConnection(this, client, peer, decision)
+    new TcpConnection(this, client, peer, decision, destination)
   }
 
   /**
@@ -176,7 +180,7 @@ class TcpConnection implements SessionTransport, DeadlineWaiter {
   deadlinePrev?: DeadlineWaiter = undefined
   deadlineList?: DeadlineList = undefined
 
-  constructor(private readonly proxy: TcpProxy, readonly client: net.Socket, peer: Address, decision: Decision) {
+  constructor(private readonly proxy: TcpProxy, readonly client: net.Socket, peer: Address, decision: Decision, destination?: Address) {
     const ctx = proxy.context
     const server = (this.server = decision.server)
     server.acquire()
@@ -185,7 +189,7 @@ class TcpConnection implements SessionTransport, DeadlineWaiter {
     const serverPeer = server.address
     this.session = ctx.registry.add({
       protocol: 'tcp', listener: proxy.config.name, client: peer, backend: backend.name, server: serverPeer,
-      rule: decision.rule?.id, transport: this,
+      rule: decision.rule?.id, transport: this, destination,
     })
     const pp = backend.config.proxyProtocol
     // The listener address is a getsockname() away: only a PROXY header or a tap needs it.

@@ -25,6 +25,7 @@ import {RefusalLog} from './refusals.js'
 import {Admission} from './limits.js'
 import type {ProxyContext} from './tcp-proxy.js'
 import {defaultSockets, udpSocket} from './sockets.js'
+import {transparentFd} from './transparent.js'
 
 /** Datagrams held per flow while its upstream socket connects (a few ms); more are dropped. */
 const CONNECT_QUEUE_MAX = 64
@@ -68,7 +69,9 @@ export class UdpProxy {
         reject(new DivertError('LISTEN_FAILED', `listener ${name} cannot bind udp ${formatAddress(bind)}: ${why}`, {cause: error}))
       }
       this.socket.once('error', onError)
-      this.socket.bind({address: bind.address, port: bind.port, exclusive: true}, () => {
+      // A transparent listener binds the address of the server it stands in for (src/net/transparent.ts).
+      const where = this.config.transparent ? {fd: transparentFd(this.config)} : {address: bind.address, port: bind.port}
+      this.socket.bind({...where, exclusive: true}, () => {
         this.socket.off('error', onError)
         this.tuneBuffer()
         resolve()
@@ -148,7 +151,8 @@ export class UdpProxy {
     if (this.flowTotal >= this.config.udp.maxFlows) return this.refuse(peer, `udp.max_flows (${this.config.udp.maxFlows}) reached`)
     const limited = this.admission.admit(address)
     if (limited) return this.refuse(peer, limited)
-    const decision = this.ctx.router.decide(this.config, address)
+    // A transparent UDP listener stands in for the server at its bind: that is where the client sent.
+    const decision = this.ctx.router.decide(this.config, address, this.config.transparent ? {destination: this.config.bind} : undefined)
     if (isRefusal(decision)) {
       this.admission.release(address)
       return this.refuse(peer, decision.refused, decision.rule?.id)
@@ -224,7 +228,7 @@ class UdpFlow implements SessionTransport {
     this.upstream.on('error', () => this.upstreamErrors++)
     this.session = ctx.registry.add({
       protocol: 'udp', listener: proxy.config.name, client: peer, backend: decision.backend.name, server: serverPeer,
-      rule: decision.rule?.id, transport: this,
+      rule: decision.rule?.id, transport: this, destination: proxy.config.transparent ? proxy.config.bind : undefined,
     })
     const local = (this.local = proxy.localPeer() ?? serverPeer)
     const meta: SessionMeta = {id: this.session.id, protocol: 'udp', listener: proxy.config.name, backend: decision.backend.name, rule: decision.rule?.id, client: peer, server: serverPeer, local, startedAt: this.session.startedAt}

@@ -7,7 +7,9 @@
  *
  * Used by the TCP and UDP proxies for new sessions and by `divert explain` (which does not count hits).
  */
-import type {Backend, Server} from '../backends/backend.js'
+import {originalServer, type Backend, type Server} from '../backends/backend.js'
+import {ORIGINAL_BACKEND} from '../config/types.js'
+import type {Address} from '../addr/address.js'
 import type {Rule, RuleTable} from './table.js'
 
 export interface Decision {
@@ -26,6 +28,8 @@ export interface Refusal {
   rule?: Rule
   refused: string
   reasons?: string[]
+  /** Backend `original` was asked for without a destination (explain, or a listener that is not transparent). */
+  needsDestination?: boolean
 }
 
 export interface RouteListener {
@@ -46,7 +50,11 @@ export class Router {
     this.state = state
   }
 
-  decide(listener: RouteListener, address: string, opts: {countHit?: boolean; explain?: boolean} = {}): Decision | Refusal {
+  /**
+   * `destination`: where the client's packets were addressed, known on a transparent listener; the
+   * built-in backend `original` sends the session there.
+   */
+  decide(listener: RouteListener, address: string, opts: {countHit?: boolean; explain?: boolean; destination?: Address} = {}): Decision | Refusal {
     const {rules, backends} = this.state
     const rule = rules.lookup(address, listener.name)
     if (rule && opts.countHit !== false) rule.hits++
@@ -60,6 +68,7 @@ export class Router {
     const backend = backends.get(target)
     if (!backend) return {rule, refused: `backend ${target} does not exist`, reasons}
     reasons?.push(rule?.to ? `rule diverts to backend ${target}` : `listener ${listener.name} default backend is ${target}`)
+    if (target === ORIGINAL_BACKEND) return this.original(backend, rule, taps, reasons, opts.destination)
     const server = backend.pick(address)
     if (server) {
       reasons?.push(`${backend.config.balance} picks server ${server.key}`)
@@ -70,12 +79,26 @@ export class Router {
     if (target === listener.backend) return {rule, refused: `no server of default backend ${target} is up`, reasons}
     if (backend.config.fallback === 'reject') return {rule, refused: `no server of backend ${target} is up and it says fallback: reject`, reasons}
     const fallback = backends.get(listener.backend)
+    if (fallback && listener.backend === ORIGINAL_BACKEND) {
+      const d = this.original(fallback, rule, taps, reasons, opts.destination)
+      return isRefusal(d) ? d : {...d, fallbackFrom: target}
+    }
     const fbServer = fallback?.pick(address)
     if (!fallback || !fbServer) {
       return {rule, refused: `no server of backend ${target} nor of default backend ${listener.backend} is up`, reasons}
     }
     reasons?.push(`fallback: default → backend ${fallback.name}, ${fallback.config.balance} picks server ${fbServer.key}`)
     return {rule, backend: fallback, server: fbServer, ...taps, fallbackFrom: target, reasons}
+  }
+
+  private original(backend: Backend, rule: Rule | undefined, taps: Pick<Decision, 'mirror' | 'record'>, reasons: string[] | undefined, destination?: Address): Decision | Refusal {
+    if (!destination) {
+      reasons?.push('backend original passes each session to the destination its client dialled')
+      return {rule, refused: 'backend original needs the destination the client dialled, which only a transparent listener knows', reasons, needsDestination: true}
+    }
+    const server = originalServer(destination)
+    reasons?.push(`the client dialled ${server.key}`)
+    return {rule, backend, server, ...taps, reasons}
   }
 }
 

@@ -33,8 +33,11 @@ export interface RuleServiceOptions {
   /** The config and backends in force; a reload changes them (inside the queue). */
   config: () => Config
   backends: () => Map<string, Backend>
-  /** Told after every change that is in force, before recordings let go (live sessions' taps follow). */
-  onChange?: () => void
+  /**
+   * Told after every change that is in force, before recordings let go (live sessions' taps follow,
+   * gateway mode's intercepted sources follow); the change completes when its promise settles.
+   */
+  onChange?: () => void | Promise<void>
   /** The daemon's clock, the table's too: the expiry timer fires when the table says a rule expired. */
   clock?: Clock
   /** This instance's fleet name, for the audit lines (known once the config is read). */
@@ -196,7 +199,7 @@ export class RuleService {
     return this.exclusive(async () => {
       const result = await apply()
       this.scheduleExpiry()
-      this.o.onChange?.()
+      await this.o.onChange?.()
       return result
     })
   }
@@ -256,7 +259,7 @@ export class RuleService {
   /** After a change is in force: taps follow, the rules that went let go of their recordings. */
   private async changed(gone: Rule[]): Promise<void> {
     this.scheduleExpiry()
-    this.o.onChange?.()
+    await this.o.onChange?.()
     await this.closeRecordings(gone)
   }
 

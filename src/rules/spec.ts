@@ -16,7 +16,7 @@
  */
 import {z} from 'zod'
 import {DivertError} from '../errors.js'
-import type {Protocol, ProxyProtocolVersion, RuleSpec} from '../config/types.js'
+import {ORIGINAL_BACKEND, type Protocol, type ProxyProtocolVersion, type RuleSpec} from '../config/types.js'
 import {parseDuration} from '../config/duration.js'
 import {describeValue, expecting, formatPath, issuesToProblems, path, ref, scalar, size, strictObject, type SchemaProblem} from '../config/fields.js'
 import {formatPrefix, parseCidr} from '../addr/cidr.js'
@@ -201,7 +201,12 @@ function compact<T extends object>(o: T): T {
 /** What the cross-check needs of a config (Config has it): backends' PROXY version, listeners' protocol. */
 export interface RuleContext {
   backends: ReadonlyMap<string, {proxyProtocol?: ProxyProtocolVersion}>
-  listeners: ReadonlyArray<{name: string; protocol: Protocol}>
+  listeners: ReadonlyArray<{name: string; protocol: Protocol; transparent?: boolean}>
+}
+
+/** A backend the rule may name: one of the config's, or the built-in `original` where a listener is transparent. */
+function knownBackend(name: string, config: RuleContext): boolean {
+  return config.backends.has(name) || (name === ORIGINAL_BACKEND && config.listeners.some((l) => l.transparent === true))
 }
 
 /** Why a rule does not fit a config: a name it lacks, or PROXY v1 to a UDP listener. */
@@ -217,7 +222,7 @@ export type RuleConflict =
  */
 export function ruleConflicts(rule: Pick<RuleSpec, 'to' | 'mirror' | 'listener'>, config: RuleContext): RuleConflict[] {
   const out: RuleConflict[] = [rule.to, rule.mirror]
-    .filter((b): b is string => b !== undefined && !config.backends.has(b))
+    .filter((b): b is string => b !== undefined && !knownBackend(b, config))
     .map((name) => ({kind: 'backend' as const, name}))
   if (rule.listener === undefined) return out
   const listener = config.listeners.find((l) => l.name === rule.listener)

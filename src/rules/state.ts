@@ -18,6 +18,7 @@ import {basename, dirname, join} from 'node:path'
 import {DivertError} from '../errors.js'
 import type {RuleSpec} from '../config/types.js'
 import {parseStoredRules} from './spec.js'
+import {isAlive} from '../sys/pid.js'
 
 export interface StoredRule extends RuleSpec {
   id: string
@@ -173,15 +174,6 @@ export class StateStore implements RuleStore {
   }
 }
 
-function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0)
-    return true
-  } catch (error) {
-    // EPERM: it exists but belongs to someone else — alive.
-    return (error as NodeJS.ErrnoException).code === 'EPERM'
-  }
-}
 
 /** The file's rules, or what is wrong with it: not JSON, not `{"version": 1, "rules": [...]}`, or a rule the rule schema refuses. */
 function validate(text: string): {rules: StoredRule[]; problem?: string} {

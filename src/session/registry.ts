@@ -39,6 +39,8 @@ export interface SessionInit {
   rule?: string
   transport: SessionTransport
   taps?: Tap[]
+  /** Transparent listeners: where the client's packets were addressed (the original destination). */
+  destination?: Address
 }
 
 export interface Session extends SessionInit {
@@ -62,6 +64,8 @@ export interface SessionView {
   backend: string
   server: string
   rule: string | null
+  /** `address:port` the client dialled, on a transparent listener; null elsewhere. */
+  destination?: string | null
   bytesIn: number
   bytesOut: number
   packetsIn?: number
@@ -130,7 +134,7 @@ export class SessionRegistry {
     const session: Session = {
       protocol: init.protocol, listener: init.listener, client: init.client, backend: init.backend, server: init.server,
       rule: init.rule, transport: init.transport, taps: init.taps ?? NO_TAPS, id, startedAt: now, lastIn: now, lastOut: now,
-      seenIn: 0, seenOut: 0, closed: false, totals: this.bucket(init),
+      seenIn: 0, seenOut: 0, closed: false, totals: this.bucket(init), destination: init.destination,
     }
     this.sessions.set(id, session)
     session.totals.sessions++
@@ -171,6 +175,7 @@ export class SessionRegistry {
       server: formatAddress(session.server), bytesIn, bytesOut,
       durationMs, cause,
     }
+    if (session.destination) line.destination = formatAddress(session.destination)
     if (extra) Object.assign(line, extra)
     this.logger.info(line, 'session closed')
   }
@@ -209,7 +214,7 @@ export class SessionRegistry {
     const v: SessionView = {
       id: s.id, protocol: s.protocol, client: formatAddress(s.client), listener: s.listener,
       backend: s.backend, server: formatAddress(s.server), rule: s.rule ?? null,
-      bytesIn: s.transport.bytesIn(), bytesOut: s.transport.bytesOut(), ageMs: now - s.startedAt,
+      destination: s.destination ? formatAddress(s.destination) : null, bytesIn: s.transport.bytesIn(), bytesOut: s.transport.bytesOut(), ageMs: now - s.startedAt,
       idleMs: now - Math.max(s.lastIn, s.lastOut), startedAt: new Date(s.startedAt).toISOString(),
     }
     if (s.transport.packetsIn) v.packetsIn = s.transport.packetsIn()

@@ -116,6 +116,28 @@ export function bindSocket(fd: number, address: string, port: number): void {
   check(`bind ${address.includes(':') ? `[${address}]` : address}:${port}`, libc().bind(fd, addr, addr.length))
 }
 
+/**
+ * A socket bound to `address:port` with IP_TRANSPARENT (ip(7)) / IPV6_TRANSPARENT (ipv6(7)) set
+ * first, so it may bind an address that is not local and, once TPROXY steers packets to it, accept
+ * connections and datagrams addressed to any destination. SO_REUSEADDR as Node sets it on its own
+ * listeners. Needs CAP_NET_ADMIN (or CAP_NET_RAW). Returns the fd for `listen({fd})` or
+ * `bind({fd})`; on failure the fd is closed and the SysError thrown.
+ */
+export function openTransparent(type: typeof SOCK_STREAM | typeof SOCK_DGRAM, address: string, port: number): number {
+  const family = address.includes(':') ? 6 : 4
+  const fd = openSocket(family, type)
+  try {
+    setIntOption(fd, SOL_SOCKET, SO_REUSEADDR, 1)
+    if (family === 6) setIntOption(fd, SOL_IPV6, IPV6_TRANSPARENT, 1, 'setsockopt IPV6_TRANSPARENT')
+    else setIntOption(fd, SOL_IP, IP_TRANSPARENT, 1, 'setsockopt IP_TRANSPARENT')
+    bindSocket(fd, address, port)
+    return fd
+  } catch (error) {
+    closeFd(fd)
+    throw error
+  }
+}
+
 export function closeFd(fd: number): void {
   libc().close(fd)
 }

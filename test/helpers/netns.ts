@@ -9,9 +9,9 @@
  * placed directly in another (ip-link(8) `peer name … netns …`), so no interface appears outside.
  */
 import {execFile, execFileSync, spawn, type ChildProcess} from 'node:child_process'
-import {accessSync, closeSync, constants, openSync} from 'node:fs'
+import {closeSync, openSync} from 'node:fs'
 import {writeFile} from 'node:fs/promises'
-import {delimiter, join} from 'node:path'
+import {join} from 'node:path'
 import {promisify} from 'node:util'
 
 const execFileP = promisify(execFile)
@@ -38,22 +38,9 @@ export function netnsUnavailableReason(): string | undefined {
   return undefined
 }
 
-/**
- * The full path of an executable on PATH, also looking in the sbin directories a non-login root PATH
- * may lack (Debian puts `ip` and `openvpn` there); undefined when there is none.
- */
-export function whichCommand(name: string): string | undefined {
-  const dirs = [...(process.env.PATH ?? '').split(delimiter).filter(Boolean), '/usr/local/sbin', '/usr/sbin', '/sbin']
-  for (const dir of dirs) {
-    try {
-      accessSync(join(dir, name), constants.X_OK)
-      return join(dir, name)
-    } catch {
-      // not in this directory
-    }
-  }
-  return undefined
-}
+/** The full path of an executable on PATH or in the sbin directories (src/sys/which.ts). */
+export {findCommand as whichCommand} from '../../src/sys/which.js'
+import {findCommand as whichCommand} from '../../src/sys/which.js'
 
 /** One end of a veth link: the namespace it lives in, its name there, and its address in CIDR form. */
 export interface LinkEnd {

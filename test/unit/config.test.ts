@@ -265,11 +265,11 @@ backends:
 listners: []
 `
     const e = invalid(text,
-      /divert\.yaml:5:5: listeners\[0\]\.colour: unknown key "colour"; expected one of: name, protocol, bind, backend, max_connections, timeouts, per_source, udp, keepalive$/m,
+      /divert\.yaml:5:5: listeners\[0\]\.colour: unknown key "colour"; expected one of: name, protocol, bind, backend, max_connections, timeouts, per_source, udp, keepalive, transparent, intercept$/m,
       /divert\.yaml:6:12: listeners\[0\]\.udp\.idle: unknown key "idle"; expected one of: idle_timeout, key, max_flows, recv_buffer$/m,
       /divert\.yaml:10:43: backends\.prod\.servers\[0\]\.wieght: unknown key "wieght" \(did you mean "weight"\?\); expected one of: address, weight$/m,
       /divert\.yaml:11:15: backends\.prod\.health\.intervall: unknown key "intervall" \(did you mean "interval"\?\); expected one of: check, interval, timeout, rise, fall$/m,
-      /divert\.yaml:12:1: listners: unknown key "listners" \(did you mean "listeners"\?\); expected one of: admin, state, fleet, capture, fast_path, limits, listeners, backends, rules$/m,
+      /divert\.yaml:12:1: listners: unknown key "listners" \(did you mean "listeners"\?\); expected one of: admin, state, fleet, capture, fast_path, limits, listeners, backends, rules, transparent$/m,
     )
     assert.equal(problems(e).length, 5, e.message)
   })

@@ -38,7 +38,7 @@ test('issue 11.25: the cli test runs by default and alone with --only cli (no pr
 
 test('issue 14: the fleet test runs by default and alone with --only fleet', () => {
   assert.equal(parse().fleet, true)
-  assert.deepEqual(parse('--only', 'fleet'), {...parse(), only: [], cli: false, fleet: true})
+  assert.deepEqual(parse('--only', 'fleet'), {...parse(), only: [], cli: false, fleet: true, gateway: false})
   assert.equal(parse('--only', 'udp-rate').fleet, false)
   assert.equal(parse('--only', 'cli,fleet').cli, true)
 })
@@ -59,6 +59,6 @@ test('--divert-log-level: info by default (divert as a user runs it); warn or er
 
 test('issue 13: the gateway-mode test runs by default and alone with --only gateway', () => {
   assert.equal(parse().gateway, true)
-  assert.deepEqual(parse('--only', 'gateway'), {...parse(), only: [], cli: false, gateway: true})
+  assert.deepEqual(parse('--only', 'gateway'), {...parse(), only: [], cli: false, fleet: false, gateway: true})
   assert.equal(parse('--only', 'udp-rate').gateway, false)
 })

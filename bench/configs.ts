@@ -31,7 +31,7 @@ const LOOPBACK = '127.0.0.1'
 const UDP_IDLE = '60s'
 const TCP_IDLE_MIN = 10
 
-/** HAProxy (TCP only: HAProxy has no UDP proxy, FIELD-NOTES "Peers' gaps"). One thread for one core. */
+/** HAProxy (TCP only: HAProxy has no UDP proxy, docs/FIELD-NOTES.md "Peers' gaps"). One thread for one core. */
 export function haproxyConfig(ports: ProxyPorts, b: BackendPorts, limits: Limits): string {
   // maxconn bounds concurrent sessions; each needs two fds (client and server), plus a few spare.
   const maxconn = Math.floor((limits.nofile - 100) / 2)
@@ -130,7 +130,7 @@ function divertRules(v: DivertVariant): string[] {
   return rules
 }
 
-/** divert's config (DESIGN.md §4): the same three listeners and backends as the peers. */
+/** divert's config (docs/DESIGN.md §4): the same three listeners and backends as the peers. */
 export function divertConfig(ports: ProxyPorts, b: BackendPorts, dir: string, limits: Limits, v: DivertVariant): string {
   const server = (port: number): string => `{ servers: [ { address: "${LOOPBACK}:${port}" } ], health: { check: none } }`
   const maxFlows = limits.nofile - 500

@@ -444,7 +444,7 @@ static int mode_udp_hold(const struct sockaddr_in *target, long count, long time
   char in[MAX_DGRAM];
   uint64_t deadline = now_ns() + (uint64_t)timeout_ms * 1000000ull;
   /* Open in waves of 500 and wait for each wave: a burst of thousands of new clients overflows the
-   * proxy's receive buffer (FIELD-NOTES, UDP), and this test measures memory, not burst loss. */
+   * proxy's receive buffer (docs/FIELD-NOTES.md, UDP), and this test measures memory, not burst loss. */
   for (long base = 0; base < count && now_ns() < deadline; base += 500) {
     long top = base + 500 < count ? base + 500 : count;
     for (long i = base; i < top; i++) {

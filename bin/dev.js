@@ -1,6 +1,6 @@
 #!/usr/bin/env -S node --loader ts-node/esm --no-warnings=ExperimentalWarning
-// Development launcher: runs the TypeScript sources of commands/ through ts-node (see STYLE.md's
-// pitfalls: tsx 4.23 breaks oclif's dev-mode loader).
+// Development launcher: runs the TypeScript sources of commands/ through ts-node (tsx 4.23
+// breaks oclif's dev-mode loader).
 import {rmSync} from 'node:fs'
 import {execute} from '@oclif/core'
 

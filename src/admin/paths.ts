@@ -1,5 +1,5 @@
 /**
- * Where the admin API lives when nobody says: one rule for the daemon and the CLI (DESIGN.md §3) —
+ * Where the admin API lives when nobody says: one rule for the daemon and the CLI (README "Admin API") —
  * `--admin`, else env DIVERT_ADMIN, else a per-user path in a directory only that user can enter.
  */
 import {mkdirSync, chmodSync} from 'node:fs'

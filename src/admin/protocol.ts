@@ -1,5 +1,5 @@
 /**
- * The admin API's request and response shapes (DESIGN.md §5): shared by the daemon's routes and the
+ * The admin API's request and response shapes (README "Admin API"): shared by the daemon's routes and the
  * CLI's client, so both sides agree on field names (camelCase, stable for scripts).
  */
 import type {RuleView} from '../rules/table.js'

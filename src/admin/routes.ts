@@ -1,5 +1,5 @@
 /**
- * The admin API's routes (DESIGN.md §5): each validates its input and makes one call on Control,
+ * The admin API's routes (README "Admin API"): each validates its input and makes one call on Control,
  * the daemon's facade over its owners (a POST /rules body is the rule schema's to check, in Control). Wrong paths get 404, wrong methods 405 with `Allow`, wrong
  * fields 400 — all as DivertErrors.
  */

@@ -1,5 +1,5 @@
 /**
- * AdminServer: the daemon's HTTP/1.1 + JSON admin API (DESIGN.md §5) on a unix socket created
+ * AdminServer: the daemon's HTTP/1.1 + JSON admin API (README "Admin API") on a unix socket created
  * owner-only (0600), and optionally on TCP where every request needs `Authorization: Bearer TOKEN`.
  * It parses and bounds requests and maps errors to `{error, code, status}`; what each route does
  * lives in routes.ts. Nothing an admin client sends can throw past this file or disturb traffic.

@@ -539,7 +539,7 @@ function answeredBeforeFin(flow: Flow): number {
 /**
  * Holds the client's FIN until the target has sent `expected` bytes, or stayed quiet for waitMs, or
  * ended or failed; stallTimeoutMs at most in all. Servers that drop unsent replies once they read the
- * client's FIN (redis does: FIELD-NOTES) would otherwise cut the answer off when replay runs ahead of
+ * client's FIN (redis does, measured with redis-server 7) would otherwise cut the answer off when replay runs ahead of
  * the recording (--fast, or a server slower than the recorded one).
  */
 async function awaitAnswer(expected: number, ctx: ReplayContext, t: Target): Promise<void> {

@@ -1,5 +1,5 @@
 /**
- * Loading the config file (DESIGN.md §4): YAML text to a normalised Config, or one DivertError that
+ * Loading the config file (README "Config reference"): YAML text to a normalised Config, or one DivertError that
  * lists every problem as `FILE:LINE:COL: path: what is wrong; expected what`.
  *
  *   file → readFile → parseDocument (LineCounter) → toJS → configSchema + crossCheck → normalise → Config

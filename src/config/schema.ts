@@ -1,5 +1,5 @@
 /**
- * The config file's schema (DESIGN.md §4) in zod, plus the checks that span several entries
+ * The config file's schema (README "Config reference") in zod, plus the checks that span several entries
  * (duplicate names and binds, PROXY v1 on UDP). Values come out parsed — durations in ms, sizes in
  * bytes, endpoints, canonical rule sources — but still in the file's snake_case shape; load.ts maps
  * them onto Config and places every problem at a line and column.
@@ -91,7 +91,7 @@ function adminSchema() {
     listen: endpoint('127.0.0.1:7070').optional(),
     token_file: path('the admin bearer token').optional(),
   }, 'a mapping with socket, listen, token_file').superRefine((a, ctx) => {
-    // DESIGN.md §5: a TCP admin listener answers only with a bearer token.
+    // SECURITY.md: a TCP admin listener answers only with a bearer token.
     if (a.listen !== undefined && a.token_file === undefined) {
       ctx.addIssue({code: 'custom', path: ['listen'], message: 'needs admin.token_file (a TCP admin listener requires a bearer token); expected token_file next to listen, or no listen'})
     }

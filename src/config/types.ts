@@ -1,5 +1,5 @@
 /**
- * The validated, normalised configuration (DESIGN.md §4). YAML keys are snake_case; here they are
+ * The validated, normalised configuration (README "Config reference"). YAML keys are snake_case; here they are
  * camelCase, durations are milliseconds, addresses are parsed endpoints, paths are absolute.
  */
 import type {Address} from '../addr/address.js'
@@ -27,7 +27,7 @@ export interface UdpListenerOptions {
   idleTimeoutMs: number
   key: UdpFlowKey
   maxFlows: number
-  /** SO_RCVBUF for the listener socket (FIELD-NOTES: the 208 KiB default overflows under bursts). */
+  /** SO_RCVBUF for the listener socket (the 208 KiB default, net.core.rmem_default, overflows under bursts). */
   recvBufferSize: number
 }
 

@@ -11,7 +11,7 @@ import type {Address} from '../addr/address.js'
 
 export type Connector = (to: Address) => net.Socket
 
-/** TCP_NODELAY from the start: without it small writes meet the 40 ms delayed-ACK stall (FIELD-NOTES). */
+/** TCP_NODELAY from the start: without it small writes meet the 40 ms delayed-ACK stall (RFC 1122 §4.2.3.2 delayed ACK meeting Nagle, RFC 896). */
 export const tcpConnector: Connector = (to) => net.connect({host: to.address, port: to.port, noDelay: true, allowHalfOpen: true})
 
 /** A pending upstream connect, as ConnectDeadlines links it (fields owned by ConnectDeadlines). */

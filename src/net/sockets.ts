@@ -105,7 +105,7 @@ function preparedTcp(to: Address, options: UpstreamOptions, client: Address | un
     sys.closeFd(fd)
     throw error
   }
-  // TCP_NODELAY as tcpConnector sets it: small writes must not wait for delayed ACKs (FIELD-NOTES).
+  // TCP_NODELAY as tcpConnector sets it: small writes must not wait for delayed ACKs (Nagle, RFC 896, meets RFC 1122 delayed ACK).
   return socket.setNoDelay(true).connect({host: to.address, port: to.port})
 }
 

@@ -91,7 +91,7 @@ export class TcpProxy {
         reject(new DivertError('LISTEN_FAILED', `listener ${name} cannot bind ${formatAddress(bind)}: ${describeListenError(error)}`, {cause: error}))
       }
       this.server.once('error', onError)
-      // ipv6Only false: "[::]:port" is dual stack, as DESIGN.md §4 promises.
+      // ipv6Only false: "[::]:port" is dual stack, as the README's config reference promises.
       const where = this.config.transparent ? {fd: transparentFd(this.config)} : {host: bind.address, port: bind.port, ipv6Only: false}
       this.server.listen({...where, backlog: 1024}, () => {
         this.server.off('error', onError)

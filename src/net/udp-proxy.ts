@@ -3,7 +3,7 @@
  * client (address+port, or address only with `udp.key: address`) on this listener; it is decided
  * once, like a TCP connection, and then keeps its server and its own connected upstream socket for
  * its whole life. Replies read on that socket go back to the client from the listener's socket, so
- * the client always hears from the address it sent to (FIELD-NOTES: a proxy that mixes clients or
+ * the client always hears from the address it sent to (measured with OpenVPN, test/e2e/openvpn.test.ts: a proxy that mixes clients or
  * re-creates flows breaks OpenVPN and hides it by "floating").
  *
  *   client ─▶ listener socket ─flow key─▶ UdpFlow ─connected socket─▶ server

@@ -1,7 +1,7 @@
 /**
  * Router: turns (listener, client address) into a decision for one new session — the rule that
  * matched, the backend and server it goes to, and the taps it asks for — applying the fallback
- * policy when every server of a diverted-to backend is down (DESIGN.md §2 "decision").
+ * policy when every server of a diverted-to backend is down (README "Design").
  *
  *   client address ─▶ RuleTable.lookup ─▶ backend.pick (balance, health) ─▶ Decision | Refusal
  *

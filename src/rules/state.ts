@@ -1,6 +1,6 @@
 /**
- * StateStore: runtime rules on disk, so `divert add` survives a restart (HAProxy's runtime ACL
- * changes do not — FIELD-NOTES). Writes are atomic: temp file in the same directory, fsync, rename,
+ * StateStore: runtime rules on disk, so `divert add` survives a restart (HAProxy's runtime `add acl`
+ * changes are lost on reload). Writes are atomic: temp file in the same directory, fsync, rename,
  * fsync of the directory (so the rename itself is durable, see rename(2) and fsync(2) notes on
  * directories). A crash leaves either the old or the new file, never a torn one. Saves are
  * serialised and coalesced: callers await the save that includes their change.

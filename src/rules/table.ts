@@ -1,5 +1,5 @@
 /**
- * RuleTable: the single owner of the runtime rules (STYLE.md §8). Its methods change the rules;
+ * RuleTable: the single owner of the runtime rules (README "Design"). Its methods change the rules;
  * `snapshot()` serves readers; `lookup()` answers, for each new session, which rule a client gets.
  *
  *   client address, listener ─ lookup ─▶ longest prefix → listener-scoped before unscoped → runtime before config

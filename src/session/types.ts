@@ -1,5 +1,5 @@
 /**
- * The session vocabulary shared by the TCP and UDP proxies, the registry and the taps (DESIGN.md §2).
+ * The session vocabulary shared by the TCP and UDP proxies, the registry and the taps (README "Design").
  *
  *   client ⇄ proxy ⇄ server
  *               └─ taps observe (registry counters, mirror, recorder); a tap never slows the session

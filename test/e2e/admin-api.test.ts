@@ -1,5 +1,5 @@
 /**
- * The admin API (DESIGN.md §5) against a spawned daemon: /metrics after known traffic, a burst of
+ * The admin API (docs/DESIGN.md §5) against a spawned daemon: /metrics after known traffic, a burst of
  * malformed requests straight at the unix socket while a stream runs through the proxy, the socket's
  * owner-only mode (and a non-owner refused), and the TCP admin listener's bearer token.
  */

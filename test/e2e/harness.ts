@@ -1,7 +1,7 @@
 /**
  * What the runtime-control e2e tests share: named loopback echo backends, a config written into a
  * fresh temp dir, the daemon spawned as a user would (`divert start`), the CLI pointed at its admin
- * socket, raw HTTP to that socket, and assertions on the CLI's error contract (DESIGN.md §3).
+ * socket, raw HTTP to that socket, and assertions on the CLI's error contract (docs/DESIGN.md §3).
  *
  *   test ─ cli(args) ─spawn bin/run.js … --admin SOCK─▶ daemon ─▶ echo backends (prod, staging, debug)
  */

@@ -6,7 +6,7 @@
  *
  * Every address, tun device and route lives in network namespaces this test creates and deletes; mid
  * does not forward IP, so the only path from a client to a server is through divert. Proof comes from
- * the servers' side (FIELD-NOTES.md: OpenVPN 2.6 floats authenticated clients, so a working tunnel
+ * the servers' side (docs/FIELD-NOTES.md: OpenVPN 2.6 floats authenticated clients, so a working tunnel
  * alone could hide a proxy that splits flows): one connection and one upstream address per client, no
  * "float" lines, and one divert session per client whose counters grow.
  */
@@ -68,7 +68,7 @@ async function startDivert(lab: Lab, ns: string, dir: string): Promise<Divert> {
   const admin = join(dir, 'admin.sock')
   const config = join(dir, 'divert.yaml')
   const server = (port: number) => ({servers: [{address: `${NET.srv}:${port}`}], health: {check: 'none'}})
-  // JSON is valid YAML (DESIGN.md §4).
+  // JSON is valid YAML (docs/DESIGN.md §4).
   await writeFile(config, JSON.stringify({
     state: join(dir, 'divert-state.json'),
     listeners: [{name: 'vpn', protocol: 'udp', bind: `${NET.listener}:1194`, backend: 'vpn1', udp: {idle_timeout: '300s'}}],

@@ -1,7 +1,7 @@
 /**
  * Tap faults: a mirror backend that is down, one that never reads (its buffer fills), a recording
  * on a disk that fills up, and a recording asked for in a read-only directory. A tap never slows or
- * breaks the session it observes (DESIGN.md §2): the client's bytes come back intact while the tap
+ * breaks the session it observes (docs/DESIGN.md §2): the client's bytes come back intact while the tap
  * reports its state in `divert sessions` and a log line with the cause, and the control session
  * through the same daemon notices nothing.
  */

@@ -119,7 +119,7 @@ export async function tsharkFields(file: string, filter: string, fields: string[
 
 /**
  * The bytes of TCP stream `n` as `tshark -z follow,tcp,raw,N` prints them: hex lines flush left for
- * the side that opened the connection (node 0), indented by a tab for the other (FIELD-NOTES "Captures").
+ * the side that opened the connection (node 0), indented by a tab for the other (docs/FIELD-NOTES.md "Captures").
  */
 export async function followTcpRaw(file: string, n: number): Promise<{client: Buffer; server: Buffer; stderr: string}> {
   const r = await tshark(['-r', file, '-q', '-z', `follow,tcp,raw,${n}`])

@@ -6,7 +6,7 @@
  *   openssl → Identity → config file → `openvpn` in a Lab namespace → log lines → ServerLogFacts
  *
  * TLS mode, not static-key: static-key mode serves one peer per port, and a two-client test needs a
- * server that tells its clients apart (FIELD-NOTES.md). Without a CA, `peer-fingerprint` pins each peer's
+ * server that tells its clients apart (docs/FIELD-NOTES.md). Without a CA, `peer-fingerprint` pins each peer's
  * self-signed certificate (openvpn(8) "--peer-fingerprint"; openvpn-examples(5)).
  */
 import {execFile} from 'node:child_process'
@@ -151,7 +151,7 @@ export interface ClientFacts {
 
 /**
  * Reads a server log: for each client CN, its sessions and source addresses. A proxy that splits or
- * re-creates a flow shows as a second address, a "float" line, or a second connection (FIELD-NOTES.md:
+ * re-creates a flow shows as a second address, a "float" line, or a second connection (docs/FIELD-NOTES.md:
  * OpenVPN 2.6 floats authenticated clients, so a working tunnel alone proves nothing).
  */
 export function serverLogFacts(log: string): Map<string, ClientFacts> {

@@ -1,7 +1,7 @@
 /**
  * Loopback test servers and clients: echo backends that say who they are (and which client a PROXY
  * header named), a sink, and clients bound to a chosen loopback source. Every server listens on port
- * 0, tracks its sockets and has an idempotent close (STYLE.md §6).
+ * 0, tracks its sockets and has an idempotent close (docs/STYLE.md §6).
  */
 import net from 'node:net'
 import dgram from 'node:dgram'
@@ -190,7 +190,7 @@ export function closed(socket: net.Socket): Promise<{error?: NodeJS.ErrnoExcepti
 
 /**
  * How a connection ended: by a reset or by a FIN. A Node client cannot tell from 'end' alone: when a
- * reset arrives with data still unread, libuv reports EOF (FIELD-NOTES, Resets). So, as divert does
+ * reset arrives with data still unread, libuv reports EOF (docs/FIELD-NOTES.md, Resets). So, as divert does
  * itself, an empty write follows the EOF: after a FIN it succeeds, after a reset it fails. The socket
  * must be opened with `allowHalfOpen: true`, or Node ends our side before the probe.
  */

@@ -2,7 +2,7 @@
  * Loopback UDP test peers: echo backends that answer `<name>:<payload>` and record every source
  * address:port (and PROXY v2 header) they saw, and clients bound to a chosen loopback source that
  * queue the replies they get with the sender's rinfo. Everything binds port 0, awaits 'listening',
- * and has an idempotent close (STYLE.md §6).
+ * and has an idempotent close (docs/STYLE.md §6).
  *
  *   UdpClient ─datagram─▶ divert ─▶ UdpEcho (records source) ─`name:payload`─▶ divert ─▶ UdpClient
  */

@@ -312,7 +312,7 @@ backends: { b: { servers: [ { address: "${slow.address}" } ] } }
 
 /**
  * A Python peer on both ends, reading with plain blocking recv(): a Node client that paused reading
- * may see 'end' after an RST on loopback, Python's recv() raises ConnectionResetError (FIELD-NOTES).
+ * may see 'end' after an RST on loopback, Python's recv() raises ConnectionResetError (docs/FIELD-NOTES.md).
  * Per session: the client sends one byte the server reads (the session is wired), then the `resets`
  * side sends up to 3 MiB (until its buffers are full) and closes with SO_LINGER 0 (an RST) while the
  * other side has read nothing; then the other side reads to the end. One JSON line per session.

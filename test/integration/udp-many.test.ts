@@ -1,5 +1,5 @@
 /**
- * Many UDP clients at once (FIELD-NOTES: `socat UDP-LISTEN,fork` sent most replies of 500 simultaneous
+ * Many UDP clients at once (docs/FIELD-NOTES.md: `socat UDP-LISTEN,fork` sent most replies of 500 simultaneous
  * clients to the wrong one): 512 sockets on 64 loopback sources, 8 per address, each sending its own id.
  * Every reply must reach the client whose id it carries, and each client must be one flow.
  */

@@ -19,19 +19,12 @@ import {RULE_ID} from './spec.js'
 
 export type RuleOrigin = 'config' | 'runtime'
 
-export interface Rule {
+/** A rule in the table: what was asked (RuleSpec) plus what the table keeps about it. */
+export interface Rule extends RuleSpec {
   id: string
   /** Canonical text of the prefix (formatPrefix). */
   source: string
   prefix: Prefix
-  to?: string
-  mirror?: string
-  record?: string
-  recordMaxBytes?: number
-  listener?: string
-  /** Epoch ms; the rule stops matching at this instant. */
-  expiresAt?: number
-  note?: string
   origin: RuleOrigin
   createdAt: number
   /** Sessions routed by this rule; the router increments it, lookup does not. */

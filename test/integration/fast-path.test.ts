@@ -24,7 +24,7 @@ import {prng} from '../helpers/random.js'
 const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex')
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms))
 
-/** Whether this process may load the program (root or CAP_BPF + CAP_NET_ADMIN, a kernel with sockmap). */
+/** Whether this process may load the program (root or CAP_BPF + CAP_NET_ADMIN + CAP_PERFMON, a kernel with sockmap and BTF). */
 function fastPathProblem(): string | undefined {
   try {
     Sockhash.open(16).close()
@@ -493,6 +493,119 @@ describe('issue 15: a full SOCKHASH', {skip}, () => {
       for (const s of [...clients, ...accepted]) s.destroy()
       server.close()
       fast.close()
+    }
+  })
+})
+
+/**
+ * A cyclic pattern with a period (1 MiB + 7) that no chunk size divides: a byte out of place or a
+ * chunk twice shows as a mismatch at its offset.
+ */
+const PERIOD = 1024 * 1024 + 7
+const block = randomBytes(PERIOD)
+const doubled = Buffer.concat([block, block])
+const patternAt = (offset: number, n: number): Buffer => doubled.subarray(offset % PERIOD, (offset % PERIOD) + n)
+
+/** Writes `total` pattern bytes in 64 KiB writes, honouring back-pressure; `written()` says how far it got. */
+function firehose(s: net.Socket, total: number): {written: () => number; done: Promise<void>} {
+  let at = 0
+  const done = new Promise<void>((resolve) => {
+    const pump = (): void => {
+      while (at < total && !s.destroyed) {
+        const n = Math.min(64 * 1024, total - at)
+        const ok = s.write(patternAt(at, n))
+        at += n
+        if (!ok) return void s.once('drain', pump)
+      }
+      s.end()
+      resolve()
+    }
+    pump()
+  })
+  return {written: () => at, done}
+}
+
+/** Reads and checks pattern bytes; `read()` says how many arrived, `mismatch` where the first wrong one was. */
+function patternReader(s: net.Socket): {read: () => number; mismatch: () => number | undefined; ended: Promise<void>} {
+  let at = 0
+  let bad: number | undefined
+  s.on('data', (c: Buffer) => {
+    for (let i = 0; i < c.length && bad === undefined;) {
+      const n = Math.min(c.length - i, PERIOD)
+      if (!patternAt(at + i, n).equals(c.subarray(i, i + n))) bad = at + i
+      i += n
+    }
+    at += c.length
+  })
+  return {read: () => at, mismatch: () => bad, ended: once(s, 'end').then(() => undefined)}
+}
+
+/** Resolves once `count()` stopped growing (two equal looks 20 ms apart), after it passed zero. */
+async function stalled(count: () => number, what: string): Promise<number> {
+  let last = -1
+  await until(() => {
+    const stable = count() > 0 && count() === last
+    last = count()
+    return stable
+  }, 15_000, what)
+  return last
+}
+
+describe('issue 15: a spliced session whose reader stops', {skip}, () => {
+  const TOTAL = 160 * 1024 * 1024
+  const BOUND = 64 * 1024 * 1024
+
+  test('issue 15: a firehose server behind a spliced session is held back when the client stops reading, then every byte arrives in order', async (t) => {
+    let sending: ReturnType<typeof firehose> | undefined
+    const srv = await startServer('firehose', (socket) => {
+      sending = firehose(socket, TOTAL)
+    })
+    const p = await freePort()
+    const dd = await startInProcess(config(p, {f: srv.address}))
+    try {
+      const c = await connect({port: p})
+      const reader = patternReader(c)
+      await until(async () => (await spliced(dd)) === 1 && reader.read() > 1024 * 1024, 5000, 'the splice')
+      c.pause()
+      const written = await stalled(() => sending?.written() ?? 0, 'the server to be held back')
+      t.diagnostic(`held back after ${written} bytes`)
+      assert.ok(written < BOUND, `the server wrote ${written} bytes into a client that stopped reading`)
+      c.resume()
+      await reader.ended
+      assert.equal(reader.mismatch(), undefined, 'every byte in order')
+      assert.equal(reader.read(), TOTAL)
+      c.destroy()
+    } finally {
+      await dd.stop()
+      await srv.close()
+    }
+  })
+
+  test('issue 15: a firehose client behind a spliced session is held back when the server stops reading, then every byte arrives in order', async (t) => {
+    let reader: ReturnType<typeof patternReader> | undefined
+    let serverSide: net.Socket | undefined
+    const srv = await startServer('sink', (socket) => {
+      serverSide = socket
+      reader = patternReader(socket)
+    })
+    const p = await freePort()
+    const dd = await startInProcess(config(p, {s: srv.address}))
+    try {
+      const c = await connect({port: p, allowHalfOpen: true})
+      const sending = firehose(c, TOTAL)
+      await until(async () => (await spliced(dd)) === 1 && (reader?.read() ?? 0) > 1024 * 1024, 5000, 'the splice')
+      serverSide!.pause()
+      const written = await stalled(sending.written, 'the client to be held back')
+      t.diagnostic(`held back after ${written} bytes`)
+      assert.ok(written < BOUND, `the client wrote ${written} bytes into a server that stopped reading`)
+      serverSide!.resume()
+      await reader!.ended
+      assert.equal(reader!.mismatch(), undefined, 'every byte in order')
+      assert.equal(reader!.read(), TOTAL)
+      c.destroy()
+    } finally {
+      await dd.stop()
+      await srv.close()
     }
   })
 })

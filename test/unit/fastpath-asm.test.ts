@@ -29,11 +29,11 @@ test('issue 15: a jump counts the slots after it up to its label, two-slot loads
   assert.throws(() => assemble([asm.jneImm(0, 0, 'nowhere')]), /no label nowhere/)
 })
 
-test('issue 15: the verdict program ends in exits only and names its three maps', () => {
-  const code = verdictProgram(11, 12, 13)
+test('issue 15: the verdict program ends in exits only and names its three maps (the SOCKHASH twice: the peer socket, the redirect)', () => {
+  const code = verdictProgram(11, 12, 13, 1576)
   const fds = []
   for (let i = 0; i < code.length; i += 8) if (code[i] === 0x18) fds.push(code.readInt32LE(i + 4))
-  assert.deepEqual(fds, [11, 12, 13])
+  assert.deepEqual(fds, [11, 12, 13, 13])
   assert.equal(code[code.length - 8], 0x95, 'the last instruction is exit')
 })
 

@@ -2,7 +2,8 @@
  * The kernel fast path (issue 15) with real loopback sockets and an in-process daemon with
  * `fast_path: auto`: sessions spliced by the BPF sockhash keep every byte in order (many at once, with
  * random chunks and pauses both ways), half-closes, resets, kill, drain, byte counts, and a tap
- * attached mid-stream (the session is taken back from the kernel; the tap sees an exact part).
+ * attached mid-stream (the session is taken back from the kernel; the tap sees an exact part), and
+ * back-pressure when a reader stops after the splice (the kernel stops redirecting, divert takes over).
  * Skipped where the kernel or the privileges do not allow the fast path.
  */
 import {test, before, after, describe} from 'node:test'

@@ -10,12 +10,12 @@
 export type Reg = 0 | 1 | 2 | 3 | 4 | 5 | 6 | 7 | 8 | 9 | 10
 
 // Instruction classes and fields (include/uapi/linux/bpf.h, bpf_common.h).
-const LD = 0x00, LDX = 0x01, STX = 0x03, JMP = 0x05, ALU64 = 0x07
+const LD = 0x00, LDX = 0x01, STX = 0x03, ALU = 0x04, JMP = 0x05, ALU64 = 0x07
 const MEM = 0x60, IMM = 0x00, ATOMIC = 0xc0
 const W = 0x00, DW = 0x18
 const K = 0x00, X = 0x08
-const ADD = 0x00, MOV = 0xb0
-const JEQ = 0x10, JNE = 0x50, CALL = 0x80, EXIT = 0x90
+const ADD = 0x00, SUB = 0x10, OR = 0x40, LSH = 0x60, MOV = 0xb0
+const JEQ = 0x10, JGT = 0x20, JNE = 0x50, CALL = 0x80, EXIT = 0x90
 /** src_reg of a 64-bit immediate load meaning "imm is a map fd" (BPF_PSEUDO_MAP_FD). */
 const PSEUDO_MAP_FD = 1
 
@@ -35,6 +35,12 @@ export const asm = {
   movReg: (dst: Reg, src: Reg): Insn => insn(ALU64 | MOV | X, dst, src, 0, 0),
   movImm: (dst: Reg, imm: number): Insn => insn(ALU64 | MOV | K, dst, 0, 0, imm),
   addImm: (dst: Reg, imm: number): Insn => insn(ALU64 | ADD | K, dst, 0, 0, imm),
+  addReg: (dst: Reg, src: Reg): Insn => insn(ALU64 | ADD | X, dst, src, 0, 0),
+  subReg: (dst: Reg, src: Reg): Insn => insn(ALU64 | SUB | X, dst, src, 0, 0),
+  orReg: (dst: Reg, src: Reg): Insn => insn(ALU64 | OR | X, dst, src, 0, 0),
+  lshImm: (dst: Reg, imm: number): Insn => insn(ALU64 | LSH | K, dst, 0, 0, imm),
+  /** dst = (u32) src: a 32-bit move zero-extends into the upper half. */
+  movReg32: (dst: Reg, src: Reg): Insn => insn(ALU | MOV | X, dst, src, 0, 0),
   /** dst = *(u64 *)(src + off) */
   loadDw: (dst: Reg, src: Reg, off: number): Insn => insn(LDX | MEM | DW, dst, src, off, 0),
   /** dst = *(u32 *)(src + off) */
@@ -47,6 +53,9 @@ export const asm = {
   loadMapFd: (dst: Reg, fd: number): Insn[] => [insn(LD | IMM | DW, dst, PSEUDO_MAP_FD, 0, fd), insn(0, 0, 0, 0, 0)],
   jeqImm: (dst: Reg, imm: number, label: string): Insn => insn(JMP | JEQ | K, dst, 0, 0, imm, label),
   jneImm: (dst: Reg, imm: number, label: string): Insn => insn(JMP | JNE | K, dst, 0, 0, imm, label),
+  /** Unsigned `dst > imm`. */
+  jgtImm: (dst: Reg, imm: number, label: string): Insn => insn(JMP | JGT | K, dst, 0, 0, imm, label),
+  ja: (label: string): Insn => insn(JMP, 0, 0, 0, 0, label),
   call: (helper: number): Insn => insn(JMP | CALL, 0, 0, 0, helper),
   exit: (): Insn => insn(JMP | EXIT, 0, 0, 0, 0),
 }

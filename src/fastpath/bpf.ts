@@ -23,7 +23,7 @@ export const BPF_ANY = 0
 export const BPF_NOEXIST = 1
 
 /** Helper function ids (enum bpf_func_id, the `FN(...)` list in bpf.h). */
-export const HELPER = {mapLookupElem: 1, getSocketCookie: 46, skRedirectHash: 72} as const
+export const HELPER = {mapLookupElem: 1, getSocketCookie: 46, skRedirectHash: 72, skRelease: 86, skcToTcpSock: 137} as const
 
 /** A program the verifier refused: the message carries the tail of its log. */
 export class VerifierError extends Error {

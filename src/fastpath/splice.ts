@@ -4,7 +4,8 @@
  *
  *   TcpConnection ─splice(a, b)─▶ Splice ─┬─ counters (bytes the kernel moved, for `divert sessions`)
  *                                          ├─ whenFlushed (a FIN passes only after the bytes before it)
- *                                          └─ takeBack (a tap attached: bytes go through divert again)
+ *                                          ├─ takeBack (a tap attached: bytes go through divert again)
+ *                                          └─ reclaim (a peer stopped reading: one direction comes back)
  *
  * Ordering: a splice is made in one synchronous step while Node holds no byte of the session (nothing
  * buffered for writing or unread); bytes still in a socket's receive queue then go through the
@@ -41,12 +42,12 @@ export class FastPath {
 
   private constructor(private readonly sockhash: Sockhash, private readonly logger: Logger) {}
 
-  /** Loads the kernel side; without CAP_BPF/CAP_NET_ADMIN or kernel support it logs once and returns undefined. */
+  /** Loads the kernel side; without CAP_BPF/CAP_NET_ADMIN/CAP_PERFMON or kernel support it logs once and returns undefined. */
   static open(logger: Logger, maxSockets?: number): FastPath | undefined {
     try {
       return new FastPath(Sockhash.open(maxSockets), logger)
     } catch (error) {
-      logger.warn({err: error}, 'kernel fast path unavailable (needs CAP_BPF and CAP_NET_ADMIN and a kernel with BPF sockmap): every byte goes through divert')
+      logger.warn({err: error}, 'kernel fast path unavailable (needs CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON and a kernel with BPF sockmap and BTF): every byte goes through divert')
       return undefined
     }
   }
@@ -138,6 +139,8 @@ export class Splice {
   /** Counters of a released splice, kept for the session's last report. */
   private final?: [number, number]
   private frozen?: Map<net.Socket, number>
+  /** Sockets whose bytes go through divert again (reclaim): chunks held until the flush, then none. */
+  private readonly reclaimed = new Map<net.Socket, Buffer[] | undefined>()
 
   constructor(private readonly fast: FastPath, private readonly a: net.Socket, private readonly b: net.Socket, private readonly ca: bigint, private readonly cb: bigint) {}
 
@@ -207,8 +210,7 @@ export class Splice {
     let waiting = 2
     const done = (): void => {
       if (--waiting > 0) return
-      this.a.resume()
-      this.b.resume()
+      for (const s of [this.a, this.b]) if (!this.holding(s)) s.resume()
       then()
     }
     // A verdict that read the peer before unpair() may still add to the counters: look after it ran.
@@ -216,6 +218,35 @@ export class Splice {
       this.whenFlushed(this.a, done)
       this.whenFlushed(this.b, done)
     }, FLUSH_POLL_MS)
+  }
+
+  /** Whether bytes read from `from` go to the peer as they come: its direction was reclaimed and flushed, or the splice is over. */
+  passesThrough(from: net.Socket): boolean {
+    return this.released || (this.reclaimed.has(from) && !this.holding(from))
+  }
+
+  /** Whether chunks of `from` wait for the flush of a reclaim (`from` must stay paused until then). */
+  holding(from: net.Socket): boolean {
+    return this.reclaimed.get(from) !== undefined
+  }
+
+  /**
+   * Bytes of `from` reached divert while spliced: the program stopped redirecting them for good (the
+   * peer's backlog passed PEER_BACKLOG_LIMIT, sockhash.ts), so this direction goes through divert
+   * from here on, under Node's back-pressure. `from` pauses and its chunks wait until the peer's send
+   * queue holds every byte the kernel redirected before them; then `deliver` writes them in order,
+   * and `from` resumes unless `deliver` says the peer is full (its 'drain' resumes it then).
+   */
+  reclaim(from: net.Socket, chunk: Buffer, deliver: (chunks: Buffer[]) => boolean): void {
+    const held = this.reclaimed.get(from)
+    if (held) return void held.push(chunk)
+    const chunks = [chunk]
+    this.reclaimed.set(from, chunks)
+    from.pause()
+    this.whenFlushed(from, () => {
+      this.reclaimed.set(from, undefined)
+      if (deliver(chunks)) from.resume()
+    })
   }
 
   /** The session is over: keep the counters, forget the map entries. */

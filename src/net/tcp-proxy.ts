@@ -367,16 +367,22 @@ function onServerError(this: net.Socket, e: NodeJS.ErrnoException): void {
 }
 
 function onClientData(this: net.Socket, chunk: Buffer): void {
-  const c = owner(this)
-  c.untilSplice -= chunk.length
-  if (!c.upstream.write(chunk)) this.pause()
-  else if (c.untilSplice <= 0) c.trySplice()
+  relay(owner(this), this, owner(this).upstream, chunk)
 }
 
 function onServerData(this: net.Socket, chunk: Buffer): void {
-  const c = owner(this)
+  relay(owner(this), this, owner(this).client, chunk)
+}
+
+/**
+ * An untapped chunk from `from` to `to`. Bytes that reach divert while the session is spliced mean
+ * the kernel stopped redirecting that direction (its peer stopped reading, src/fastpath): the
+ * direction is reclaimed, its chunks written after every byte the kernel moved before them.
+ */
+function relay(c: TcpConnection, from: net.Socket, to: net.Socket, chunk: Buffer): void {
+  if (c.spliced && !c.spliced.passesThrough(from)) return c.spliced.reclaim(from, chunk, (held) => held.reduce((ok, b) => to.write(b) && ok, true))
   c.untilSplice -= chunk.length
-  if (!c.client.write(chunk)) this.pause()
+  if (!to.write(chunk)) from.pause()
   else if (c.untilSplice <= 0) c.trySplice()
 }
 
@@ -396,7 +402,7 @@ function onServerDataTapped(this: net.Socket, chunk: Buffer): void {
 function onDrainResumeOther(this: net.Socket): void {
   const c = owner(this)
   const other = this === c.client ? c.upstream : c.client
-  if (!other.destroyed) other.resume()
+  if (!other.destroyed && !c.spliced?.holding(other)) other.resume()
   if (c.untilSplice <= 0) c.trySplice()
 }
 

@@ -12,7 +12,7 @@
 import {mkdtempSync, rmSync, writeFileSync} from 'node:fs'
 import {tmpdir} from 'node:os'
 import {join} from 'node:path'
-import {Lab, netnsUnavailableReason, whichCommand, type LabProcess} from '../test/helpers/netns.js'
+import {gatewayTopology, Lab, netnsUnavailableReason, whichCommand, type LabProcess} from '../test/helpers/netns.js'
 import {median, pairedRatios} from './stats.js'
 import {DivertError} from '../src/errors.js'
 
@@ -61,22 +61,7 @@ interface World {
 }
 
 async function build(lab: Lab): Promise<World> {
-  const ns = {dev1: await lab.namespace('dev1'), dev2: await lab.namespace('dev2'), gw: await lab.namespace('gw'), srv: await lab.namespace('srv')}
-  const ipIn = (where: string, ...args: string[]): Promise<string> => lab.run(where, 'ip', args)
-  await ipIn(ns.gw, 'link', 'add', 'lan', 'type', 'bridge')
-  await ipIn(ns.gw, 'addr', 'add', `${NET.gw}/24`, 'dev', 'lan')
-  await ipIn(ns.gw, 'link', 'set', 'lan', 'up')
-  for (const [dev, addr] of [['dev1', NET.dev1], ['dev2', NET.dev2]] as const) {
-    await ipIn(ns[dev], 'link', 'add', 'eth0', 'type', 'veth', 'peer', 'name', `p-${dev}`, 'netns', ns.gw)
-    await ipIn(ns.gw, 'link', 'set', `p-${dev}`, 'master', 'lan', 'up')
-    await ipIn(ns[dev], 'addr', 'add', `${addr}/24`, 'dev', 'eth0')
-    await ipIn(ns[dev], 'link', 'set', 'eth0', 'up')
-    await ipIn(ns[dev], 'route', 'add', 'default', 'via', NET.gw)
-  }
-  await lab.link({ns: ns.gw, ifname: 'srv', cidr: `${NET.gwSrv}/24`}, {ns: ns.srv, ifname: 'eth0', cidr: `${NET.srv}/24`})
-  await lab.run(ns.srv, 'ip', ['route', 'add', 'default', 'via', NET.gwSrv])
-  await lab.run(ns.gw, 'sysctl', ['-qw', 'net.ipv4.ip_forward=1'])
-  await lab.run(ns.gw, 'sysctl', ['-qw', 'net.bridge.bridge-nf-call-iptables=0']).catch(() => undefined)
+  const ns = await gatewayTopology(lab, {gwLan: NET.gw, dev1: NET.dev1, dev2: NET.dev2, gwSrv: NET.gwSrv, servers: [NET.srv]})
   const echo = lab.spawn(ns.srv, 'echo', process.execPath, ['-e', ECHO, NET.srv])
   const echoPort = Number((await echo.waitFor(/^port (\d+)$/, {timeoutMs: 10_000}))[1])
   // iperf3 has no port 0: 5201 inside the bench's own namespace cannot collide with anything.

@@ -9,7 +9,7 @@
  * placed directly in another (ip-link(8) `peer name … netns …`), so no interface appears outside.
  */
 import {execFile, execFileSync, spawn, type ChildProcess} from 'node:child_process'
-import {closeSync, openSync} from 'node:fs'
+import {closeSync, existsSync, openSync} from 'node:fs'
 import {writeFile} from 'node:fs/promises'
 import {join} from 'node:path'
 import {promisify} from 'node:util'
@@ -259,4 +259,42 @@ async function ip(args: string[]): Promise<void> {
     const e = err as {stderr?: string; message: string}
     throw new Error(`\`ip ${args.join(' ')}\` failed: ${(e.stderr ?? e.message).trim()}`, {cause: err})
   }
+}
+
+/** Addresses of the gateway topology: the device LAN on a bridge, the server LAN on a veth pair. */
+export interface GatewayNet {
+  gwLan: string
+  dev1: string
+  dev2: string
+  gwSrv: string
+  /** The server namespace's addresses on its LAN; the first is its primary one. */
+  servers: string[]
+}
+
+/**
+ * Two devices on a bridge of the gateway (as on a home or lab router), the gateway forwarding to a
+ * server LAN: dev1, dev2 ─ lan (bridge) ─ gw ─ srv. Default routes go through the gateway both ways.
+ * br_netfilter (when loaded) hands bridged packets to the IP hooks at the bridge, where TPROXY's
+ * socket assignment is lost (README "Gateway mode", limits): the gateway turns that off, per namespace.
+ */
+export async function gatewayTopology(lab: Lab, net: GatewayNet): Promise<{dev1: string; dev2: string; gw: string; srv: string}> {
+  const ns = {dev1: await lab.namespace('dev1'), dev2: await lab.namespace('dev2'), gw: await lab.namespace('gw'), srv: await lab.namespace('srv')}
+  const ipIn = (where: string, ...args: string[]): Promise<string> => lab.run(where, 'ip', args)
+  await ipIn(ns.gw, 'link', 'add', 'lan', 'type', 'bridge')
+  await ipIn(ns.gw, 'addr', 'add', `${net.gwLan}/24`, 'dev', 'lan')
+  await ipIn(ns.gw, 'link', 'set', 'lan', 'up')
+  for (const [dev, addr] of [['dev1', net.dev1], ['dev2', net.dev2]] as const) {
+    await ipIn(ns[dev], 'link', 'add', 'eth0', 'type', 'veth', 'peer', 'name', `p-${dev}`, 'netns', ns.gw)
+    await ipIn(ns.gw, 'link', 'set', `p-${dev}`, 'master', 'lan', 'up')
+    await ipIn(ns[dev], 'addr', 'add', `${addr}/24`, 'dev', 'eth0')
+    await ipIn(ns[dev], 'link', 'set', 'eth0', 'up')
+    await ipIn(ns[dev], 'route', 'add', 'default', 'via', net.gwLan)
+  }
+  const [primary, ...more] = net.servers
+  await lab.link({ns: ns.gw, ifname: 'srv', cidr: `${net.gwSrv}/24`}, {ns: ns.srv, ifname: 'eth0', cidr: `${primary}/24`})
+  for (const a of more) await lab.address(ns.srv, 'eth0', `${a}/24`)
+  await ipIn(ns.srv, 'route', 'add', 'default', 'via', net.gwSrv)
+  await lab.run(ns.gw, 'sysctl', ['-qw', 'net.ipv4.ip_forward=1'])
+  if (existsSync('/proc/sys/net/bridge/bridge-nf-call-iptables')) await lab.run(ns.gw, 'sysctl', ['-qw', 'net.bridge.bridge-nf-call-iptables=0'])
+  return ns
 }

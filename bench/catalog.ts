@@ -14,6 +14,11 @@ export interface MetricDef {
   unit: string
   /** Which direction is good; 'info' metrics get ratios but no judgement. */
   better: 'higher' | 'lower' | 'info'
+  /**
+   * A derived metric: this contender's value of that metric less direct's in the same run (machine
+   * CPU above direct's is what the proxy costs the machine, kernel work on its behalf included).
+   */
+  overDirect?: string
 }
 
 export interface Goal {
@@ -43,6 +48,8 @@ const VS_PEERS_FAST: Array<[Contender, Contender]> = [...VS_PEERS, ['divert-fast
 const VS_NGINX: Array<[Contender, Contender]> = [['divert', 'nginx'], ['divert', 'direct']]
 
 const m = (id: string, label: string, unit: string, better: MetricDef['better']): MetricDef => ({id, label, unit, better})
+/** Machine CPU per unit above direct's in the same run: the proxy's whole cost, in its process or not. */
+const overDirect = (of: string, label: string, unit: string): MetricDef => ({id: `${of}.overDirect`, label, unit, better: 'lower', overDirect: of})
 
 function ratioGoal(metric: string, peer: Contender, op: '>=' | '<=', value: number, subject: Contender = 'divert'): Goal {
   return {metric, subject, peer, op, value, text: `${op === '>=' ? '≥' : '≤'} ${value}× ${peer}`}
@@ -62,6 +69,8 @@ export function catalog(p: Profile): TestDef[] {
       contenders: TCP_CONTENDERS, comparisons: VS_PEERS_FAST,
       metrics: [m('bulk1.gbps', '1 stream', 'Gbit/s', 'higher'), m('bulk1.cpuMsPerGB', '1 stream: proxy CPU', 'ms/GB', 'lower'),
         m('bulk4.gbps', '4 streams', 'Gbit/s', 'higher'), m('bulk4.cpuMsPerGB', '4 streams: proxy CPU', 'ms/GB', 'lower'),
+        m('bulk1.machineMsPerGB', '1 stream: machine CPU', 'ms/GB', 'lower'), overDirect('bulk1.machineMsPerGB', '1 stream: machine CPU above direct', 'ms/GB'),
+        m('bulk4.machineMsPerGB', '4 streams: machine CPU', 'ms/GB', 'lower'), overDirect('bulk4.machineMsPerGB', '4 streams: machine CPU above direct', 'ms/GB'),
         m('bulk1.faultsPerMB', '1 stream: proxy minor page faults', 'per MB', 'lower')],
       goals: [ratioGoal('bulk1.gbps', 'haproxy', '>=', 1.0), ratioGoal('bulk4.gbps', 'haproxy', '>=', 1.0)],
     },
@@ -70,6 +79,7 @@ export function catalog(p: Profile): TestDef[] {
       contenders: TCP_CONTENDERS, comparisons: VS_PEERS_FAST,
       metrics: [m('conn.rate', 'new connections', 'conn/s', 'higher'), m('conn.p50', 'latency p50', 'ms', 'lower'),
         m('conn.p99', 'latency p99', 'ms', 'lower'), m('conn.cpuUs', 'proxy CPU per connection', 'µs', 'lower'),
+        m('conn.machineUs', 'machine CPU per connection', 'µs', 'lower'), overDirect('conn.machineUs', 'machine CPU per connection above direct', 'µs'),
         m('conn.errors', 'socket errors', 'count', 'lower')],
       goals: [ratioGoal('conn.rate', 'haproxy', '>=', 0.8)],
     },
@@ -77,8 +87,12 @@ export function catalog(p: Profile): TestDef[] {
       id: 'keepalive', title: 'Keep-alive HTTP requests (wrk)', how: `wrk -t1 -c1 and -c${p.wrkConnections}, -d${p.wrkSec}s each`,
       contenders: TCP_CONTENDERS, comparisons: VS_PEERS_FAST,
       metrics: [m('ka1.p50', '1 conn: latency p50', 'ms', 'lower'), m('ka1.p99', '1 conn: latency p99', 'ms', 'lower'),
-        m('ka1.cpuUs', '1 conn: proxy CPU per request', 'µs', 'lower'), m('ka32.rps', `${p.wrkConnections} conns: requests`, 'req/s', 'higher'),
-        m('ka32.p99', `${p.wrkConnections} conns: latency p99`, 'ms', 'lower'), m('ka32.cpuUs', `${p.wrkConnections} conns: proxy CPU per request`, 'µs', 'lower')],
+        m('ka1.cpuUs', '1 conn: proxy CPU per request', 'µs', 'lower'), m('ka1.machineUs', '1 conn: machine CPU per request', 'µs', 'lower'),
+        overDirect('ka1.machineUs', '1 conn: machine CPU per request above direct', 'µs'),
+        m('ka32.rps', `${p.wrkConnections} conns: requests`, 'req/s', 'higher'),
+        m('ka32.p99', `${p.wrkConnections} conns: latency p99`, 'ms', 'lower'), m('ka32.cpuUs', `${p.wrkConnections} conns: proxy CPU per request`, 'µs', 'lower'),
+        m('ka32.machineUs', `${p.wrkConnections} conns: machine CPU per request`, 'µs', 'lower'),
+        overDirect('ka32.machineUs', `${p.wrkConnections} conns: machine CPU per request above direct`, 'µs')],
       goals: [ratioGoal('ka1.p50', 'haproxy', '<=', 1.2), ratioGoal('ka1.p99', 'haproxy', '<=', 2), ratioGoal('ka32.rps', 'haproxy', '>=', 0.9)],
     },
     {

@@ -41,6 +41,25 @@ export function parseNofileHard(limits: string): number {
   return m[2] === 'unlimited' ? 1_048_576 : Number(m[2])
 }
 
+/**
+ * Busy CPU time of the whole machine in clock ticks, from the aggregate `cpu` line of /proc/stat
+ * (proc(5)): user + nice + system + irq + softirq + steal (guest time is already inside user). Idle
+ * and iowait are left out. It counts what no process tree shows: softirq work and kernel workers,
+ * such as the sk_psock_backlog kworker that sends the bytes the kernel fast path redirects.
+ */
+export function parseMachineBusy(stat: string): number {
+  const m = /^cpu\s+(.*)$/m.exec(stat)
+  const f = m ? m[1].trim().split(/\s+/).map(Number) : []
+  if (f.length < 8 || f.some((x) => !Number.isFinite(x))) throw new RangeError(`no aggregate cpu line in /proc/stat: ${stat.slice(0, 80)}`)
+  const [user, nice, system, , , irq, softirq, steal] = f
+  return user + nice + system + irq + softirq + steal
+}
+
+/** Busy CPU seconds of the whole machine since boot (parseMachineBusy). */
+export function machineBusySec(): number {
+  return parseMachineBusy(readFileSync('/proc/stat', 'utf8')) / clockTicks()
+}
+
 let clkTck = 0
 /** Clock ticks per second (sysconf(_SC_CLK_TCK)); 100 on every Linux the bench targets. */
 export function clockTicks(): number {

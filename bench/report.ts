@@ -103,9 +103,26 @@ function metricReport(def: TestDef, metric: MetricDef, series: SeriesOf): Metric
   return {metric, byContender, ratios, goals}
 }
 
+/** Adds each derived metric (MetricDef.overDirect) to the samples of one test: value less direct's in the same run. */
+export function withDerived(def: TestDef, samples: Sample[]): Sample[] {
+  const derived = def.metrics.filter((m) => m.overDirect !== undefined)
+  if (derived.length === 0) return samples
+  const direct = new Map(samples.filter((s) => s.contender === 'direct').map((s) => [s.run, s.values]))
+  return samples.map((s) => {
+    const base = direct.get(s.run)
+    if (s.contender === 'direct' || !base) return s
+    const values = {...s.values}
+    for (const m of derived) {
+      const of = m.overDirect as string
+      if (values[of] !== undefined && base[of] !== undefined) values[m.id] = values[of] - base[of]
+    }
+    return {...s, values}
+  })
+}
+
 export function aggregate(defs: TestDef[], samples: Sample[], runs: number): TestReport[] {
   return defs.map((def) => {
-    const mine = samples.filter((s) => s.test === def.id)
+    const mine = withDerived(def, samples.filter((s) => s.test === def.id))
     const series = seriesFor(mine, runs)
     return {
       id: def.id, title: def.title, how: def.how, contenders: def.contenders,

@@ -8,7 +8,7 @@
 import {setTimeout as delay} from 'node:timers/promises'
 import {LOOPBACK, SMALL_FILE, loadSpec, type Lab} from './lab.js'
 import {loadgenLine, loadgenLines, parseIperf, parseWrk, type IperfResult, type UdpFlowsResult, type UdpStep, type WrkResult} from './parse.js'
-import {usage, type Usage} from './procfs.js'
+import {machineBusySec, usage, type Usage} from './procfs.js'
 import {DivertError} from '../src/errors.js'
 
 export interface WrkOptions {
@@ -58,14 +58,19 @@ export async function udpFlows(lab: Lab, port: number, concurrency: number, ms: 
   return loadgenLine<UdpFlowsResult>(r.stdout, 'udp-flows')
 }
 
-/** Proxy CPU seconds spent while fn ran (undefined for direct, which has no proxy). */
-export async function withCpu<T>(pids: () => number[], fn: () => Promise<T>): Promise<{result: T; cpuSec?: number; minorFaults?: number}> {
+/**
+ * CPU spent while fn ran: the proxy's process tree (undefined for direct, which has no proxy), and
+ * the whole machine (load, backends, proxy and the kernel's own workers, for every contender).
+ */
+export async function withCpu<T>(pids: () => number[], fn: () => Promise<T>): Promise<{result: T; cpuSec?: number; minorFaults?: number; machineSec: number}> {
   const before = pids()
   const u0 = before.length ? usage(before) : undefined
+  const m0 = machineBusySec()
   const result = await fn()
-  if (!u0) return {result}
+  const machineSec = machineBusySec() - m0
+  if (!u0) return {result, machineSec}
   const u1 = usage(pids())
-  return {result, cpuSec: u1.cpuSec - u0.cpuSec, minorFaults: u1.minorFaults - u0.minorFaults}
+  return {result, cpuSec: u1.cpuSec - u0.cpuSec, minorFaults: u1.minorFaults - u0.minorFaults, machineSec}
 }
 
 export interface Held {

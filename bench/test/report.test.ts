@@ -56,3 +56,18 @@ test('the table shows medians, spreads, ratios, targets, verdicts and errors', (
   assert.match(text, /divert \(run 2\): slow start/)
   assert.match(renderVerdicts([r]), /MISS tcp-connect new connections: divert\/haproxy 0\.500/)
 })
+
+test('a metric over direct is the contender’s value less direct’s in the same run; direct and unpaired runs have none', () => {
+  const d: TestDef = {...def, contenders: ['direct', 'haproxy', 'divert'], goals: [],
+    metrics: [{id: 'm.us', label: 'machine CPU', unit: 'µs', better: 'lower'}, {id: 'm.us.overDirect', label: 'above direct', unit: 'µs', better: 'lower', overDirect: 'm.us'}]}
+  const samples = [
+    sample('direct', 0, {'m.us': 30}), sample('haproxy', 0, {'m.us': 62}), sample('divert', 0, {'m.us': 50}),
+    sample('haproxy', 1, {'m.us': 70}), sample('divert', 1, {'m.us': 55}),
+  ]
+  const [r] = aggregate([d], samples, 2)
+  const over = r.metrics[1]
+  assert.equal(over.byContender.direct, undefined)
+  assert.deepEqual(over.byContender.haproxy?.values, [32], 'run 1 has no direct to subtract')
+  assert.deepEqual(over.byContender.divert?.values, [20])
+  assert.deepEqual(over.ratios[0].summary?.values, [20 / 32])
+})

@@ -11,14 +11,13 @@ const BTF_MAGIC = 0xeb9f
 const KIND_INT = 1, KIND_ARRAY = 3, KIND_STRUCT = 4, KIND_UNION = 5, KIND_ENUM = 6, KIND_FUNC_PROTO = 13
 const KIND_VAR = 14, KIND_DATASEC = 15, KIND_DECL_TAG = 17, KIND_ENUM64 = 19
 
-interface Member {
-  name: string
-  type: number
-  bitOffset: number
-}
+/** Where a struct or union's members are in the blob: decoded only when looked into. */
 interface Composite {
-  name: string
-  members: Member[]
+  nameOff: number
+  /** Byte offset of its first struct btf_member. */
+  membersAt: number
+  vlen: number
+  bitfields: boolean
 }
 
 /** Bytes of kind-specific data after each 12-byte struct btf_type (include/uapi/linux/btf.h). */
@@ -32,47 +31,54 @@ function extraBytes(kind: number, vlen: number): number {
   }
 }
 
-/** The structs and unions of a BTF blob by type id (only those: nothing else is needed here). */
-function composites(btf: Buffer): Map<number, Composite> {
-  if (btf.readUInt16LE(0) !== BTF_MAGIC) throw new Error('not a little-endian BTF blob')
-  const hdrLen = btf.readUInt32LE(4)
-  const typesAt = hdrLen + btf.readUInt32LE(8), typesEnd = typesAt + btf.readUInt32LE(12)
-  const stringsAt = hdrLen + btf.readUInt32LE(16)
-  const str = (off: number): string => btf.toString('latin1', stringsAt + off, btf.indexOf(0, stringsAt + off))
-  const out = new Map<number, Composite>()
-  for (let at = typesAt, id = 1; at < typesEnd; id++) {
-    const info = btf.readUInt32LE(at + 4)
-    const kind = (info >>> 24) & 0x1f, vlen = info & 0xffff, bitfields = info >>> 31 === 1
-    if (kind === KIND_STRUCT || kind === KIND_UNION) {
-      const members: Member[] = []
-      for (let m = 0; m < vlen; m++) {
-        const p = at + 12 + m * 12, offset = btf.readUInt32LE(p + 8)
-        members.push({name: str(btf.readUInt32LE(p)), type: btf.readUInt32LE(p + 4), bitOffset: bitfields ? offset & 0xffffff : offset})
-      }
-      out.set(id, {name: str(btf.readUInt32LE(at)), members})
-    }
-    at += 12 + extraBytes(kind, vlen)
-  }
-  return out
-}
+/**
+ * The BTF blob and its structs and unions by type id. Types are variable-length records, so every one
+ * is walked once, but nothing is decoded beyond kind and length (vmlinux holds ~100,000 types: decoding
+ * every member name made this 150 ms of divert's start-up).
+ */
+class Btf {
+  readonly composites = new Map<number, Composite>()
+  private readonly stringsAt: number
 
-/** A member's bit offset, looking into anonymous struct and union members as C does. */
-function find(types: Map<number, Composite>, c: Composite, member: string): number | undefined {
-  for (const m of c.members) {
-    if (m.name === member) return m.bitOffset
-    const inner = m.name === '' ? types.get(m.type) : undefined
-    const found = inner && find(types, inner, member)
-    if (found !== undefined) return m.bitOffset + found
+  constructor(private readonly btf: Buffer) {
+    if (btf.readUInt16LE(0) !== BTF_MAGIC) throw new Error('not a little-endian BTF blob')
+    const hdrLen = btf.readUInt32LE(4)
+    const typesAt = hdrLen + btf.readUInt32LE(8), typesEnd = typesAt + btf.readUInt32LE(12)
+    this.stringsAt = hdrLen + btf.readUInt32LE(16)
+    for (let at = typesAt, id = 1; at < typesEnd; id++) {
+      const info = btf.readUInt32LE(at + 4)
+      const kind = (info >>> 24) & 0x1f, vlen = info & 0xffff
+      if (kind === KIND_STRUCT || kind === KIND_UNION) this.composites.set(id, {nameOff: btf.readUInt32LE(at), membersAt: at + 12, vlen, bitfields: info >>> 31 === 1})
+      at += 12 + extraBytes(kind, vlen)
+    }
   }
-  return undefined
+
+  /** Whether the string at `off` is `name`, compared in place. */
+  named(off: number, name: string): boolean {
+    const at = this.stringsAt + off
+    return this.btf.toString('latin1', at, at + name.length) === name && this.btf[at + name.length] === 0
+  }
+
+  /** A member's bit offset, looking into anonymous struct and union members as C does. */
+  find(c: Composite, member: string): number | undefined {
+    for (let m = 0; m < c.vlen; m++) {
+      const p = c.membersAt + m * 12, nameOff = this.btf.readUInt32LE(p), raw = this.btf.readUInt32LE(p + 8)
+      const bitOffset = c.bitfields ? raw & 0xffffff : raw
+      if (this.named(nameOff, member)) return bitOffset
+      const inner = nameOff === 0 ? this.composites.get(this.btf.readUInt32LE(p + 4)) : undefined
+      const found = inner && this.find(inner, member)
+      if (found !== undefined) return bitOffset + found
+    }
+    return undefined
+  }
 }
 
 /** The byte offset of `member` in `struct name` of the running kernel; throws when BTF or the field is missing. */
 export function kernelOffset(struct: string, member: string, path = '/sys/kernel/btf/vmlinux'): number {
-  const types = composites(readFileSync(path))
-  for (const c of types.values()) {
-    if (c.name !== struct) continue
-    const bits = find(types, c, member)
+  const btf = new Btf(readFileSync(path))
+  for (const c of btf.composites.values()) {
+    if (!btf.named(c.nameOff, struct)) continue
+    const bits = btf.find(c, member)
     if (bits === undefined || bits % 8 !== 0) break
     return bits / 8
   }

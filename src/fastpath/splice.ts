@@ -19,8 +19,10 @@ import type {Logger} from 'pino'
 import {Sockhash} from './sockhash.js'
 import {getOption, ioctlInt, IPPROTO_TCP, recvNow, setIntOption, SIOCOUTQ, SOL_SOCKET, SO_RCVLOWAT, TCP_INFO} from '../sys/libc.js'
 
-/** Offset of tcpi_bytes_acked in struct tcp_info (include/uapi/linux/tcp.h). */
-const TCPI_BYTES_ACKED = 120
+/** Offsets in struct tcp_info (include/uapi/linux/tcp.h): tcpi_state (u8) and tcpi_bytes_acked (u64). */
+const TCPI_STATE = 0, TCPI_BYTES_ACKED = 120, TCP_INFO_SIZE = 232
+/** TCP_CLOSE in include/net/tcp_states.h: before divert's own FIN, only a reset puts a socket there. */
+const TCP_CLOSE = 7
 /** How often a FIN or take-back polls the kernel's send queue while it waits: 2 ms, doubling to 100 ms. */
 const FLUSH_POLL_MS = 2
 const FLUSH_POLL_MAX_MS = 100
@@ -56,7 +58,7 @@ export class FastPath {
    * Splices a and b when divert holds none of their bytes; undefined when it still does (try later)
    * or a socket is not open both ways.
    */
-  splice(a: net.Socket, b: net.Socket): Splice | 'later' | undefined {
+  splice(a: net.Socket, b: net.Socket, reset: (s: net.Socket) => void = () => undefined): Splice | 'later' | undefined {
     if (!idle(a) || !idle(b)) return 'later'
     const fa = fdOf(a), fb = fdOf(b)
     if (fa === undefined || fb === undefined) return undefined
@@ -73,7 +75,7 @@ export class FastPath {
     }
     this.spliced++
     this.active++
-    return new Splice(this, a, b, ...cookies)
+    return new Splice(this, a, b, ...cookies, reset)
   }
 
   /** @internal */
@@ -119,9 +121,12 @@ function moveQueued(fd: number, from: net.Socket, to: net.Socket): boolean {
  * Every byte ever queued on a socket for sending: tcpi_bytes_acked (tcp(7) TCP_INFO; RFC 4898
  * tcpEStatsAppHCThruOctetsAcked) plus what is still unacknowledged or unsent (SIOCOUTQ).
  */
-function queuedTotal(fd: number): number {
-  const acked = Number(getOption(fd, IPPROTO_TCP, TCP_INFO, 232, 'getsockopt(TCP_INFO)').readBigUInt64LE(TCPI_BYTES_ACKED))
-  return acked + ioctlInt(fd, SIOCOUTQ, 'ioctl(SIOCOUTQ)')
+function queuedTotal(fd: number, info = tcpInfo(fd)): number {
+  return Number(info.readBigUInt64LE(TCPI_BYTES_ACKED)) + ioctlInt(fd, SIOCOUTQ, 'ioctl(SIOCOUTQ)')
+}
+
+function tcpInfo(fd: number): Buffer {
+  return getOption(fd, IPPROTO_TCP, TCP_INFO, TCP_INFO_SIZE, 'getsockopt(TCP_INFO)')
 }
 
 /** Every byte read from `s`: by Node, by divert itself before a splice, and by the kernel after it. */
@@ -142,7 +147,13 @@ export class Splice {
   /** Sockets whose bytes go through divert again (reclaim): chunks held until the flush, then none. */
   private readonly reclaimed = new Map<net.Socket, Buffer[] | undefined>()
 
-  constructor(private readonly fast: FastPath, private readonly a: net.Socket, private readonly b: net.Socket, private readonly ca: bigint, private readonly cb: bigint) {}
+  /**
+   * `reset` is told when a socket is found reset while the kernel was sending to it: the kernel's
+   * sender (sk_psock_backlog) drops what it cannot send and nothing reaches Node, which no longer
+   * polls a socket it read the end of and does not write itself.
+   */
+  constructor(private readonly fast: FastPath, private readonly a: net.Socket, private readonly b: net.Socket, private readonly ca: bigint, private readonly cb: bigint,
+    private readonly reset: (s: net.Socket) => void = () => undefined) {}
 
   /** Bytes the kernel moved from `from` to its peer. */
   redirected(from: net.Socket): number {
@@ -155,23 +166,30 @@ export class Splice {
    * Calls `then` once the peer of `from` has in its send queue every byte the kernel redirected
    * from `from`: its kernel total (tcpi_bytes_acked + SIOCOUTQ) equals what divert wrote to it plus
    * what was redirected. Polls while bytes are in the psock's backlog (a peer that does not read
-   * keeps them there); stops when a socket closes.
+   * keeps them there); stops when a socket closes, and tells `reset` (instead of `then`) when the
+   * peer was reset: the bytes it waits for will never arrive.
    */
   whenFlushed(from: net.Socket, then: () => void): void {
     const to = from === this.a ? this.b : this.a
     let delay = FLUSH_POLL_MS
     const check = (): void => {
       if (to.destroyed || (from.destroyed && !from.readableEnded)) return
-      if (this.released || this.flushed(from, to)) return then()
+      if (this.released) return then()
+      const state = this.flushed(from, to)
+      if (state === 'reset') return this.reset(to)
+      if (state) return then()
       setTimeout(check, delay).unref()
       delay = Math.min(delay * 2, FLUSH_POLL_MAX_MS)
     }
     check()
   }
 
-  private flushed(from: net.Socket, to: net.Socket): boolean {
+  private flushed(from: net.Socket, to: net.Socket): boolean | 'reset' {
     const fd = fdOf(to)
-    return fd === undefined || queuedTotal(fd) >= to.bytesWritten + this.redirected(from)
+    if (fd === undefined) return true
+    const info = tcpInfo(fd)
+    if (info[TCPI_STATE] === TCP_CLOSE) return 'reset'
+    return queuedTotal(fd, info) >= to.bytesWritten + this.redirected(from)
   }
 
   /**

@@ -214,7 +214,7 @@ class TcpConnection implements SessionTransport, DeadlineWaiter {
     const fast = this.proxy.context.fastPath
     this.untilSplice = Infinity
     if (!fast || this.tap || this.firstFin || this.cause || !this.connected) return
-    const spliced = fast.splice(this.client, this.upstream)
+    const spliced = fast.splice(this.client, this.upstream, (s) => this.peerReset(s))
     if (spliced === 'later') this.untilSplice = SPLICE_RETRY_BYTES
     else this.spliced = spliced
   }
@@ -261,6 +261,12 @@ class TcpConnection implements SessionTransport, DeadlineWaiter {
     const resetCause = side === 'client' ? 'client-reset' : 'server-reset'
     const errorCause = side === 'client' ? 'client-error' : 'server-error'
     this.end(isReset(e) ? resetCause : errorCause, true, `${side} ${e.code ?? e.message}`)
+  }
+
+  /** The kernel found `s` reset while it sent to it (Splice): the same end as a reset Node reports. */
+  peerReset(s: net.Socket): void {
+    const side = s === this.client ? 'client' : 'server'
+    this.end(side === 'client' ? 'client-reset' : 'server-reset', true, `${side} ECONNRESET (seen by the kernel fast path)`)
   }
 
   /** Abortive end: the other side gets a reset, so an error is never mistaken for a clean close. */

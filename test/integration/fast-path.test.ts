@@ -196,6 +196,41 @@ describe('issue 15: kernel fast path', {skip}, () => {
     }
   })
 
+  test('issue 15: a server that half-closes and then closes: what the client sends after the FIN is not swallowed, the client gets the reset, as without the fast path', async () => {
+    for (const mode of ['off', 'auto']) {
+      let server: net.Socket | undefined
+      const srv = await startServer('hc2', (sock) => {
+        server = sock
+        sock.resume()
+      })
+      const p = await freePort()
+      const dd = await startInProcess(config(p, {hc2: srv.address}).replace('fast_path: auto', `fast_path: ${mode}`))
+      try {
+        const c = await connect({port: p, allowHalfOpen: true})
+        const errors: NodeJS.ErrnoException[] = []
+        c.on('error', (e) => errors.push(e))
+        c.write(randomBytes(300 * 1024))
+        if (mode === 'auto') await until(async () => (await spliced(dd)) === 1, 5000, 'the splice')
+        else await until(() => server !== undefined && server.bytesRead === 300 * 1024, 5000, 'the bytes to the server')
+        // The server's FIN, then a full close: data reaching a closed socket is answered with a reset.
+        server!.end()
+        await once(c, 'end')
+        server!.destroy()
+        for (let i = 0; i < 40 && !c.destroyed; i++) {
+          c.write(randomBytes(16 * 1024))
+          await sleep(25)
+        }
+        await until(() => c.destroyed, 5000, `${mode}: the client to see the reset`)
+        assert.ok(errors.some((e) => e.code === 'ECONNRESET' || e.code === 'EPIPE'), `${mode}: the client saw a reset (${errors.map((e) => e.code).join(', ') || 'no error'})`)
+        await until(() => dd.logs.find('session closed').length === 1, 5000, `${mode}: the session closed line`)
+        assert.equal(dd.logs.find('session closed')[0].cause, 'server-reset', mode)
+      } finally {
+        await dd.stop()
+        await srv.close()
+      }
+    }
+  })
+
   test('issue 15: resets both ways reach the other side of a spliced session', async () => {
     const before = await spliced(d)
     // The client resets: the server's socket sees the reset.

@@ -6,12 +6,13 @@ import {watch} from '../src/cli/watch.js'
 import type {FleetSessionsResult, SessionView} from '../src/admin/protocol.js'
 
 export default class Sessions extends DivertCommand {
-  static summary = 'List live TCP connections and UDP flows: client, listener, backend, server, rule, bytes, age, idle; in gateway mode also the destination the client dialled.'
+  static summary = 'List live TCP connections and UDP flows: client, listener, backend, server, rule, bytes, age, idle; in gateway mode also the destination the client dialled; with the kernel fast path a path column (kernel or divert) says whose bytes the kernel moves now (`kernel` in --json).'
   static examples = [
     '<%= config.bin %> sessions',
     '<%= config.bin %> sessions --source 192.168.100.0/24 --backend staging',
     '<%= config.bin %> sessions --watch',
     '<%= config.bin %> sessions --json',
+    '<%= config.bin %> sessions --json | jq \'.[] | select(.kernel) | .id\'   # the sessions the kernel fast path moves now',
     '<%= config.bin %> sessions --fleet --source 192.168.100.7   # every instance sharing the rule store',
     '<%= config.bin %> sessions --fleet --json',
   ]

@@ -5,11 +5,12 @@ import {terminalWidth} from '../src/cli/terminal.js'
 import type {FleetStatusResult, StatusView} from '../src/admin/protocol.js'
 
 export default class Status extends DivertCommand {
-  static summary = 'Show listeners, backends with per-server health, session and byte totals, the rule store, and uptime; in gateway mode what divert installed and the intercepted ports and sources.'
+  static summary = 'Show listeners, backends with per-server health, session and byte totals, the rule store, uptime, and the kernel fast path (active with its session counts, unavailable and why, or off); in gateway mode what divert installed and the intercepted ports and sources.'
   static examples = [
     '<%= config.bin %> status',
     '<%= config.bin %> status --json',
     '<%= config.bin %> status --json | jq .transparent.listeners',
+    '<%= config.bin %> status --json | jq .fastPath   # {"mode":"auto","state":"active","active":3,"spliced":120}',
     '<%= config.bin %> status --fleet   # one line per instance sharing the rule store; unreachable ones too',
   ]
 

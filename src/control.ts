@@ -20,7 +20,7 @@ import type {Control} from './admin/routes.js'
 import type {SessionQuery} from './admin/client.js'
 import type {FleetView} from './fleet/view.js'
 import type {
-  AddRuleResult, BackendView, FleetKillResult, FleetSessionsResult, FleetStatusResult, KeptView, ExplainResult, KillResult, ReloadResult, RemoveRulesResult,
+  AddRuleResult, BackendView, FastPathView, FleetKillResult, FleetSessionsResult, FleetStatusResult, KeptView, ExplainResult, KillResult, ReloadResult, RemoveRulesResult,
   RuleView, SessionView, StatusView, StoreView,
 } from './admin/protocol.js'
 import type {Logger} from 'pino'
@@ -56,6 +56,8 @@ export interface ControlledDaemon {
   readonly instance: string
   readonly fleet?: {readonly view: FleetView}
   storeView(): StoreView
+  /** The kernel fast path: mode, whether it is loaded (or why not), sessions spliced. */
+  fastPathView(): FastPathView
   reload(who: string): Promise<ReloadResult>
   /** Gateway mode: what is to be installed now, and the owner that installs it (absent with manage: false). */
   kernelPlan(): KernelPlan
@@ -85,6 +87,7 @@ export class DaemonControl implements Control {
         bytesOut: sum((c) => c.bytesOut + c.liveBytesOut), rules: this.d.rules.size, refused: [...this.d.refused.values()].reduce((a, b) => a + b, 0),
       },
       ...this.gateway(),
+      fastPath: this.d.fastPathView(),
     }
   }
 

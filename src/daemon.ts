@@ -24,7 +24,7 @@ import {StateStore, type RuleStore} from './rules/state.js'
 import {formatConflicts, ruleConflicts} from './rules/spec.js'
 import {RuleService} from './rules/service.js'
 import type {Fleet} from './fleet/fleet.js'
-import type {StoreView} from './admin/protocol.js'
+import type {FastPathView, StoreView} from './admin/protocol.js'
 import {SessionRegistry, type Session} from './session/registry.js'
 import {TapSet} from './session/fanout.js'
 import type {SessionMeta, Tap} from './session/types.js'
@@ -102,6 +102,8 @@ export class Daemon {
   private drained?: () => void
   /** The kernel fast path, when `fast_path: auto` and the kernel allows it. */
   private fastPath?: FastPath
+  /** Why `fast_path: auto` found no kernel fast path at start, in one line (for `divert status`). */
+  private fastPathUnavailable?: string
   private stopping?: Promise<void>
   private ready = false
 
@@ -161,7 +163,9 @@ export class Daemon {
     checkUpstreamPrivileges(this.config.backends.values())
     this.globalLimit.max = this.config.maxConnections
     // Read at start only: a reload does not load or unload the kernel program.
-    if ((this.config.fastPath ?? DEFAULTS.fastPath) === 'auto') this.fastPath = FastPath.open(this.logger)
+    const fast = (this.config.fastPath ?? DEFAULTS.fastPath) === 'auto' ? FastPath.open(this.logger) : undefined
+    if (fast instanceof FastPath) this.fastPath = fast
+    else this.fastPathUnavailable = fast?.reason
     this.checkFdLimit()
     this.backends = buildBackends(this.config, this.clock)
     this.router.state = {rules: this.rules, backends: this.backends}
@@ -201,6 +205,14 @@ export class Daemon {
     if (this.fleet) return this.fleet.store.view()
     const store = this.ruleService.store
     return store ? {kind: 'file', path: store.path} : {kind: 'none'}
+  }
+
+  /** What `divert status` says about the kernel fast path: the mode read at start, and whether the kernel took it. */
+  fastPathView(): FastPathView {
+    const fast = this.fastPath
+    if (fast) return {mode: 'auto', state: 'active', active: fast.active, spliced: fast.spliced}
+    if (this.fastPathUnavailable !== undefined) return {mode: 'auto', state: 'unavailable', reason: this.fastPathUnavailable}
+    return {mode: 'off', state: 'off'}
   }
 
   /**

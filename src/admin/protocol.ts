@@ -91,7 +91,19 @@ export interface StatusView {
   mode?: 'proxy' | 'gateway'
   /** Gateway mode only: what divert installs and which sources it intercepts where. */
   transparent?: TransparentView | null
+  /** The kernel fast path (README "Kernel fast path"). */
+  fastPath?: FastPathView
 }
+
+/**
+ * The kernel fast path as it runs: `fast_path` as read at start (a reload does not change it) and
+ * whether the kernel program is loaded. `active`: sessions whose bytes the kernel moves now;
+ * `spliced`: sessions handed to it since start. `reason`: why the kernel refused, in one line.
+ */
+export type FastPathView =
+  | {mode: 'auto'; state: 'active'; active: number; spliced: number}
+  | {mode: 'auto'; state: 'unavailable'; reason: string}
+  | {mode: 'off'; state: 'off'}
 
 export interface TransparentView {
   /** divert installs and removes the nftables table and policy route itself. */

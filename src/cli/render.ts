@@ -6,7 +6,7 @@
  */
 import {formatDuration} from '../config/duration.js'
 import type {
-  AddRuleResult, ExplainResult, FleetInstanceView, FleetKillResult, FleetSessionsResult, FleetStatusResult, ReloadResult, RemoveRulesResult, RuleView,
+  AddRuleResult, ExplainResult, FastPathView, FleetInstanceView, FleetKillResult, FleetSessionsResult, FleetStatusResult, ReloadResult, RemoveRulesResult, RuleView,
   SessionView, StatusView, StoreView,
 } from '../admin/protocol.js'
 import {escapeControl} from './escape.js'
@@ -58,11 +58,13 @@ export function sessionsTable(sessions: Array<SessionView & {instance?: string}>
   if (sessions.length === 0) return 'no live sessions'
   // Gateway mode: the destination each client dialled, shown only when some session has one.
   const dest = sessions.some((s) => s.destination) ? ['destination'] : []
-  const head = ['id', 'proto', 'client', ...dest, 'listener', 'backend', 'server', 'rule', 'in', 'out', 'age', 'idle', 'taps']
+  // The kernel fast path: which sessions' bytes the kernel moves, shown only when some session's does.
+  const path = sessions.some((s) => s.kernel) ? ['path'] : []
+  const head = ['id', 'proto', 'client', ...dest, 'listener', 'backend', 'server', 'rule', 'in', 'out', 'age', 'idle', ...path, 'taps']
   return table(withInstance ? ['instance', ...head] : head, sessions.map((s) => [
     ...(withInstance ? [s.instance ?? '?'] : []), s.id, s.protocol, s.client, ...(dest.length ? [s.destination ?? '-'] : []), s.listener, s.backend, s.server, s.rule ?? '-',
-    traffic(s.bytesIn, s.packetsIn), traffic(s.bytesOut, s.packetsOut), formatDuration(s.ageMs), formatDuration(s.idleMs), tapsText(s.taps),
-  ]), {width, drop: ['idle', 'proto', 'rule', 'age', 'taps', 'out', 'in', 'server', 'listener']})
+    traffic(s.bytesIn, s.packetsIn), traffic(s.bytesOut, s.packetsOut), formatDuration(s.ageMs), formatDuration(s.idleMs), ...(path.length ? [s.kernel ? 'kernel' : 'divert'] : []), tapsText(s.taps),
+  ]), {width, drop: ['idle', 'proto', 'rule', 'age', 'taps', 'path', 'out', 'in', 'server', 'listener']})
 }
 
 /** `divert sessions --fleet`: one table with an instance column, then every instance that could not be asked. */
@@ -122,12 +124,20 @@ export function statusText(s: StatusView, width = UNLIMITED): string {
   const head = escapeLines([`divert ${s.version}, pid ${s.pid}, up ${formatDuration(s.uptimeMs)}, config ${s.configFile}`,
     ...(s.store?.kind === 'redis' ? [`instance ${s.instance ?? '?'}, rule store ${storeText(s.store)}`] : []),
     `sessions: ${s.totals.activeSessions} live, ${s.totals.sessions} total, ${s.totals.refused} refused; ` +
-    `bytes in ${formatBytes(s.totals.bytesIn)}, out ${formatBytes(s.totals.bytesOut)}; rules: ${s.totals.rules}`])
+    `bytes in ${formatBytes(s.totals.bytesIn)}, out ${formatBytes(s.totals.bytesOut)}; rules: ${s.totals.rules}`,
+    ...(s.fastPath ? [fastPathText(s.fastPath)] : [])])
   const listeners = table(['listener', 'proto', 'bind', 'default backend', 'sessions'], s.listeners.map((l) => [l.name, l.protocol, l.address || l.bind, l.backend, l.sessions]), {width, drop: ['sessions', 'proto']})
   const servers = table(['backend', 'balance', 'server', 'weight', 'health', 'active', 'total', 'last check'], s.backends.flatMap((b) => b.servers.map((srv) => [
     b.name, b.balance, srv.address, srv.weight, srv.up ? 'up' : 'DOWN', srv.active, srv.total, lastCheck(srv.lastCheck),
   ])), {width, drop: ['balance', 'weight', 'total', 'active']})
   return [head, '', listeners, '', servers, ...gatewayText(s, width)].join('\n')
+}
+
+/** The kernel fast path in one line: on and how much it carries, or why the kernel refused it. */
+export function fastPathText(f: FastPathView): string {
+  if (f.state === 'off') return 'fast path: off (fast_path: off; every byte goes through divert)'
+  if (f.state === 'unavailable') return `fast path: UNAVAILABLE (fast_path: auto, but the kernel refused: ${f.reason}; every byte goes through divert)`
+  return `fast path: active; the kernel moves ${f.active} session${f.active === 1 ? '' : 's'} now, ${f.spliced} since start`
 }
 
 /** Gateway mode: what divert installed and which sources each intercepting listener takes. */

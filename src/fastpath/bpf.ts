@@ -31,6 +31,15 @@ export class VerifierError extends Error {
     super(`BPF_PROG_LOAD refused (${cause.code}): ${log.trim().split('\n').slice(-12).join('\n')}`)
     this.name = 'VerifierError'
   }
+
+  /**
+   * One line: the verifier's complaint, which is the log's last line before its statistics
+   * ("processed N insns …", kernel/bpf/verifier.c print_verification_stats).
+   */
+  get summary(): string {
+    const lines = this.log.trim().split('\n').filter((l) => !/^processed \d+ insns/.test(l))
+    return `BPF_PROG_LOAD refused (${this.cause.code}): ${lines.at(-1) ?? 'no verifier log'}`
+  }
 }
 
 export interface MapSpec {

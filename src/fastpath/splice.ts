@@ -17,6 +17,7 @@
 import type net from 'node:net'
 import type {Logger} from 'pino'
 import {Sockhash} from './sockhash.js'
+import {VerifierError} from './bpf.js'
 import {getOption, ioctlInt, IPPROTO_TCP, recvNow, setIntOption, SIOCOUTQ, SOL_SOCKET, SO_RCVLOWAT, TCP_INFO} from '../sys/libc.js'
 
 /** Offsets in struct tcp_info (include/uapi/linux/tcp.h): tcpi_state (u8) and tcpi_bytes_acked (u64). */
@@ -35,8 +36,13 @@ function fdOf(s: net.Socket): number | undefined {
   return typeof fd === 'number' && fd >= 0 ? fd : undefined
 }
 
+/** `fast_path: auto` found no kernel fast path at start: why, in one line (the kernel's or verifier's words). */
+export interface FastPathUnavailable {
+  reason: string
+}
+
 export class FastPath {
-  /** Sessions handed to the kernel since start, and those handed over now. */
+  /** Sessions handed to the kernel since start, and those whose bytes it moves now (Splice.inKernel). */
   spliced = 0
   active = 0
 
@@ -44,13 +50,16 @@ export class FastPath {
 
   private constructor(private readonly sockhash: Sockhash, private readonly logger: Logger) {}
 
-  /** Loads the kernel side; without CAP_BPF/CAP_NET_ADMIN/CAP_PERFMON or kernel support it logs once and returns undefined. */
-  static open(logger: Logger, maxSockets?: number): FastPath | undefined {
+  /**
+   * Loads the kernel side; without CAP_BPF/CAP_NET_ADMIN/CAP_PERFMON or kernel support it logs once
+   * (the whole error) and returns why, in one line, for `divert status`.
+   */
+  static open(logger: Logger, maxSockets?: number): FastPath | FastPathUnavailable {
     try {
       return new FastPath(Sockhash.open(maxSockets), logger)
     } catch (error) {
       logger.warn({err: error}, 'kernel fast path unavailable (needs CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON and a kernel with BPF sockmap and BTF): every byte goes through divert')
-      return undefined
+      return {reason: oneLine(error)}
     }
   }
 
@@ -86,6 +95,11 @@ export class FastPath {
   close(): void {
     this.sockhash.close()
   }
+}
+
+function oneLine(error: unknown): string {
+  if (error instanceof VerifierError) return error.summary
+  return (error instanceof Error ? error.message : String(error)).split('\n')[0]
 }
 
 /** Bytes divert read from a socket itself (moveQueued), which Node's bytesRead does not count. */
@@ -141,6 +155,8 @@ function idle(s: net.Socket): boolean {
 
 export class Splice {
   private released = false
+  /** The kernel moves none of the session's bytes any more (taken back, both directions reclaimed, or released). */
+  private left = false
   /** Counters of a released splice, kept for the session's last report. */
   private final?: [number, number]
   private frozen?: Map<net.Socket, number>
@@ -225,6 +241,7 @@ export class Splice {
     this.a.pause()
     this.b.pause()
     this.fast.map.unpair(this.ca, this.cb)
+    this.leave()
     let waiting = 2
     const done = (): void => {
       if (--waiting > 0) return
@@ -260,6 +277,7 @@ export class Splice {
     if (held) return void held.push(chunk)
     const chunks = [chunk]
     this.reclaimed.set(from, chunks)
+    if (this.reclaimed.size === 2) this.leave()
     from.pause()
     this.whenFlushed(from, () => {
       this.reclaimed.set(from, undefined)
@@ -267,12 +285,27 @@ export class Splice {
     })
   }
 
+  /**
+   * Whether the kernel moves bytes of this session now, in at least one direction: not after a
+   * take-back (a tap), once both directions were reclaimed, or after the release.
+   */
+  get inKernel(): boolean {
+    return !this.left
+  }
+
+  /** The kernel stopped moving this session's bytes: `fast.active` counts it out, once. */
+  private leave(): void {
+    if (this.left) return
+    this.left = true
+    this.fast.active--
+  }
+
   /** The session is over: keep the counters, forget the map entries. */
   release(): void {
     if (this.released) return
     this.final = [this.redirected(this.a), this.redirected(this.b)]
     this.released = true
-    this.fast.active--
+    this.leave()
     this.fast.map.forget(this.ca)
     this.fast.map.forget(this.cb)
   }

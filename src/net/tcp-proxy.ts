@@ -303,6 +303,10 @@ class TcpConnection implements SessionTransport, DeadlineWaiter {
   kill(cause: CloseCause): void {
     this.end(cause, false)
   }
+
+  kernel(): boolean {
+    return this.spliced?.inKernel ?? false
+  }
 }
 
 /**

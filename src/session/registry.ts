@@ -28,6 +28,8 @@ export interface SessionTransport {
   kill(cause: CloseCause): void
   /** Gives a live session its tap (taps follow rule changes); the proxy feeds it from the next byte. */
   setTap?(tap: Tap): void
+  /** The kernel moves this session's bytes now (TCP with the fast path, src/fastpath). */
+  kernel?(): boolean
 }
 
 export interface SessionInit {
@@ -73,6 +75,8 @@ export interface SessionView {
   ageMs: number
   idleMs: number
   startedAt: string
+  /** The kernel moves this session's bytes now (README "Kernel fast path"); false for every other session. */
+  kernel?: boolean
   taps?: Record<string, unknown>
 }
 
@@ -215,7 +219,7 @@ export class SessionRegistry {
       id: s.id, protocol: s.protocol, client: formatAddress(s.client), listener: s.listener,
       backend: s.backend, server: formatAddress(s.server), rule: s.rule ?? null,
       destination: s.destination ? formatAddress(s.destination) : null, bytesIn: s.transport.bytesIn(), bytesOut: s.transport.bytesOut(), ageMs: now - s.startedAt,
-      idleMs: now - Math.max(s.lastIn, s.lastOut), startedAt: new Date(s.startedAt).toISOString(),
+      idleMs: now - Math.max(s.lastIn, s.lastOut), startedAt: new Date(s.startedAt).toISOString(), kernel: s.transport.kernel?.() ?? false,
     }
     if (s.transport.packetsIn) v.packetsIn = s.transport.packetsIn()
     if (s.transport.packetsOut) v.packetsOut = s.transport.packetsOut()

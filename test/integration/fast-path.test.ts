@@ -13,8 +13,8 @@ import {once} from 'node:events'
 import {createHash, randomBytes} from 'node:crypto'
 import {join} from 'node:path'
 import {writeFileSync} from 'node:fs'
-import {startServer, connect, readBytes, closed, ending, until, freePort, type TestServer} from '../helpers/servers.js'
-import {LogCapture, startInProcess, spawnDaemon, tempDir, type InProcess, type Spawned} from '../helpers/daemon.js'
+import {startServer, connect, readBytes, closed, ending, until, freePort, type ClientOpts, type TestServer} from '../helpers/servers.js'
+import {LogCapture, runCli, startInProcess, spawnDaemon, tempDir, type InProcess, type Spawned} from '../helpers/daemon.js'
 import {flowsOf, hasCommand, sideBytes} from '../helpers/capture.js'
 import {adminOf, metric, metrics} from '../faults/kit.js'
 import {Sockhash} from '../../src/fastpath/sockhash.js'
@@ -107,6 +107,20 @@ ${extra}`
 
 async function spliced(d: InProcess): Promise<number> {
   return metric(await metrics(d), 'divert_fastpath_sessions_total')
+}
+
+/**
+ * A session to the echo backend that moved `size` bytes each way and was spliced: a socket of `d`'s
+ * next splice. The echo server answers "echo\n" first.
+ */
+async function splicedSession(d: InProcess, opts: ClientOpts, size: number): Promise<{c: net.Socket; bulk: Buffer}> {
+  const before = await spliced(d)
+  const c = await connect(opts)
+  const bulk = randomBytes(size)
+  c.write(bulk)
+  await readBytes(c, 5 + bulk.length)
+  await until(async () => (await spliced(d)) === before + 1, 5000, 'the splice')
+  return {c, bulk}
 }
 
 /** One client session against the exchange server: sends `size` bytes (id first) while reading. */
@@ -232,34 +246,21 @@ describe('issue 15: kernel fast path', {skip}, () => {
   })
 
   test('issue 15: resets both ways reach the other side of a spliced session', async () => {
-    const before = await spliced(d)
     // The client resets: the server's socket sees the reset.
-    const c1 = await connect({port, localAddress: '127.0.0.22'})
-    const bulk = randomBytes(200 * 1024)
-    c1.write(bulk)
-    await readBytes(c1, 5 + bulk.length)
-    await until(async () => (await spliced(d)) === before + 1, 5000, 'the splice')
+    const {c: c1} = await splicedSession(d, {port, localAddress: '127.0.0.22'}, 200 * 1024)
     const serverSide = [...echo.sockets].at(-1)!
     const seen = closed(serverSide)
     c1.resetAndDestroy()
     assert.equal((await seen).error?.code, 'ECONNRESET', 'the server saw a reset')
     // The server resets: the client sees the reset.
-    const c2 = await connect({port, localAddress: '127.0.0.22', allowHalfOpen: true})
-    c2.write(bulk)
-    await readBytes(c2, 5 + bulk.length)
-    await until(async () => (await spliced(d)) === before + 2, 5000, 'the splice')
+    const {c: c2} = await splicedSession(d, {port, localAddress: '127.0.0.22', allowHalfOpen: true}, 200 * 1024)
     const end = ending(c2)
     ;[...echo.sockets].at(-1)!.resetAndDestroy()
     assert.equal((await end).reset, true, 'the client saw a reset, not a FIN')
   })
 
   test('issue 15: kill closes a spliced session and `divert sessions` counts its bytes', async () => {
-    const before = await spliced(d)
-    const c = await connect({port, localAddress: '127.0.0.23'})
-    const bulk = randomBytes(300 * 1024)
-    c.write(bulk)
-    await readBytes(c, 5 + bulk.length)
-    await until(async () => (await spliced(d)) === before + 1, 5000, 'the splice')
+    const {c, bulk} = await splicedSession(d, {port, localAddress: '127.0.0.23'}, 300 * 1024)
     const admin = adminOf(d)
     try {
       const [view] = await admin.sessions({source: '127.0.0.23'})
@@ -270,6 +271,35 @@ describe('issue 15: kernel fast path', {skip}, () => {
       await shut
     } finally {
       await admin.close()
+    }
+  })
+
+  test('issue 15: `divert status` says the fast path is active and how many sessions it moves; `divert sessions` marks the spliced session', async () => {
+    const {c: big} = await splicedSession(d, {port, localAddress: '127.0.0.25'}, 300 * 1024)
+    const total = await spliced(d)
+    const small = await connect({port, localAddress: '127.0.0.26'})
+    small.write('hi')
+    await readBytes(small, 5 + 2)
+    try {
+      const cli = (...args: string[]): ReturnType<typeof runCli> => runCli([...args, '--admin', d.admin])
+      const [statusJson, sessionsJson, statusText, sessionsText] = await Promise.all([
+        cli('status', '--json'), cli('sessions', '--json'), cli('status'), cli('sessions', '--source', '127.0.0.25/32'),
+      ])
+      for (const r of [statusJson, sessionsJson, statusText, sessionsText]) assert.equal(r.code, 0, r.stderr)
+      const fast = statusJson.json().fastPath
+      assert.equal(fast.mode, 'auto')
+      assert.equal(fast.state, 'active')
+      assert.ok(fast.active >= 1, `sessions in the kernel now: ${fast.active}`)
+      assert.equal(fast.spliced, total, 'spliced since start = divert_fastpath_sessions_total')
+      const kernelOf = (ip: string): unknown => sessionsJson.json().find((v: {client: string}) => v.client.startsWith(`${ip}:`))?.kernel
+      assert.equal(kernelOf('127.0.0.25'), true, 'the spliced session is marked')
+      assert.equal(kernelOf('127.0.0.26'), false, 'a session below the threshold goes through divert')
+      assert.match(statusText.stdout, /^fast path: active; the kernel moves \d+ sessions? now, \d+ since start$/m)
+      assert.match(sessionsText.stdout, /│ path +│/)
+      assert.match(sessionsText.stdout, /│ kernel │/)
+    } finally {
+      big.destroy()
+      small.destroy()
     }
   })
 
@@ -291,7 +321,13 @@ describe('issue 15: kernel fast path', {skip}, () => {
     await until(async () => (await spliced(d)) === before + 1, 5000, 'the splice')
     const admin = adminOf(d)
     try {
+      const kernel = async (): Promise<boolean | undefined> => (await admin.sessions({source: '127.0.0.24'}))[0]?.kernel
+      assert.equal(await kernel(), true)
+      const movedNow = async (): Promise<number> => metric(await metrics(d), 'divert_fastpath_sessions')
+      const inKernel = await movedNow()
       const added = await admin.addRule({source: '127.0.0.24', to: 'echo', mirror: 'm', record: file})
+      assert.equal(await kernel(), false, 'taken back: `divert sessions` no longer marks it')
+      assert.equal(await movedNow(), inKernel - 1, 'nor does divert_fastpath_sessions count it')
       for (let i = 0; i < 8; i++) await send(16 * 1024 + i)
       await until(() => mirrored.reduce((n, b) => n + b.length, 0) >= 8 * 16 * 1024, 5000, 'the mirror to see the bytes sent after the tap')
       await admin.removeRule(added.rule.id)
@@ -469,9 +505,9 @@ describe('issue 15: integrity through a daemon process with the fast path', {ski
 
 describe('issue 15: without the privileges', {skip: skip ?? (hasCommand('capsh') ? undefined : 'capsh is not installed')}, () => {
   const cases = [
-    {title: 'issue 15: without CAP_BPF/CAP_NET_ADMIN divert logs once at start and proxies as before', drop: 'cap_bpf,cap_sys_admin,cap_net_admin,cap_perfmon', why: /EPERM/},
+    {title: 'issue 15: without CAP_BPF/CAP_NET_ADMIN divert logs once at start and proxies as before; `divert status` says unavailable and why', drop: 'cap_bpf,cap_sys_admin,cap_net_admin,cap_perfmon', why: /EPERM/},
     // The bound on what the kernel queues needs bpf_skc_to_tcp_sock: no fast path rather than an unbounded one.
-    {title: 'issue 15: without CAP_PERFMON (the back-pressure bound cannot be loaded) divert logs once at start and proxies as before', drop: 'cap_sys_admin,cap_perfmon', why: /bpf_skc_to_tcp_sock/},
+    {title: 'issue 15: without CAP_PERFMON (the back-pressure bound cannot be loaded) divert logs once at start and proxies as before; `divert status` says unavailable and why', drop: 'cap_sys_admin,cap_perfmon', why: /bpf_skc_to_tcp_sock/},
   ]
   for (const {title, drop, why} of cases) {
     test(title, async () => {
@@ -494,6 +530,13 @@ describe('issue 15: without the privileges', {skip: skip ?? (hasCommand('capsh')
         assert.equal(sha((await reading).subarray(5)), sha(data))
         c.destroy()
         assert.equal(metric(await metrics({admin: daemon.admin} as InProcess), 'divert_fastpath_sessions_total'), 0)
+        const [json, text] = await Promise.all([runCli(['status', '--json', '--admin', daemon.admin]), runCli(['status', '--admin', daemon.admin])])
+        assert.equal(json.code, 0, json.stderr)
+        const fast = json.json().fastPath
+        assert.deepEqual([fast.mode, fast.state], ['auto', 'unavailable'])
+        assert.match(fast.reason, why)
+        assert.doesNotMatch(fast.reason, /\n/, 'the reason is one line')
+        assert.match(text.stdout, /^fast path: UNAVAILABLE \(fast_path: auto, but the kernel refused: .+; every byte goes through divert\)$/m)
       } finally {
         await daemon.stop()
         await srv.close()
@@ -503,10 +546,35 @@ describe('issue 15: without the privileges', {skip: skip ?? (hasCommand('capsh')
   }
 })
 
+// Needs no privileges: `off` never asks the kernel.
+describe('issue 15: fast_path: off', () => {
+  test('issue 15: with fast_path: off `divert status` says off and `divert sessions` marks no session', async () => {
+    const srv = await startServer('echo')
+    const p = await freePort()
+    const d = await startInProcess(config(p, {echo: srv.address}).replace('fast_path: auto', 'fast_path: off'))
+    const c = await connect({port: p})
+    try {
+      const data = randomBytes(512 * 1024)
+      const reading = readBytes(c, 5 + data.length)
+      c.write(data)
+      await reading
+      const [status, sessions, text] = await Promise.all(['status --json', 'sessions --json', 'status'].map((a) => runCli([...a.split(' '), '--admin', d.admin])))
+      assert.deepEqual(status.json().fastPath, {mode: 'off', state: 'off'})
+      assert.deepEqual(sessions.json().map((v: {kernel: boolean}) => v.kernel), [false])
+      assert.match(text.stdout, /^fast path: off /m)
+    } finally {
+      c.destroy()
+      await d.stop()
+      await srv.close()
+    }
+  })
+})
+
 describe('issue 15: a full SOCKHASH', {skip}, () => {
   test('issue 15: when the map is full a session stays with divert; one warning, nothing left in the maps', async () => {
     const logs = new LogCapture()
-    const fast = FastPath.open(pino(logs.stream), 2)!
+    const fast = FastPath.open(pino(logs.stream), 2)
+    assert.ok(fast instanceof FastPath, 'the kernel side loads')
     const server = net.createServer()
     server.listen(0, '127.0.0.1')
     await once(server, 'listening')

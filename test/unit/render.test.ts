@@ -168,3 +168,28 @@ test('issue 14: fleet views have an instance column, list unreachable instances,
   assert.match(statusText({...status(), instance: 'edge-1', store: redis}), /instance edge-1, rule store redis:\/\/10\.0\.0\.5:6379\/0 DISCONNECTED/)
   assert.doesNotMatch(statusText({...status(), store: {kind: 'file', path: '/x'}}), /rule store/, 'the state-file status reads as before')
 })
+
+test('issue 15: status shows the fast path in one line (active, unavailable with the kernel\'s reason escaped, off); sessions mark what the kernel moves and still fit', () => {
+  const line = (fastPath: StatusView['fastPath']): string[] => statusText({...status(), fastPath}).split('\n').filter((l) => l.startsWith('fast path:'))
+  assert.deepEqual(line({mode: 'auto', state: 'active', active: 3, spliced: 120}), ['fast path: active; the kernel moves 3 sessions now, 120 since start'])
+  assert.deepEqual(line({mode: 'auto', state: 'active', active: 1, spliced: 1}), ['fast path: active; the kernel moves 1 session now, 1 since start'])
+  assert.deepEqual(line({mode: 'off', state: 'off'}), ['fast path: off (fast_path: off; every byte goes through divert)'])
+  const [unavailable] = line({mode: 'auto', state: 'unavailable', reason: `bpf(BPF_MAP_CREATE divert_socks): EPERM ${HOSTILE}`})
+  assert.match(unavailable, /^fast path: UNAVAILABLE \(fast_path: auto, but the kernel refused: bpf\(BPF_MAP_CREATE divert_socks\): EPERM evil\\x1b\[2J.*; every byte goes through divert\)$/)
+  assert.doesNotMatch(unavailable, RAW)
+  assert.deepEqual(line(undefined), [], 'an instance that does not report it (an older one in a fleet): no line')
+
+  const spliced = session({id: 't1', taps: undefined, kernel: true})
+  const plain = session({id: 't2', kernel: false})
+  const wide = sessionsTable([spliced, plain])
+  assert.match(wide.split('\n')[1], /│ idle +│ path +│ taps/)
+  assert.match(wide.split('\n').find((l) => l.includes('t1 '))!, /│ kernel │/)
+  assert.match(wide.split('\n').find((l) => l.includes('t2 '))!, /│ divert │/)
+  assert.doesNotMatch(sessionsTable([plain]), /path/, 'no column while no session is in the kernel')
+  for (const width of [80, 120]) {
+    const text = sessionsTable([spliced, plain], width)
+    assert.deepEqual(text.split('\n').filter((l) => [...l].length > width), [], `${width} columns:\n${text}`)
+    assert.ok(text.includes('t1') && text.includes('t2'))
+  }
+  assert.match(sessionsTable([spliced, plain], 120), /kernel/, 'at 120 columns the marker stays')
+})

@@ -240,8 +240,7 @@ export class Splice {
   takeBack(then = (): void => undefined): void {
     this.a.pause()
     this.b.pause()
-    this.fast.map.unpair(this.ca, this.cb)
-    this.leave()
+    this.stop()
     let waiting = 2
     const done = (): void => {
       if (--waiting > 0) return
@@ -253,6 +252,18 @@ export class Splice {
       this.whenFlushed(this.a, done)
       this.whenFlushed(this.b, done)
     }, FLUSH_POLL_MS)
+  }
+
+  /**
+   * The kernel stops redirecting both ways (a FIN was read: Node stops polling that socket, so a
+   * reset that reaches it later would only be seen by the kernel's sender, which drops what it
+   * cannot send). Bytes that reach divert from here on are reclaimed in order (reclaim), and divert's
+   * own writes report the errors.
+   */
+  stop(): void {
+    if (this.left) return
+    this.fast.map.unpair(this.ca, this.cb)
+    this.leave()
   }
 
   /** Whether bytes read from `from` go to the peer as they come: its direction was reclaimed and flushed, or the splice is over. */

@@ -438,11 +438,13 @@ function passEnd(from: net.Socket, finished: (c: TcpConnection) => void): void {
 
 function onClientEnd(this: net.Socket): void {
   owner(this).firstFin ??= 'client-closed'
+  owner(this).spliced?.stop()
   passEnd(this, clientFinished)
 }
 
 function onServerEnd(this: net.Socket): void {
   owner(this).firstFin ??= 'server-closed'
+  owner(this).spliced?.stop()
   passEnd(this, serverFinished)
 }
 

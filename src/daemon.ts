@@ -163,7 +163,7 @@ export class Daemon {
     checkUpstreamPrivileges(this.config.backends.values())
     this.globalLimit.max = this.config.maxConnections
     // Read at start only: a reload does not load or unload the kernel program.
-    const fast = (this.config.fastPath ?? DEFAULTS.fastPath) === 'auto' ? FastPath.open(this.logger) : undefined
+    const fast = (this.config.fastPath ?? DEFAULTS.fastPath) === 'auto' ? FastPath.open(this.logger, undefined, this.config.fastPath === 'auto') : undefined
     if (fast instanceof FastPath) this.fastPath = fast
     else this.fastPathUnavailable = fast?.reason
     this.checkFdLimit()

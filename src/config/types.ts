@@ -150,7 +150,7 @@ export const DEFAULTS = {
   connectTimeoutMs: 5_000,
   /** TCP keepalive idle time on both sides, as undici's default: a vanished peer frees its fds. */
   keepaliveMs: 60_000,
-  fastPath: 'off' as 'auto' | 'off',
+  fastPath: 'auto' as 'auto' | 'off',
   health: {check: 'tcp' as const, intervalMs: 2_000, timeoutMs: 1_000, rise: 2, fall: 3},
   captureMaxBytes: 100 * 1024 * 1024,
   transparent: {manage: true, table: 'divert', mark: 0x1d1, routeTable: 465} as TransparentConfig,

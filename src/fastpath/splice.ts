@@ -52,13 +52,16 @@ export class FastPath {
 
   /**
    * Loads the kernel side; without CAP_BPF/CAP_NET_ADMIN/CAP_PERFMON or kernel support it logs once
-   * (the whole error) and returns why, in one line, for `divert status`.
+   * (the whole error; a warning when the config asked for `fast_path: auto`, info when it is the
+   * default) and returns why, in one line, for `divert status`.
    */
-  static open(logger: Logger, maxSockets?: number): FastPath | FastPathUnavailable {
+  static open(logger: Logger, maxSockets?: number, asked = true): FastPath | FastPathUnavailable {
     try {
       return new FastPath(Sockhash.open(maxSockets), logger)
     } catch (error) {
-      logger.warn({err: error}, 'kernel fast path unavailable (needs CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON and a kernel with BPF sockmap and BTF): every byte goes through divert')
+      // Asked for in the config: a warning. By default (an unprivileged run, most often): one info line.
+      const level = asked ? 'warn' : 'info'
+      logger[level]({err: error}, `kernel fast path unavailable (needs CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON and a kernel with BPF sockmap and BTF): every byte goes through divert${asked ? '' : '; fast_path: off skips the attempt'}`)
       return {reason: oneLine(error)}
     }
   }

@@ -508,14 +508,16 @@ describe('issue 15: without the privileges', {skip: skip ?? (hasCommand('capsh')
     {title: 'issue 15: without CAP_BPF/CAP_NET_ADMIN divert logs once at start and proxies as before; `divert status` says unavailable and why', drop: 'cap_bpf,cap_sys_admin,cap_net_admin,cap_perfmon', why: /EPERM/},
     // The bound on what the kernel queues needs bpf_skc_to_tcp_sock: no fast path rather than an unbounded one.
     {title: 'issue 15: without CAP_PERFMON (the back-pressure bound cannot be loaded) divert logs once at start and proxies as before; `divert status` says unavailable and why', drop: 'cap_sys_admin,cap_perfmon', why: /bpf_skc_to_tcp_sock/},
+    // Not asked for (the default is auto): an unprivileged run is the common case, not a problem.
+    {title: 'issue 15: by default (no fast_path key) and without the privileges, one info line rather than a warning, and proxying as before', drop: 'cap_bpf,cap_sys_admin,cap_net_admin,cap_perfmon', why: /EPERM/, byDefault: true},
   ]
-  for (const {title, drop, why} of cases) {
+  for (const {title, drop, why, byDefault} of cases) {
     test(title, async () => {
       const srv = await startServer('echo')
       const port = await freePort()
       const t = tempDir()
       const file = join(t.dir, 'divert.yaml')
-      writeFileSync(file, config(port, {echo: srv.address}))
+      writeFileSync(file, config(port, {echo: srv.address}).replace(byDefault ? 'fast_path: auto\n' : '', ''))
       // capsh drops the capabilities from the bounding set, so the exec'd daemon (uid 0) lacks them.
       const wrapper = ['capsh', `--drop=${drop}`, '--', '-c', 'exec "$@"', 'sh']
       const daemon = await spawnDaemon(file, {admin: join(t.dir, 'admin.sock'), dir: t.dir, wrapper})
@@ -523,6 +525,8 @@ describe('issue 15: without the privileges', {skip: skip ?? (hasCommand('capsh')
         const warned = daemon.logs.filter((l) => /^kernel fast path unavailable/.test(String(l.msg)))
         assert.equal(warned.length, 1)
         assert.match(warned[0].err?.message ?? '', why)
+        assert.equal(warned[0].level, byDefault ? 30 : 40, byDefault ? 'info when not asked for' : 'a warning when asked for')
+        if (byDefault) assert.match(String(warned[0].msg), /fast_path: off skips the attempt/)
         const c = await connect({port})
         const data = randomBytes(1024 * 1024)
         const reading = readBytes(c, 5 + data.length)

@@ -17,21 +17,13 @@
 import type net from 'node:net'
 import type {Logger} from 'pino'
 import {Sockhash} from './sockhash.js'
-import {getOption, ioctlInt, IPPROTO_TCP, recvNow, setIntOption, SIOCOUTQ, SOL_SOCKET, SO_RCVLOWAT, TCP_INFO} from '../sys/libc.js'
+import {fdOf, getOption, ioctlInt, IPPROTO_TCP, recvNow, setIntOption, SIOCOUTQ, SOL_SOCKET, SO_RCVLOWAT, TCP_INFO} from '../sys/libc.js'
 
 /** Offset of tcpi_bytes_acked in struct tcp_info (include/uapi/linux/tcp.h). */
 const TCPI_BYTES_ACKED = 120
 /** How often a FIN or take-back polls the kernel's send queue while it waits: 2 ms, doubling to 100 ms. */
 const FLUSH_POLL_MS = 2
 const FLUSH_POLL_MAX_MS = 100
-
-type Handle = {fd?: number}
-
-/** The socket's descriptor, from Node's handle (libuv's uv_fileno). */
-function fdOf(s: net.Socket): number | undefined {
-  const fd = (s as unknown as {_handle?: Handle})._handle?.fd
-  return typeof fd === 'number' && fd >= 0 ? fd : undefined
-}
 
 export class FastPath {
   /** Sessions handed to the kernel since start, and those handed over now. */

@@ -447,7 +447,7 @@ describe('issue 15: drain, timeouts and IPv6 with spliced sessions', {skip}, () 
  */
 const SESSIONS = 2000
 const WAVE = 250
-/** How long the sessions may take once connected (about 20 s on a busy 2-core machine). */
+/** How long the sessions may take once connected (6 s on a quiet 2-core machine, 17 s at load average 8). */
 const RUN_MS = 90_000
 
 /** Up to 20 of `ids`, and how many there are. */
@@ -490,6 +490,8 @@ describe('issue 15: integrity through a daemon process with the fast path', {ski
 
   after(async () => {
     for (const c of clients) c.destroy()
+    clients.length = 0
+    results.clear()
     await daemon?.stop()
     await x?.close()
     cleanup?.()
@@ -553,8 +555,8 @@ describe('issue 15: integrity through a daemon process with the fast path', {ski
     assert.equal(metric(m, 'divert_bytes_out_total') - bytesBefore.out, down, 'bytes out = bytes the clients got')
     const n = (await spliced(d)) - before
     t.diagnostic(`${SESSIONS} sessions connected in ${connected - start} ms (the slowest wave of ${WAVE} in ${slowestWave} ms), moved ${Math.round((up + down) / 2 ** 20)} MiB in ${ran} ms; ${n} spliced; peak RSS: daemon ${peakRss(daemon.proc.pid)} MiB, test ${peakRss(undefined)} MiB`)
-    // How many get spliced depends on timing (121 of 300 at load average 6, 299 on a quiet machine): what
-    // matters is that many went through the kernel and every byte above arrived in order.
+    // How many get spliced depends on timing (1,432 to 1,864 of 2,000 measured, at load averages 1.5
+    // to 8): what matters is that many went through the kernel and every byte above arrived in order.
     assert.ok(n >= SESSIONS / 10, `many sessions went through the kernel (${n} of ${SESSIONS})`)
     assert.equal(metric(m, 'divert_fastpath_sessions'), 0, 'none left spliced')
   })

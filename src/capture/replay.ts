@@ -16,6 +16,7 @@ import {realClock, sleep, type Clock} from '../clock.js'
 import {DivertError, ERROR_CATALOG} from '../errors.js'
 import {formatAddress, type Address} from '../addr/address.js'
 import {defaultSockets} from '../net/sockets.js'
+import {abort} from '../net/reset.js'
 import {formatPrefix, parseCidr, prefixContains, type Prefix} from '../addr/cidr.js'
 import type {Protocol} from '../config/types.js'
 import {readCapture, type SkipCount} from './pcap-reader.js'
@@ -487,7 +488,8 @@ async function replayTcp(plan: FlowPlan, ctx: ReplayContext, t0: number, r: Repl
     if (t.gone) return
     const lastSend = await sendTcp(plan, ctx, t0, r, sock, t)
     await t.until(() => t.gone || t.ended, lastSend + ctx.opts.waitMs - ctx.clock.now())
-    if (plan.flow.clientReset && !t.gone) sock.resetAndDestroy()
+    // abort(): a plain resetAndDestroy() after the flow's own end() may leave the socket open (src/net/reset.ts).
+    if (plan.flow.clientReset && !t.gone) abort(sock, true)
   } finally {
     sock.destroy()
     ctx.live.delete(sock)

@@ -18,7 +18,7 @@ import type net from 'node:net'
 import type {Logger} from 'pino'
 import {Sockhash} from './sockhash.js'
 import {VerifierError} from './bpf.js'
-import {getOption, ioctlInt, IPPROTO_TCP, recvNow, setIntOption, SIOCOUTQ, SOL_SOCKET, SO_RCVLOWAT, TCP_INFO} from '../sys/libc.js'
+import {fdOf, getOption, ioctlInt, IPPROTO_TCP, recvNow, setIntOption, SIOCOUTQ, SOL_SOCKET, SO_RCVLOWAT, TCP_INFO} from '../sys/libc.js'
 
 /** Offsets in struct tcp_info (include/uapi/linux/tcp.h): tcpi_state (u8) and tcpi_bytes_acked (u64). */
 const TCPI_STATE = 0, TCPI_BYTES_ACKED = 120, TCP_INFO_SIZE = 232
@@ -27,14 +27,6 @@ const TCP_CLOSE = 7
 /** How often a FIN or take-back polls the kernel's send queue while it waits: 2 ms, doubling to 100 ms. */
 const FLUSH_POLL_MS = 2
 const FLUSH_POLL_MAX_MS = 100
-
-type Handle = {fd?: number}
-
-/** The socket's descriptor, from Node's handle (libuv's uv_fileno). */
-function fdOf(s: net.Socket): number | undefined {
-  const fd = (s as unknown as {_handle?: Handle})._handle?.fd
-  return typeof fd === 'number' && fd >= 0 ? fd : undefined
-}
 
 /** `fast_path: auto` found no kernel fast path at start: why, in one line (the kernel's or verifier's words). */
 export interface FastPathUnavailable {

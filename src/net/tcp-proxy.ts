@@ -23,6 +23,7 @@ import {RefusalLog} from './refusals.js'
 import {Admission, type GlobalLimit} from './limits.js'
 import {bytesFrom, type FastPath, type Splice} from '../fastpath/splice.js'
 import {transparentFd} from './transparent.js'
+import {abort} from './reset.js'
 
 export interface ProxyContext {
   router: Router
@@ -324,12 +325,6 @@ function keepAlive(s: net.Socket, ms = DEFAULTS.keepaliveMs): void {
  */
 function isReset(e: NodeJS.ErrnoException): boolean {
   return e.code === 'ECONNRESET' || (e.code === 'EPIPE' && e.syscall === 'write')
-}
-
-function abort(s: net.Socket, reset: boolean): void {
-  if (s.destroyed) return
-  if (reset && typeof s.resetAndDestroy === 'function' && s.readyState !== 'opening') s.resetAndDestroy()
-  else s.destroy()
 }
 
 const CONN = Symbol('divert.tcpConnection')

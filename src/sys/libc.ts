@@ -33,6 +33,7 @@ export const IPPROTO_TCP = 6
 export const TCP_INFO = 11
 export const SO_RCVLOWAT = 18
 export const SO_COOKIE = 57
+export const SO_LINGER = 13
 /** ioctl(2) requests of tcp(7): unread bytes in the receive queue, unsent+unacked in the send queue. */
 export const SIOCINQ = 0x541b
 export const SIOCOUTQ = 0x5411
@@ -100,6 +101,19 @@ export function setIntOption(fd: number, level: number, name: number, value: num
   const b = Buffer.alloc(4)
   b.writeInt32LE(value)
   check(what, libc().setsockopt(fd, level, name, b, 4))
+}
+
+/** SO_LINGER on with a zero timeout (struct linger {1, 0}, socket(7)): close(2) then sends a reset and drops unsent data. */
+export function setLingerZero(fd: number): void {
+  const b = Buffer.alloc(8)
+  b.writeInt32LE(1, 0)
+  check('setsockopt(SO_LINGER)', libc().setsockopt(fd, SOL_SOCKET, SO_LINGER, b, 8))
+}
+
+/** The descriptor of a Node socket, from its handle (libuv's uv_fileno); undefined once closed. */
+export function fdOf(s: object): number | undefined {
+  const fd = (s as unknown as {_handle?: {fd?: number}})._handle?.fd
+  return typeof fd === 'number' && fd >= 0 ? fd : undefined
 }
 
 /** getsockopt into a buffer of `size` bytes; returns the bytes the kernel filled. */

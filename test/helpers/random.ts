@@ -11,3 +11,10 @@ export function prng(seed: number): () => number {
     return ((t ^ (t >>> 14)) >>> 0) / 4294967296
   }
 }
+
+/** `n` bytes from a seeded generator: the same seed gives the same bytes, so a failing run can be replayed. */
+export function seededBytes(n: number, rnd: () => number): Buffer {
+  const b = Buffer.alloc(n)
+  for (let i = 0; i < n; i++) b[i] = Math.floor(rnd() * 256)
+  return b
+}

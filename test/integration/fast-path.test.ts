@@ -1,9 +1,10 @@
 /**
- * The kernel fast path (issue 15) with real loopback sockets and an in-process daemon with
- * `fast_path: auto`: sessions spliced by the BPF sockhash keep every byte in order (many at once, with
- * random chunks and pauses both ways), half-closes, resets, kill, drain, byte counts, and a tap
- * attached mid-stream (the session is taken back from the kernel; the tap sees an exact part), and
- * back-pressure when a reader stops after the splice (the kernel stops redirecting, divert takes over).
+ * The kernel fast path (issue 15) with real loopback sockets and a daemon with `fast_path: auto`:
+ * sessions spliced by the BPF sockhash keep every byte in order (2,000 at once through a daemon
+ * process, with random chunks and pauses both ways, checksummed as they stream), half-closes,
+ * resets, kill, drain, byte counts, and a tap attached mid-stream (the session is taken back from the
+ * kernel; the tap sees an exact part), and back-pressure when a reader stops after the splice (the
+ * kernel stops redirecting, divert takes over).
  * Skipped where the kernel or the privileges do not allow the fast path.
  */
 import {test, before, after, describe} from 'node:test'
@@ -12,7 +13,8 @@ import net from 'node:net'
 import {once} from 'node:events'
 import {createHash, randomBytes} from 'node:crypto'
 import {join} from 'node:path'
-import {writeFileSync} from 'node:fs'
+import {readFileSync, writeFileSync} from 'node:fs'
+import {isDeepStrictEqual} from 'node:util'
 import {startServer, connect, readBytes, closed, ending, until, freePort, type ClientOpts, type TestServer} from '../helpers/servers.js'
 import {LogCapture, runCli, startInProcess, spawnDaemon, tempDir, type InProcess, type Spawned} from '../helpers/daemon.js'
 import {flowsOf, hasCommand, sideBytes} from '../helpers/capture.js'
@@ -20,7 +22,8 @@ import {adminOf, metric, metrics} from '../faults/kit.js'
 import {Sockhash} from '../../src/fastpath/sockhash.js'
 import {FastPath, type Splice} from '../../src/fastpath/splice.js'
 import pino from 'pino'
-import {prng} from '../helpers/random.js'
+import {prng, seededBytes} from '../helpers/random.js'
+import {openFilesLimit} from '../../src/fdlimit.js'
 
 const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex')
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms))
@@ -36,62 +39,140 @@ function fastPathProblem(): string | undefined {
 }
 const skip = fastPathProblem()
 
+/** The suite's seed: DIVERT_TEST_SEED replays a run (the integrity test prints it in its title). */
+const seed = Number(process.env.DIVERT_TEST_SEED ?? Date.now() % 1e9)
+
 /**
- * Writes `data` in random chunks (1 B–64 KiB) with random short pauses, honouring back-pressure; then
- * ends. One longer pause after the first 160 KiB lets divert catch up and splice (on loopback a whole
- * session would otherwise be in its receive queue, FIN included, before the splice threshold).
+ * A cyclic pattern of seeded bytes whose period (1 MiB + 7) no chunk size divides and no session
+ * reaches: a byte out of place, a chunk twice or another session's bytes change what arrives.
  */
-async function pump(s: net.Socket, data: Buffer, rnd: () => number): Promise<void> {
-  let at = 0
+const PERIOD = 1024 * 1024 + 7
+const doubled = ((b: Buffer) => Buffer.concat([b, b]))(seededBytes(PERIOD, prng(seed)))
+const patternAt = (offset: number, n: number): Buffer => doubled.subarray(offset % PERIOD, (offset % PERIOD) + n)
+
+/** One direction of a session: `size` pattern bytes from `offset`, the first ones replaced by `head`. */
+interface Stream {
+  offset: number
+  size: number
+  head: Buffer
+}
+
+/** What one side sent or received: how many bytes and their SHA-256, taken chunk by chunk. */
+interface Digest {
+  bytes: number
+  sha256: string
+}
+
+/** Hashes and counts a stream as it passes, so no side ever holds a session's bytes whole. */
+class Tally {
+  bytes = 0
+  private readonly hash = createHash('sha256')
+
+  add(chunk: Buffer): void {
+    this.hash.update(chunk)
+    this.bytes += chunk.length
+  }
+
+  digest(): Digest {
+    return {bytes: this.bytes, sha256: this.hash.digest('hex')}
+  }
+}
+
+/** `n` bytes of `stream` from `at`: a slice of the pattern, or a copy of it where the head covers it. */
+function chunkOf(stream: Stream, at: number, n: number): Buffer {
+  const chunk = patternAt(stream.offset + at, n)
+  if (at >= stream.head.length) return chunk
+  const copy = Buffer.from(chunk)
+  stream.head.copy(copy, 0, at, Math.min(stream.head.length, at + n))
+  return copy
+}
+
+/**
+ * Writes `stream` in random chunks (1 B–64 KiB) with random short pauses, honouring back-pressure,
+ * hashing what it writes; then ends. One longer pause after the first 160 KiB lets divert catch up
+ * and splice (on loopback a whole session would otherwise be in its receive queue, FIN included,
+ * before the splice threshold).
+ */
+async function pump(s: net.Socket, stream: Stream, rnd: () => number): Promise<Digest> {
+  const sent = new Tally()
   let paused = false
-  while (at < data.length) {
-    const n = Math.min(data.length - at, 1 + Math.floor(rnd() * rnd() * 65536))
-    const ok = s.write(data.subarray(at, at + n))
-    at += n
-    if (!ok) await once(s, 'drain')
+  while (sent.bytes < stream.size) {
+    const chunk = chunkOf(stream, sent.bytes, Math.min(stream.size - sent.bytes, 1 + Math.floor(rnd() * rnd() * 65536)))
+    sent.add(chunk)
+    if (!s.write(chunk)) await once(s, 'drain')
     if (rnd() < 0.05) await sleep(Math.floor(rnd() * 4))
-    if (!paused && at > 160 * 1024) await sleep(10 + Math.floor(rnd() * 20))
-    paused ||= at > 160 * 1024
+    if (!paused && sent.bytes > 160 * 1024) await sleep(10 + Math.floor(rnd() * 20))
+    paused ||= sent.bytes > 160 * 1024
   }
   s.end()
+  return sent.digest()
 }
 
 /** Reads to EOF with random pauses; resolves with every byte. */
 function slurp(s: net.Socket, rnd: () => number): Promise<Buffer> {
+  const chunks: Buffer[] = []
+  return drink(s, rnd, (c) => chunks.push(c)).then(() => Buffer.concat(chunks))
+}
+
+/**
+ * Reads to EOF, hashing each chunk, with random pauses (pause(), then resume() a few ms later: the
+ * kernel holds the rest and the writer meets back-pressure); `each` sees every chunk in order.
+ */
+function drink(s: net.Socket, rnd: () => number, each?: (c: Buffer, at: number) => void): Promise<Digest> {
   return new Promise((resolve, reject) => {
-    const chunks: Buffer[] = []
+    const got = new Tally()
     s.on('data', (c: Buffer) => {
-      chunks.push(c)
+      each?.(c, got.bytes)
+      got.add(c)
       if (rnd() < 0.03) {
         s.pause()
         setTimeout(() => s.resume(), Math.floor(rnd() * 4))
       }
     })
-    s.once('end', () => resolve(Buffer.concat(chunks)))
+    s.once('end', () => resolve(got.digest()))
     s.once('error', reject)
   })
 }
 
-/**
- * The far end of the integrity runs: reads everything (the first 4 bytes name the session) while it
- * sends its own random bytes, and records both hashes under that id.
- */
-interface Exchange {
-  received: string
-  receivedBytes: number
-  sent: string
-  sentBytes: number
+/** Session `id`'s two streams, 200–600 KiB each way (past SPLICE_AFTER_BYTES together), from the seed and the id alone. */
+function streams(id: number): {up: Stream; down: Stream} {
+  const rnd = prng(seed * 31 + id)
+  const head = Buffer.alloc(4)
+  head.writeUInt32BE(id)
+  const one = (h: Buffer): Stream => ({offset: Math.floor(rnd() * PERIOD), size: 200 * 1024 + Math.floor(rnd() * 400 * 1024), head: h})
+  return {up: one(head), down: one(Buffer.alloc(0))}
 }
-async function exchangeServer(seed: number, results: Map<number, Exchange>): Promise<TestServer> {
+
+/** One side's view of a session. */
+interface Exchange {
+  received: Digest
+  sent: Digest
+}
+
+/**
+ * The far end of the integrity run: reads everything; once the first 4 bytes named the session it
+ * sends that session's stream at the same time, and records both digests under the id (or the error).
+ */
+async function exchangeServer(results: Map<number, Exchange>, failures: Map<string, string>): Promise<TestServer> {
   let n = 0
   return startServer('x', (socket) => {
-    const rnd = prng(seed + ++n)
-    const out = randomBytes(256 * 1024 + Math.floor(rnd() * 512 * 1024))
-    const reading = slurp(socket, rnd)
-    const writing = pump(socket, out, rnd)
-    void Promise.all([reading, writing]).then(([got]) => {
-      results.set(got.readUInt32BE(0), {received: sha(got), receivedBytes: got.length, sent: sha(out), sentBytes: out.length})
-    }, () => undefined)
+    const k = ++n
+    const rnd = prng(seed + k)
+    const head = Buffer.alloc(4)
+    let id: number | undefined
+    let sending: Promise<Digest> | undefined
+    const reading = drink(socket, rnd, (c, at) => {
+      if (at >= head.length) return
+      c.copy(head, at, 0, head.length - at)
+      if (at + c.length < head.length) return
+      id = head.readUInt32BE(0)
+      sending = pump(socket, streams(id).down, rnd)
+      sending.catch(() => undefined) // awaited below; this only marks it handled meanwhile
+    })
+    reading.then(async (received) => {
+      if (id === undefined || !sending) throw new Error(`ended after ${received.bytes} bytes, before the session's id`)
+      results.set(id, {received, sent: await sending})
+    }).catch((e: Error) => failures.set(`server side of session ${id ?? `accepted #${k}`}`, e.message))
   })
 }
 
@@ -121,16 +202,6 @@ async function splicedSession(d: InProcess, opts: ClientOpts, size: number): Pro
   await readBytes(c, 5 + bulk.length)
   await until(async () => (await spliced(d)) === before + 1, 5000, 'the splice')
   return {c, bulk}
-}
-
-/** One client session against the exchange server: sends `size` bytes (id first) while reading. */
-async function clientSession(port: number, id: number, size: number, rnd: () => number): Promise<{sent: Buffer; got: Buffer}> {
-  const s = await connect({port, allowHalfOpen: true})
-  const sent = randomBytes(size)
-  sent.writeUInt32BE(id, 0)
-  const [got] = await Promise.all([slurp(s, rnd), pump(s, sent, rnd)])
-  s.destroy()
-  return {sent, got}
 }
 
 describe('issue 15: kernel fast path', {skip}, () => {
@@ -441,13 +512,33 @@ describe('issue 15: drain, timeouts and IPv6 with spliced sessions', {skip}, () 
 })
 
 /**
+ * Sessions at once in the integrity run, and how many connect together: fewer than either listen
+ * backlog holds (the daemon's 1024, the test server's 511), so no SYN is dropped and none waits a
+ * second for its retransmit. Each session is two descriptors in this process and two in the daemon.
+ */
+const SESSIONS = 2000
+const WAVE = 250
+/** How long the sessions may take once connected (6 s on a quiet 2-core machine, 17 s at load average 8). */
+const RUN_MS = 90_000
+
+/** Up to 20 of `ids`, and how many there are. */
+const some = (ids: Array<number | string>): string => `${ids.slice(0, 20).join(', ')}${ids.length > 20 ? ` … (${ids.length} in all)` : ''}`
+
+/** A process's peak resident set in MiB (VmHWM in /proc/PID/status, proc(5)). */
+function peakRss(pid: number | undefined): number {
+  const kb = /^VmHWM:\s+(\d+)/m.exec(readFileSync(`/proc/${pid ?? 'self'}/status`, 'utf8'))?.[1]
+  return Math.round(Number(kb) / 1024)
+}
+
+/**
  * The integrity run against a daemon in its own process, as deployed: in this process the clients,
  * servers and daemon share one event loop, and on loopback a whole session then sits in divert's
  * receive queue, FIN included, before divert gets to it (nothing left to splice).
  */
 describe('issue 15: integrity through a daemon process with the fast path', {skip}, () => {
-  const seed = Number(process.env.DIVERT_TEST_SEED ?? Date.now() % 1e9)
   const results = new Map<number, Exchange>()
+  const failures = new Map<string, string>()
+  const clients: net.Socket[] = []
   let x: TestServer
   let daemon: Spawned
   let d: InProcess
@@ -455,11 +546,13 @@ describe('issue 15: integrity through a daemon process with the fast path', {ski
   let cleanup: () => void
 
   before(async () => {
-    x = await exchangeServer(seed, results)
+    x = await exchangeServer(results, failures)
     port = await freePort()
     const t = tempDir()
     cleanup = t.cleanup
     const file = join(t.dir, 'divert.yaml')
+    // No limits: (max_connections, per_source) default to none, and the daemon's open-files budget
+    // (the hard limit less 64) holds far more than SESSIONS sessions from 127.0.0.1.
     writeFileSync(file, config(port, {x: x.address}))
     daemon = await spawnDaemon(file, {admin: join(t.dir, 'admin.sock'), dir: t.dir})
     // The helpers that read /metrics need only the admin socket.
@@ -467,40 +560,77 @@ describe('issue 15: integrity through a daemon process with the fast path', {ski
   })
 
   after(async () => {
+    for (const c of clients) c.destroy()
+    clients.length = 0
+    results.clear()
     await daemon?.stop()
     await x?.close()
     cleanup?.()
   })
 
-  test(`issue 15: 300 concurrent sessions, random chunks and pauses both ways, arrive intact and spliced; counts equal the bytes moved (seed ${seed})`, async (t) => {
+  /**
+   * Connects SESSIONS clients, WAVE at a time, each wave through the daemon to the server before the
+   * next; resolves with the slowest wave's milliseconds (a second or more: a SYN was retransmitted).
+   */
+  async function connectAll(): Promise<number> {
+    let slowest = 0
+    while (clients.length < SESSIONS) {
+      const first = clients.length
+      const began = Date.now()
+      const wave = Array.from({length: Math.min(WAVE, SESSIONS - first)}, () => net.connect({port, host: '127.0.0.1', allowHalfOpen: true}))
+      clients.push(...wave)
+      for (const c of wave) c.on('error', () => undefined) // drink() reports it for the session
+      await Promise.all(wave.map((c) => once(c, 'connect')))
+      await until(() => x.accepted >= clients.length, 10_000, `the daemon to connect sessions ${first}–${clients.length - 1} to the server`)
+      slowest = Math.max(slowest, Date.now() - began)
+    }
+    return slowest
+  }
+
+  /** One client session: sends its stream (the id first) while reading the server's. */
+  async function clientSession(s: net.Socket, id: number): Promise<Exchange> {
+    const rnd = prng(seed * 7 + id)
+    const [received, sent] = await Promise.all([drink(s, rnd), pump(s, streams(id).up, rnd)])
+    s.destroy()
+    return {received, sent}
+  }
+
+  test(`issue 15: ${SESSIONS} concurrent sessions, random chunks and pauses both ways, arrive intact and spliced; counts equal the bytes moved (seed ${seed})`, async (t) => {
+    assert.ok(openFilesLimit().soft >= 2 * SESSIONS + 256, `this process may open ${openFilesLimit().soft} files; ${SESSIONS} sessions need ${2 * SESSIONS} (raise ulimit -n)`)
     const before = await spliced(d)
     const m0 = await metrics(d)
     const bytesBefore = {in: metric(m0, 'divert_bytes_in_total'), out: metric(m0, 'divert_bytes_out_total')}
-    const rnd = prng(seed)
-    const sizes = Array.from({length: 300}, () => 256 * 1024 + Math.floor(rnd() * 512 * 1024))
-    const runs = await Promise.all(sizes.map((size, id) => clientSession(port, id, size, prng(seed * 7 + id))))
-    await until(async () => results.size === runs.length && metric(await metrics(d), 'divert_sessions_active') === 0, 20_000, 'every session to end')
-    let up = 0, down = 0
-    runs.forEach(({sent, got}, id) => {
-      const r = results.get(id)!
-      assert.equal(r.receivedBytes, sent.length, `session ${id}: bytes to the server`)
-      assert.equal(r.received, sha(sent), `session ${id}: the server got the client's bytes in order`)
-      assert.equal(got.length, r.sentBytes, `session ${id}: bytes to the client`)
-      assert.equal(sha(got), r.sent, `session ${id}: the client got the server's bytes in order`)
-      up += sent.length
-      down += got.length
-    })
+    const start = Date.now()
+    const slowestWave = await connectAll()
+    const connected = Date.now()
+    const done = new Map<number, Exchange>()
+    clients.forEach((s, id) => void clientSession(s, id).then((r) => done.set(id, r), (e: Error) => failures.set(`client side of session ${id}`, e.message)))
+    const ids = clients.map((_, id) => id)
+    const finished = await until(() => failures.size > 0 || (done.size === SESSIONS && results.size === SESSIONS), RUN_MS, 'every session to end').then(() => true, () => false)
+    const ran = Date.now() - connected
+    assert.deepEqual([...failures].slice(0, 20), [], `sessions failed (${failures.size} in all)`)
+    const unfinished = (m: Map<number, Exchange>): number[] => ids.filter((id) => !m.has(id))
+    assert.ok(finished, `not over within ${RUN_MS} ms: sessions whose client did not finish: ${some(unfinished(done))}; whose server side did not: ${some(unfinished(results))}`)
+
+    const wrong = ids.filter((id) => !isDeepStrictEqual(results.get(id)!.received, done.get(id)!.sent) || !isDeepStrictEqual(done.get(id)!.received, results.get(id)!.sent))
+    if (wrong.length > 0) {
+      const [id] = wrong
+      assert.deepEqual({toServer: results.get(id)!.received, toClient: done.get(id)!.received}, {toServer: done.get(id)!.sent, toClient: results.get(id)!.sent},
+        `bytes or their order differ (what arrived, then what was sent) in session ${id} of the sessions ${some(wrong)} (seed ${seed})`)
+    }
+    await until(async () => metric(await metrics(d), 'divert_sessions_active') === 0, 10_000, 'the daemon to close every session')
+    const up = ids.reduce((sum, id) => sum + done.get(id)!.sent.bytes, 0)
+    const down = ids.reduce((sum, id) => sum + done.get(id)!.received.bytes, 0)
     const m = await metrics(d)
     assert.equal(metric(m, 'divert_bytes_in_total') - bytesBefore.in, up, 'bytes in = bytes the clients sent')
     assert.equal(metric(m, 'divert_bytes_out_total') - bytesBefore.out, down, 'bytes out = bytes the clients got')
     const n = (await spliced(d)) - before
-    t.diagnostic(`${n} of ${runs.length} sessions spliced`)
-    // How many get spliced depends on timing (121 of 300 at load average 6, 299 on a quiet machine): what
-    // matters is that many went through the kernel and every byte above arrived in order.
-    assert.ok(n >= runs.length / 10, `many sessions went through the kernel (${n} of ${runs.length})`)
-    assert.equal(metric(await metrics(d), 'divert_fastpath_sessions'), 0, 'none left spliced')
+    t.diagnostic(`${SESSIONS} sessions connected in ${connected - start} ms (the slowest wave of ${WAVE} in ${slowestWave} ms), moved ${Math.round((up + down) / 2 ** 20)} MiB in ${ran} ms; ${n} spliced; peak RSS: daemon ${peakRss(daemon.proc.pid)} MiB, test ${peakRss(undefined)} MiB`)
+    // How many get spliced depends on timing (1,432 to 1,864 of 2,000 measured, at load averages 1.5
+    // to 8): what matters is that many went through the kernel and every byte above arrived in order.
+    assert.ok(n >= SESSIONS / 10, `many sessions went through the kernel (${n} of ${SESSIONS})`)
+    assert.equal(metric(m, 'divert_fastpath_sessions'), 0, 'none left spliced')
   })
-
 })
 
 describe('issue 15: without the privileges', {skip: skip ?? (hasCommand('capsh') ? undefined : 'capsh is not installed')}, () => {
@@ -613,15 +743,6 @@ describe('issue 15: a full SOCKHASH', {skip}, () => {
     }
   })
 })
-
-/**
- * A cyclic pattern with a period (1 MiB + 7) that no chunk size divides: a byte out of place or a
- * chunk twice shows as a mismatch at its offset.
- */
-const PERIOD = 1024 * 1024 + 7
-const block = randomBytes(PERIOD)
-const doubled = Buffer.concat([block, block])
-const patternAt = (offset: number, n: number): Buffer => doubled.subarray(offset % PERIOD, (offset % PERIOD) + n)
 
 /** Writes `total` pattern bytes in 64 KiB writes, honouring back-pressure; `written()` says how far it got. */
 function firehose(s: net.Socket, total: number): {written: () => number; done: Promise<void>} {

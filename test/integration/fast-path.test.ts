@@ -744,9 +744,16 @@ describe('issue 15: a full SOCKHASH', {skip}, () => {
   })
 })
 
-/** Writes `total` pattern bytes in 64 KiB writes, honouring back-pressure; `written()` says how far it got. */
-function firehose(s: net.Socket, total: number): {written: () => number; done: Promise<void>} {
+/**
+ * Writes `total` pattern bytes in 64 KiB writes, honouring back-pressure; `written()` says how far it
+ * got. Until `open` resolves it trickles (64 KiB every 5 ms): a session is handed to the kernel only
+ * at a moment divert holds none of its bytes, which a sender that always outruns divert (in this
+ * process, on a loaded machine) may not leave for seconds; these tests are about what happens after.
+ */
+function firehose(s: net.Socket, total: number, open: Promise<void>): {written: () => number; done: Promise<void>} {
   let at = 0
+  let blast = false
+  void open.then(() => (blast = true), () => (blast = true))
   const done = new Promise<void>((resolve) => {
     const pump = (): void => {
       while (at < total && !s.destroyed) {
@@ -754,6 +761,7 @@ function firehose(s: net.Socket, total: number): {written: () => number; done: P
         const ok = s.write(patternAt(at, n))
         at += n
         if (!ok) return void s.once('drain', pump)
+        if (!blast) return void setTimeout(pump, 5)
       }
       s.end()
       resolve()
@@ -795,15 +803,18 @@ describe('issue 15: a spliced session whose reader stops', {skip}, () => {
 
   test('issue 15: a firehose server behind a spliced session is held back when the client stops reading, then every byte arrives in order', async (t) => {
     let sending: ReturnType<typeof firehose> | undefined
+    let splice: Promise<void> = new Promise(() => undefined)
     const srv = await startServer('firehose', (socket) => {
-      sending = firehose(socket, TOTAL)
+      sending = firehose(socket, TOTAL, splice)
     })
     const p = await freePort()
     const dd = await startInProcess(config(p, {f: srv.address}))
     try {
+      const client: {reader?: ReturnType<typeof patternReader>} = {}
+      splice = until(async () => (await spliced(dd)) === 1 && (client.reader?.read() ?? 0) > 1024 * 1024, 10_000, 'the splice')
       const c = await connect({port: p})
-      const reader = patternReader(c)
-      await until(async () => (await spliced(dd)) === 1 && reader.read() > 1024 * 1024, 5000, 'the splice')
+      const reader = (client.reader = patternReader(c))
+      await splice
       c.pause()
       const written = await stalled(() => sending?.written() ?? 0, 'the server to be held back')
       t.diagnostic(`held back after ${written} bytes`)
@@ -830,8 +841,9 @@ describe('issue 15: a spliced session whose reader stops', {skip}, () => {
     const dd = await startInProcess(config(p, {s: srv.address}))
     try {
       const c = await connect({port: p, allowHalfOpen: true})
-      const sending = firehose(c, TOTAL)
-      await until(async () => (await spliced(dd)) === 1 && (reader?.read() ?? 0) > 1024 * 1024, 5000, 'the splice')
+      const splice = until(async () => (await spliced(dd)) === 1 && (reader?.read() ?? 0) > 1024 * 1024, 10_000, 'the splice')
+      const sending = firehose(c, TOTAL, splice)
+      await splice
       serverSide!.pause()
       const written = await stalled(sending.written, 'the client to be held back')
       t.diagnostic(`held back after ${written} bytes`)

@@ -239,7 +239,9 @@ function backendSchema() {
     mark: int(0, 2 ** 32 - 1, 'an integer from 0 to 4294967295 (SO_MARK), e.g. 1 or 0x10').optional(),
   }, 'a backend: a mapping with servers').superRefine((b, ctx) => {
     const family = b.source === undefined || b.source === 'client' ? undefined : isIP(b.source)
-    const other = b.servers.findIndex((s) => family !== undefined && s.address.family !== family)
+    // zod runs this refinement on a backend whose servers failed (their issues are reported already):
+    // a server without a parsed address is not compared.
+    const other = b.servers.findIndex((s) => family !== undefined && s?.address?.family !== undefined && s.address.family !== family)
     if (other >= 0) ctx.addIssue({code: 'custom', path: ['source'], message: `is an IPv${family} address but servers[${other}] (${formatAddress(b.servers[other].address)}) is not; expected a source of the servers' family`})
   })
 }

@@ -397,6 +397,17 @@ describe('parseConfig: rules', () => {
 })
 
 describe('parseConfig: checks across entries', () => {
+  it('a backend with source: and a server that failed reports that server, not a TypeError (found by the config fuzzer)', () => {
+    for (const server of ['{ address: nope }', '{ weight: 2 }']) {
+      const e = invalid(`listeners:
+  - { name: a, bind: 127.0.0.1:1, backend: b }
+backends:
+  b: { source: 127.0.0.5, servers: [ ${server} ] }
+`, /backends\.b\.servers\[0\]/)
+      assert.doesNotMatch(e.message, /TypeError|Cannot read/)
+    }
+  })
+
   it('rejects duplicate listener names and binds', () => {
     const e = invalid(`listeners:
   - { name: telnet, bind: 127.0.0.1:2323, backend: prod }

@@ -186,6 +186,26 @@ ${Object.entries(servers).map(([name, address]) => `  ${name}: { servers: [ { ad
 ${extra}`
 }
 
+/**
+ * A daemon of its own in front of `srv` for one test (backend `b`, `fast_path: auto` unless `mode`
+ * says otherwise, listening on `host`): `run` gets it and its port; both are stopped afterwards,
+ * also when the test fails.
+ */
+async function withDaemon(srv: TestServer, run: (d: InProcess, port: number) => Promise<void>,
+  o: {mode?: string; host?: string; listenerExtra?: string; tickMs?: number} = {}): Promise<void> {
+  const port = await freePort(o.host)
+  let yaml = config(port, {b: srv.address}, '', o.listenerExtra)
+  if (o.mode) yaml = yaml.replace('fast_path: auto', `fast_path: ${o.mode}`)
+  if (o.host === '::1') yaml = yaml.replace('127.0.0.1:', '[::1]:')
+  const d = await startInProcess(yaml, o.tickMs ? {tickMs: o.tickMs} : {})
+  try {
+    await run(d, port)
+  } finally {
+    await d.stop()
+    await srv.close()
+  }
+}
+
 async function spliced(d: InProcess): Promise<number> {
   return metric(await metrics(d), 'divert_fastpath_sessions_total')
 }
@@ -251,9 +271,7 @@ describe('issue 15: kernel fast path', {skip}, () => {
           sock.once('end', () => sock.destroy())
         }
       })
-      const p = await freePort()
-      const dd = await startInProcess(config(p, {hc: srv.address}))
-      try {
+      await withDaemon(srv, async (dd, p) => {
         const c = await connect({port: p, allowHalfOpen: true})
         const reading = slurp(c, Math.random)
         if (first === 'client') {
@@ -274,10 +292,7 @@ describe('issue 15: kernel fast path', {skip}, () => {
         }
         await closed(c)
         assert.equal(await spliced(dd), 1, `${first} first: spliced`)
-      } finally {
-        await dd.stop()
-        await srv.close()
-      }
+      })
     }
   })
 
@@ -288,9 +303,7 @@ describe('issue 15: kernel fast path', {skip}, () => {
         server = sock
         sock.resume()
       })
-      const p = await freePort()
-      const dd = await startInProcess(config(p, {hc2: srv.address}).replace('fast_path: auto', `fast_path: ${mode}`))
-      try {
+      await withDaemon(srv, async (dd, p) => {
         const c = await connect({port: p, allowHalfOpen: true})
         const errors: NodeJS.ErrnoException[] = []
         c.on('error', (e) => errors.push(e))
@@ -309,10 +322,7 @@ describe('issue 15: kernel fast path', {skip}, () => {
         assert.ok(errors.some((e) => e.code === 'ECONNRESET' || e.code === 'EPIPE'), `${mode}: the client saw a reset (${errors.map((e) => e.code).join(', ') || 'no error'})`)
         await until(() => dd.logs.find('session closed').length === 1, 5000, `${mode}: the session closed line`)
         assert.equal(dd.logs.find('session closed')[0].cause, 'server-reset', mode)
-      } finally {
-        await dd.stop()
-        await srv.close()
-      }
+      }, {mode})
     }
   })
 
@@ -427,9 +437,7 @@ describe('issue 15: kernel fast path', {skip}, () => {
 describe('issue 15: drain, timeouts and IPv6 with spliced sessions', {skip}, () => {
   test('issue 15: the client timeout sees the bytes the kernel moves: an active spliced session lives, an idle one ends', async () => {
     const srv = await startServer('echo')
-    const p = await freePort()
-    const d = await startInProcess(config(p, {echo: srv.address}, '', ', timeouts: { client: 1s }'), {tickMs: 100})
-    try {
+    await withDaemon(srv, async (d, p) => {
       const c = await connect({port: p})
       const bulk = randomBytes(200 * 1024)
       c.write(bulk)
@@ -448,33 +456,23 @@ describe('issue 15: drain, timeouts and IPv6 with spliced sessions', {skip}, () 
       await closed(c)
       assert.ok(Date.now() - lastByte >= 900, 'closed only after a second without bytes')
       await until(() => d.logs.find('session closed').some((l) => l.cause === 'client-timeout'), 2000, 'the client-timeout close')
-    } finally {
-      await d.stop()
-      await srv.close()
-    }
+    }, {listenerExtra: ', timeouts: { client: 1s }', tickMs: 100})
   })
 
   test('issue 15: a reload that changes fast_path says it takes effect at the next start', async () => {
     const srv = await startServer('echo')
-    const p = await freePort()
-    const d = await startInProcess(config(p, {echo: srv.address}))
-    try {
-      writeFileSync(join(d.dir, 'divert.yaml'), config(p, {echo: srv.address}).replace('fast_path: auto', 'fast_path: off'))
+    await withDaemon(srv, async (d, p) => {
+      writeFileSync(join(d.dir, 'divert.yaml'), config(p, {b: srv.address}).replace('fast_path: auto', 'fast_path: off'))
       await d.daemon.reload('test')
       const [line] = d.logs.find(/^fast_path changed/)
       assert.equal(line.fastPath, 'off')
       assert.match(line.msg, /takes effect at the next start/)
-    } finally {
-      await d.stop()
-      await srv.close()
-    }
+    })
   })
 
   test('issue 15: an IPv6 session is spliced too, its bytes intact', async () => {
     const srv = await startServer('echo', undefined, {host: '::1'})
-    const p = await freePort('::1')
-    const d = await startInProcess(config(p, {echo: srv.address}).replace('127.0.0.1:', '[::1]:'))
-    try {
+    await withDaemon(srv, async (d, p) => {
       const c = await connect({port: p, host: '::1'})
       const data = randomBytes(1024 * 1024)
       const reading = readBytes(c, 5 + data.length)
@@ -482,17 +480,12 @@ describe('issue 15: drain, timeouts and IPv6 with spliced sessions', {skip}, () 
       assert.equal(sha((await reading).subarray(5)), sha(data))
       assert.equal(await spliced(d), 1)
       c.destroy()
-    } finally {
-      await d.stop()
-      await srv.close()
-    }
+    }, {host: '::1'})
   })
 
   test('issue 15: stop with a drain period waits for a spliced session, whose bytes all arrive', async () => {
     const srv = await startServer('echo')
-    const p = await freePort()
-    const d = await startInProcess(config(p, {echo: srv.address}))
-    try {
+    await withDaemon(srv, async (d, p) => {
       const c = await connect({port: p, allowHalfOpen: true})
       const data = randomBytes(1024 * 1024)
       const reading = slurp(c, Math.random)
@@ -504,10 +497,7 @@ describe('issue 15: drain, timeouts and IPv6 with spliced sessions', {skip}, () 
       const got = await reading
       assert.equal(sha(got.subarray(5)), sha(data))
       await stopping
-    } finally {
-      await d.stop()
-      await srv.close()
-    }
+    })
   })
 })
 
@@ -684,23 +674,21 @@ describe('issue 15: without the privileges', {skip: skip ?? (hasCommand('capsh')
 describe('issue 15: fast_path: off', () => {
   test('issue 15: with fast_path: off `divert status` says off and `divert sessions` marks no session', async () => {
     const srv = await startServer('echo')
-    const p = await freePort()
-    const d = await startInProcess(config(p, {echo: srv.address}).replace('fast_path: auto', 'fast_path: off'))
-    const c = await connect({port: p})
-    try {
-      const data = randomBytes(512 * 1024)
-      const reading = readBytes(c, 5 + data.length)
-      c.write(data)
-      await reading
-      const [status, sessions, text] = await Promise.all(['status --json', 'sessions --json', 'status'].map((a) => runCli([...a.split(' '), '--admin', d.admin])))
-      assert.deepEqual(status.json().fastPath, {mode: 'off', state: 'off'})
-      assert.deepEqual(sessions.json().map((v: {kernel: boolean}) => v.kernel), [false])
-      assert.match(text.stdout, /^fast path: off /m)
-    } finally {
-      c.destroy()
-      await d.stop()
-      await srv.close()
-    }
+    await withDaemon(srv, async (d, p) => {
+      const c = await connect({port: p})
+      try {
+        const data = randomBytes(512 * 1024)
+        const reading = readBytes(c, 5 + data.length)
+        c.write(data)
+        await reading
+        const [status, sessions, text] = await Promise.all(['status --json', 'sessions --json', 'status'].map((a) => runCli([...a.split(' '), '--admin', d.admin])))
+        assert.deepEqual(status.json().fastPath, {mode: 'off', state: 'off'})
+        assert.deepEqual(sessions.json().map((v: {kernel: boolean}) => v.kernel), [false])
+        assert.match(text.stdout, /^fast path: off /m)
+      } finally {
+        c.destroy()
+      }
+    }, {mode: 'off'})
   })
 })
 
@@ -807,9 +795,7 @@ describe('issue 15: a spliced session whose reader stops', {skip}, () => {
     const srv = await startServer('firehose', (socket) => {
       sending = firehose(socket, TOTAL, splice)
     })
-    const p = await freePort()
-    const dd = await startInProcess(config(p, {f: srv.address}))
-    try {
+    await withDaemon(srv, async (dd, p) => {
       const client: {reader?: ReturnType<typeof patternReader>} = {}
       splice = until(async () => (await spliced(dd)) === 1 && (client.reader?.read() ?? 0) > 1024 * 1024, 10_000, 'the splice')
       const c = await connect({port: p})
@@ -824,10 +810,7 @@ describe('issue 15: a spliced session whose reader stops', {skip}, () => {
       assert.equal(reader.mismatch(), undefined, 'every byte in order')
       assert.equal(reader.read(), TOTAL)
       c.destroy()
-    } finally {
-      await dd.stop()
-      await srv.close()
-    }
+    })
   })
 
   test('issue 15: a firehose client behind a spliced session is held back when the server stops reading, then every byte arrives in order', async (t) => {
@@ -837,9 +820,7 @@ describe('issue 15: a spliced session whose reader stops', {skip}, () => {
       serverSide = socket
       reader = patternReader(socket)
     })
-    const p = await freePort()
-    const dd = await startInProcess(config(p, {s: srv.address}))
-    try {
+    await withDaemon(srv, async (dd, p) => {
       const c = await connect({port: p, allowHalfOpen: true})
       const splice = until(async () => (await spliced(dd)) === 1 && (reader?.read() ?? 0) > 1024 * 1024, 10_000, 'the splice')
       const sending = firehose(c, TOTAL, splice)
@@ -853,9 +834,6 @@ describe('issue 15: a spliced session whose reader stops', {skip}, () => {
       assert.equal(reader!.mismatch(), undefined, 'every byte in order')
       assert.equal(reader!.read(), TOTAL)
       c.destroy()
-    } finally {
-      await dd.stop()
-      await srv.close()
-    }
+    })
   })
 })

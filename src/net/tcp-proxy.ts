@@ -425,6 +425,8 @@ const PROBE = Buffer.alloc(0)
  * possible through Node; that case keeps the plain 'end'.
  */
 function passEnd(from: net.Socket, finished: (c: TcpConnection) => void): void {
+  // A spliced session leaves the kernel at its first FIN (Splice.stop says why).
+  owner(from).spliced?.stop()
   if (!from.writable || from.writableLength > 0) return finished(owner(from))
   from.write(PROBE, (error) => {
     if (!error) finished(owner(from))
@@ -433,13 +435,11 @@ function passEnd(from: net.Socket, finished: (c: TcpConnection) => void): void {
 
 function onClientEnd(this: net.Socket): void {
   owner(this).firstFin ??= 'client-closed'
-  owner(this).spliced?.stop()
   passEnd(this, clientFinished)
 }
 
 function onServerEnd(this: net.Socket): void {
   owner(this).firstFin ??= 'server-closed'
-  owner(this).spliced?.stop()
   passEnd(this, serverFinished)
 }
 
